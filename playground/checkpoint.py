@@ -1,0 +1,46 @@
+"""Checkpoints: written atomically, read without running code (torch.load(weights_only=True))."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by save_checkpoint; a missing or unreadable file is the user's error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, another program's pickle, a file that is not a checkpoint
+        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})")
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
+    return state
+
+
+def load_model_weights(model, state_dict, path) -> None:
+    """Copy weights into `model`, naming the first parameter whose name or shape does not match."""
+    own = model.state_dict()
+    for name, tensor in state_dict.items():
+        if name not in own:
+            raise UserError(f"{path}: parameter {name} is in the checkpoint but not in this model")
+        if own[name].shape != tensor.shape:
+            raise UserError(f"{path}: parameter {name} has shape {tuple(tensor.shape)} in the checkpoint but "
+                            f"{tuple(own[name].shape)} in this model")
+    missing = [name for name in own if name not in state_dict]
+    if missing:
+        raise UserError(f"{path}: parameter {missing[0]} of this model is missing from the checkpoint")
+    model.load_state_dict(state_dict)

@@ -1,0 +1,95 @@
+"""The config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Hydra merges configs/config.yaml and the chosen group files onto these dataclasses, so a value of the
+wrong type or a key that does not exist is refused before anything runs. Values that a type cannot
+check (heads dividing d_model, a device this machine has) are checked where they are used, and raise
+playground.errors.UserError naming the key.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128  # width of every sublayer's input and output (d_model)
+    heads: int = 4  # attention heads (h); must divide d_model
+    enc_layers: int = 2  # encoder layers (N)
+    dec_layers: int = 2  # decoder layers (N)
+    d_ff: int = 512  # inner width of the position-wise feed-forward network (d_ff)
+    dropout: float = 0.0  # P_drop: on embeddings, attention weights, and each sublayer's output
+    norm_position: str = "post"  # post (paper: norm after the residual add) | pre
+    norm: str = "layernorm"  # layernorm (paper) | rmsnorm
+    final_norm: bool = False  # one more norm after the last layer of each stack (nn.Transformer has it)
+    positional: str = "sinusoidal"  # sinusoidal (paper) | learned | rotary | none
+    activation: str = "relu"  # feed-forward activation: relu (paper) | gelu | swiglu
+    attention: str = "sdpa"  # sdpa (torch's fused kernel, fast) | math (the explicit equation, for reading)
+    tie_embeddings: str = "decoder"  # none | decoder (output layer shares the target embedding) | all (source too)
+    max_len: int = 512  # the longest sequence the positional encodings cover
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "reverse"  # copy | reverse | sort
+    vocab_size: int = 16  # number of distinct symbols (special tokens come on top)
+    min_len: int = 1  # shortest source sequence
+    max_len: int = 10  # longest source sequence
+    num_train: int = 20000  # distinct training examples
+    num_valid: int = 500  # distinct validation examples
+    num_test: int = 1000  # distinct test examples
+    seed: int = 0  # fixes the splits, independently of the training seed
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 2e-3  # peak learning rate (the schedule scales it)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam's beta1, beta2 (Section 5.3)
+    eps: float = 1e-9  # Adam's epsilon (Section 5.3)
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # noam (paper: linear warmup, then 1/sqrt(step)) | cosine | constant
+    warmup_steps: int = 200  # steps of linear warmup to the peak learning rate
+    min_lr_ratio: float = 0.0  # cosine only: the final learning rate as a fraction of the peak
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1500  # optimiser steps
+    batch_size: int = 64  # sentence pairs per step
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler, CUDA only)
+    label_smoothing: float = 0.1  # epsilon_ls (Section 5.4)
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    log_every: int = 50  # steps between train/* scalars (and the only host syncs of the loop)
+    eval_every: int = 250  # steps between evaluations on the validation split
+    eval_batch_size: int = 500  # sentence pairs per evaluation batch
+    beam_size: int = 1  # 1 = greedy decoding
+    length_penalty: float = 0.6  # alpha of Wu et al. (2016) for beam search
+    max_len_a: float = 1.2  # decode at most a * source_length + b tokens
+    max_len_b: int = 10
+    num_samples: int = 4  # source / reference / prediction triples shown at each evaluation
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mode: str = "train"  # train | eval | translate
+    seed: int = 1234  # model initialisation, dropout and batch order
+    ckpt_path: Optional[str] = None  # a checkpoint for eval and translate
+    text: Optional[str] = None  # translate this (otherwise one input a line on standard input)
+
+
+def register_configs() -> None:
+    """Make the schema known to Hydra as `config_schema`, the first entry of configs/config.yaml's defaults."""
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,50 @@
+"""Metrics on a held-out split: teacher-forced loss and token accuracy, and exact match of decoded outputs."""
+
+import torch
+import torch.nn.functional as F
+
+from .model import PAD
+
+
+def exact_matches(pred, ref):
+    """Rows of pred (B, L) equal to ref (B, T) once both are padded to one width: (B,) bool."""
+    width = max(pred.size(1), ref.size(1))
+    pred = F.pad(pred, (0, width - pred.size(1)), value=PAD)
+    ref = F.pad(ref, (0, width - ref.size(1)), value=PAD)
+    return (pred == ref).all(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, beam_size=1, length_penalty=0.6,
+             max_len_a=1.2, max_len_b=10, max_len=None):
+    """Return ({loss, token_accuracy, exact_match}, predictions): predictions are the decoded ids, one list per row."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct_tokens = torch.zeros((), device=device)
+    exact = torch.zeros((), device=device)
+    num_tokens, predictions = 0, []
+    for index in torch.arange(len(data)).split(batch_size):
+        src, tgt = (t.to(device, non_blocking=True) for t in data.batch(index))
+        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
+        with autocast():
+            logits = model(src, tgt_in)  # (B, T, V)
+        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
+                                    label_smoothing=label_smoothing, reduction="sum")
+        real = tgt_out != PAD
+        correct_tokens += ((logits.argmax(-1) == tgt_out) & real).sum()
+        num_tokens += int(real.sum())
+        limit = int(max_len_a * src.size(1) + max_len_b)
+        if max_len is not None:
+            limit = min(limit, max_len - 1)
+        with autocast():
+            pred = model.generate(src, limit, beam_size=beam_size, length_penalty=length_penalty)  # (B, L)
+        exact += exact_matches(pred, tgt_out).sum()
+        predictions.extend(pred.cpu().tolist())
+    model.train(was_training)
+    metrics = {
+        "loss": (loss_sum / num_tokens).item(),
+        "token_accuracy": (correct_tokens / num_tokens).item(),
+        "exact_match": (exact / len(data)).item(),
+    }
+    return metrics, predictions

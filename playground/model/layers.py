@@ -1,0 +1,100 @@
+"""The encoder and decoder layers (Section 3.1) and their parts: feed-forward, residual, normalisation."""
+
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MultiHeadAttention
+
+
+class PositionwiseFeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2, Equation (2), with the activation as a variant."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
+        super().__init__()
+        self.activation = activation
+        gated = activation == "swiglu"  # SwiGLU (Shazeer 2020): silu(x W1) * (x W3), W1 and W3 fused
+        self.w1 = nn.Linear(d_model, 2 * d_ff if gated else d_ff)
+        self.w2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        h = self.w1(x)  # (B, L, d_ff) or (B, L, 2 d_ff)
+        h = ACTIVATIONS[self.activation](h)  # (B, L, d_ff)
+        return self.w2(self.dropout(h))  # (B, L, D)
+
+
+def _swiglu(h):
+    gate, value = h.chunk(2, dim=-1)
+    return F.silu(gate) * value
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swiglu": _swiglu}
+
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+
+
+class PostNormResidual(nn.Module):
+    """LayerNorm(x + Dropout(Sublayer(x))), Section 3.1 and 5.4: the paper's placement."""
+
+    def __init__(self, d_model: int, dropout: float, norm: str):
+        super().__init__()
+        self.norm = NORMS[norm](d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, sublayer):
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class PreNormResidual(nn.Module):
+    """x + Dropout(Sublayer(LayerNorm(x))): normalise the input instead (Xiong et al. 2020); trains without warmup."""
+
+    def __init__(self, d_model: int, dropout: float, norm: str):
+        super().__init__()
+        self.norm = NORMS[norm](d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, sublayer):
+        return x + self.dropout(sublayer(self.norm(x)))
+
+
+NORM_PLACEMENTS = {"post": PostNormResidual, "pre": PreNormResidual}
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then feed-forward, each wrapped in a residual connection and normalisation (Section 3.1)."""
+
+    def __init__(self, d_model, heads, d_ff, dropout, norm_position="post", norm="layernorm",
+                 activation="relu", attention="sdpa"):
+        super().__init__()
+        residual = NORM_PLACEMENTS[norm_position]
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=True, implementation=attention)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
+        self.attn_residual = residual(d_model, dropout, norm)
+        self.ff_residual = residual(d_model, dropout, norm)
+
+    def forward(self, x, src_mask, rotary=None):
+        x = self.attn_residual(x, lambda h: self.self_attn(h, mask=src_mask, rotary=rotary))  # (B, S, D)
+        return self.ff_residual(x, self.feed_forward)  # (B, S, D)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, then feed-forward (Section 3.1)."""
+
+    def __init__(self, d_model, heads, d_ff, dropout, norm_position="post", norm="layernorm",
+                 activation="relu", attention="sdpa"):
+        super().__init__()
+        residual = NORM_PLACEMENTS[norm_position]
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=True, implementation=attention)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=False, implementation=attention)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
+        self.self_residual = residual(d_model, dropout, norm)
+        self.cross_residual = residual(d_model, dropout, norm)
+        self.ff_residual = residual(d_model, dropout, norm)
+
+    def forward(self, y, memory, src_mask, tgt_mask, rotary=None, cache=None):
+        self_cache = cross_cache = None
+        if cache is not None:
+            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
+        y = self.self_residual(y, lambda h: self.self_attn(h, mask=tgt_mask, rotary=rotary, cache=self_cache))
+        y = self.cross_residual(y, lambda h: self.cross_attn(h, memory=memory, mask=src_mask, cache=cross_cache))
+        return self.ff_residual(y, self.feed_forward)  # (B, T, D)

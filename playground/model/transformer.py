@@ -1,0 +1,143 @@
+"""The encoder-decoder Transformer (Section 3, Figure 1) and `build_model`, its one constructor from a config."""
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .attention import ATTENTION_IMPLEMENTATIONS, causal_mask, padding_mask
+from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
+from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3  # the same ids for every tokenizer
+
+TIE_EMBEDDINGS = ("none", "decoder", "all")
+
+
+class Encoder(nn.Module):
+    """A stack of N identical encoder layers (Section 3.1), with an optional final norm."""
+
+    def __init__(self, layers, d_model, final_norm, norm):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = NORMS[norm](d_model) if final_norm else nn.Identity()
+
+    def forward(self, x, src_mask, rotary=None):
+        for layer in self.layers:
+            x = layer(x, src_mask, rotary)
+        return self.norm(x)  # (B, S, D)
+
+
+class Decoder(nn.Module):
+    """A stack of N identical decoder layers (Section 3.1), with an optional final norm."""
+
+    def __init__(self, layers, d_model, final_norm, norm):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = NORMS[norm](d_model) if final_norm else nn.Identity()
+
+    def forward(self, y, memory, src_mask, tgt_mask, rotary=None, cache=None):
+        for i, layer in enumerate(self.layers):
+            y = layer(y, memory, src_mask, tgt_mask, rotary, None if cache is None else cache.setdefault(i, {}))
+        return self.norm(y)  # (B, T, D)
+
+
+class Transformer(nn.Module):
+    """Embeddings + positional encoding -> encoder; embeddings -> decoder over the encoder output -> linear to logits."""
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, d_model=512, heads=8, enc_layers=6, dec_layers=6, d_ff=2048,
+                 dropout=0.1, norm_position="post", norm="layernorm", final_norm=False, positional="sinusoidal",
+                 activation="relu", attention="sdpa", tie_embeddings="decoder", max_len=1024):
+        super().__init__()
+        self.d_model, self.max_len = d_model, max_len
+        layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout=dropout, norm_position=norm_position,
+                          norm=norm, activation=activation, attention=attention)
+        self.src_embed = TokenEmbedding(src_vocab_size, d_model)
+        self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model)
+        self.positional = POSITIONAL_ENCODINGS[positional](d_model, heads, max_len)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = Encoder([EncoderLayer(**layer_args) for _ in range(enc_layers)], d_model, final_norm, norm)
+        self.decoder = Decoder([DecoderLayer(**layer_args) for _ in range(dec_layers)], d_model, final_norm, norm)
+        self.generator = nn.Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name and "positional" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        if tie_embeddings in ("decoder", "all"):  # Section 3.4: output layer shares the embedding matrix
+            self.generator.weight = self.tgt_embed.weight
+
+    def encode(self, src):
+        """src (B, S) ids -> encoder output (B, S, D) and the source padding mask (B, 1, 1, S)."""
+        src_mask = padding_mask(src, PAD)
+        x = self.dropout(self.positional(self.src_embed(src)))  # (B, S, D)
+        return self.encoder(x, src_mask, self.positional.rotary), src_mask
+
+    def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
+        """tgt_in (B, T) ids at positions offset.. -> logits (B, T, V). With a cache, earlier steps are not recomputed."""
+        T = tgt_in.size(1)
+        tgt_mask = causal_mask(T, tgt_in.device) if T > 1 else None  # one new query may see every cached key
+        y = self.dropout(self.positional(self.tgt_embed(tgt_in), offset))  # (B, T, D)
+        y = self.decoder(y, memory, src_mask, tgt_mask, self.positional.rotary, cache)
+        return self.generator(y)  # (B, T, V)
+
+    def forward(self, src, tgt_in):
+        """Teacher forcing: src (B, S), tgt_in (B, T) starting with BOS -> logits (B, T, V) for the next tokens."""
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask)
+
+    @torch.no_grad()
+    def generate(self, src, max_len, beam_size=1, length_penalty=0.6, use_cache=True):
+        """Decode target ids for src (B, S): LongTensor (B, L) starting after BOS, EOS included, PAD after it."""
+        from .decoding import beam_search, greedy_decode
+
+        if beam_size == 1:
+            return greedy_decode(self, src, max_len, use_cache=use_cache)
+        return beam_search(self, src, max_len, beam_size, length_penalty)
+
+    def attention_maps(self, src, tgt_in):
+        """Run teacher forcing once and return every attention layer's weights by name, each (B, H, T, S)."""
+        modules = {name: m for name, m in self.named_modules() if hasattr(m, "record_weights")}
+        for m in modules.values():
+            m.record_weights = True
+        try:
+            with torch.no_grad():
+                self(src, tgt_in)
+            return {name: m.weights for name, m in modules.items()}
+        finally:
+            for m in modules.values():
+                m.record_weights, m.weights = False, None
+
+
+def _choice(cfg, key, options):
+    value = getattr(cfg, key)
+    if value not in options:
+        raise UserError(f"model.{key}={value} is not one of: {', '.join(options)}")
+    return value
+
+
+def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
+    """Build the Transformer a model config describes (any object with the fields of playground.config.ModelConfig)."""
+    c = model_cfg
+    for key in ("d_model", "heads", "enc_layers", "dec_layers", "d_ff", "max_len"):
+        if getattr(c, key) <= 0:
+            raise UserError(f"model.{key}={getattr(c, key)} must be positive")
+    if not 0.0 <= c.dropout < 1.0:
+        raise UserError(f"model.dropout={c.dropout} must be in [0, 1)")
+    if c.d_model % c.heads:
+        divisors = [h for h in range(1, c.d_model + 1) if c.d_model % h == 0 and h <= 64]
+        raise UserError(f"model.heads={c.heads} does not divide model.d_model={c.d_model} "
+                        f"(try {', '.join(map(str, divisors))})")
+    tie = _choice(c, "tie_embeddings", TIE_EMBEDDINGS)
+    positional = _choice(c, "positional", POSITIONAL_ENCODINGS)
+    if positional == "rotary" and (c.d_model // c.heads) % 2:
+        raise UserError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
+    if tie == "all" and src_vocab_size != tgt_vocab_size:
+        raise UserError(f"model.tie_embeddings=all needs one shared vocabulary, but the source has {src_vocab_size} "
+                        f"tokens and the target {tgt_vocab_size} (use a shared vocabulary or tie_embeddings=decoder)")
+    return Transformer(
+        src_vocab_size, tgt_vocab_size, d_model=c.d_model, heads=c.heads, enc_layers=c.enc_layers,
+        dec_layers=c.dec_layers, d_ff=c.d_ff, dropout=c.dropout,
+        norm_position=_choice(c, "norm_position", NORM_PLACEMENTS), norm=_choice(c, "norm", NORMS),
+        final_norm=c.final_norm, positional=positional, activation=_choice(c, "activation", ACTIVATIONS),
+        attention=_choice(c, "attention", ATTENTION_IMPLEMENTATIONS), tie_embeddings=tie, max_len=c.max_len,
+    )

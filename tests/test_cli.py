@@ -1,0 +1,97 @@
+"""End to end: the real command in a subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY = str(ROOT / "transformer_playground.py")
+SMALL = ["trainer.max_steps=30", "trainer.eval_every=15", "trainer.log_every=5", "dataset.num_train=400",
+         "dataset.num_valid=40", "dataset.num_test=60", "model.d_model=32", "model.d_ff=64"]
+
+
+def run(*args, cwd=ROOT, stdin=None):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, ENTRY, *args], cwd=cwd, capture_output=True, text=True, input=stdin,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    result = run(*SMALL, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
+
+
+def test_a_run_leaves_events_metrics_and_checkpoints_in_its_directory(trained_run):
+    run_dir, result = trained_run
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert {"train/loss", "train/lr", "valid/loss", "valid/token_accuracy", "valid/exact_match",
+            "test/exact_match"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("valid/exact_match")] == [15, 30]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"test/exact_match", "test/token_accuracy", "test/loss", "step"} <= set(metrics)
+    assert 0.0 <= metrics["test/exact_match"] <= 1.0
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["step"] == 30 and checkpoint["config"]["model"]["d_model"] == 32
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert f"tensorboard --logdir {run_dir}" in result.stdout
+
+
+def test_eval_in_another_folder_reproduces_the_runs_test_metrics(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["test/exact_match"] == pytest.approx(trained["test/exact_match"])
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+
+
+def test_translate_prints_one_output_line_per_input_line(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run("mode=translate", f"ckpt_path={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/t",
+                 cwd=tmp_path, stdin="1 2 3\n4 5 6 7\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert all(word.isdigit() for line in lines for word in line.split())
+
+
+def test_a_users_mistake_gets_one_line_and_exit_code_2(tmp_path):
+    result = run("model.heads=7", f"hydra.run.dir={tmp_path}/bad")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: model.heads=7 does not divide model.d_model=128 (try 1, 2, 4, 8, 16, 32, 64)"
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_unknown_key_is_refused_before_anything_runs(tmp_path):
+    result = run("model.nhead=8", f"hydra.run.dir={tmp_path}/bad")
+    assert result.returncode != 0
+    assert "Key 'nhead' not in 'ModelConfig'" in result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_starting_a_run_in_a_used_directory_leaves_its_checkpoints_alone(trained_run):
+    run_dir, _ = trained_run
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    result = run(*SMALL, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "refusing to overwrite" in result.stderr
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_the_default_command_learns_to_reverse_sequences(tmp_path):
+    result = run(f"hydra.run.dir={tmp_path}/default")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert metrics["test/exact_match"] >= 0.99

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from playground.experiment import load_data
+from playground.model import build_model
+from playground.train import build_optimizer, build_scheduler
+
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUP_OPTIONS = [(group.name, yaml.stem) for group in sorted(CONFIGS.iterdir()) if group.is_dir()
+                 for yaml in sorted(group.glob("*.yaml")) if group.name not in ("experiment", "hparams_search")]
+
+
+def test_every_group_has_options():
+    groups = {group for group, _ in GROUP_OPTIONS}
+    assert {"model", "dataset", "optimizer", "scheduler", "trainer"} <= groups
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS)
+def test_every_option_of_every_group_composes_and_builds(group, option, compose_config):
+    cfg = compose_config(f"{group}={option}", "dataset.num_train=50", "dataset.num_valid=10", "dataset.num_test=10")
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_steps)
+    src, tgt = data.splits["train"].batch(torch.arange(4))
+    assert model(src, tgt[:, :-1]).shape[:2] == tgt[:, 1:].shape
+    optimizer.step()
+    scheduler.step()
+
+
+def test_the_default_is_the_reverse_task_on_the_tiny_model(compose_config):
+    cfg = compose_config()
+    assert (cfg.dataset.name, cfg.model.d_model, cfg.mode) == ("reverse", 128, "train")
+    assert cfg.dataset.min_len == 1 and cfg.dataset.max_len >= 10 and cfg.dataset.vocab_size >= 10
+
+
+def test_the_base_preset_carries_the_papers_base_model(compose_config):
+    m = compose_config("model=base").model
+    assert (m.d_model, m.heads, m.enc_layers, m.dec_layers, m.d_ff, m.dropout) == (512, 8, 6, 6, 2048, 0.1)
+
+
+def test_an_unknown_key_is_refused_by_hydra(compose_config):
+    with pytest.raises(ConfigCompositionException, match="model.nhead"):
+        compose_config("model.nhead=8")
+
+
+def test_a_value_of_the_wrong_type_is_refused_by_hydra(compose_config):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError), match="heads"):
+        compose_config("model.heads=eight")

@@ -1,0 +1,37 @@
+"""Train, evaluate and use the Transformer of "Attention Is All You Need": `python transformer_playground.py --help`."""
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from playground.config import register_configs
+from playground.errors import UserError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from playground import experiment  # after Hydra has parsed the command line: --help stays fast
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        if cfg.mode == "train":
+            return experiment.run_train(cfg, run_dir)["test/exact_match"]
+        if cfg.mode == "eval":
+            return experiment.run_eval(cfg, run_dir)["test/exact_match"]
+        if cfg.mode == "translate":
+            return experiment.run_translate(cfg)
+        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate")
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
