@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import dropout
+
 
 def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Keep every key that is not padding: (B, S) ids -> (B, 1, 1, S) mask, broadcast over heads and queries."""
@@ -29,7 +31,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=Fal
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)  # (B, H, T, S)
-    attended = F.dropout(weights, p=dropout_p, training=training) if dropout_p > 0 else weights
+    attended = dropout(weights, dropout_p, training)  # (B, H, T, S)
     return attended @ v, weights  # (B, H, T, Dh), (B, H, T, S)
 
 
@@ -38,6 +40,8 @@ def _math_attention(q, k, v, mask, dropout_p, training):
 
 
 def _fused_attention(q, k, v, mask, dropout_p, training):
+    if training and dropout_p > 0 and q.device.type == "cpu":  # torch's CPU kernels then fall back to slow math
+        return _math_attention(q, k, v, mask, dropout_p, training)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
 
 

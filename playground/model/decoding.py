@@ -9,6 +9,13 @@ import torch
 from .transformer import BOS, EOS, PAD
 
 
+def _never_generate_specials(logits):
+    """PAD and BOS are never outputs: PAD marks the space after EOS, BOS only starts the decoder input."""
+    logits[:, PAD] = float("-inf")
+    logits[:, BOS] = float("-inf")
+    return logits
+
+
 def _reorder_cache(cache, index):
     """Select (and repeat) the batch rows of every cached key/value tensor, for beam search."""
     for layer in cache.values():
@@ -17,6 +24,7 @@ def _reorder_cache(cache, index):
                 attn[key] = attn[key].index_select(0, index)
 
 
+@torch.no_grad()
 def greedy_decode(model, src, max_len, use_cache=True):
     """Pick the most likely token at each step; each row stops at its EOS. Returns (B, L) ids after BOS."""
     B = src.size(0)
@@ -29,7 +37,7 @@ def greedy_decode(model, src, max_len, use_cache=True):
             logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1]  # (B, V)
         else:  # recompute the whole prefix every step: the slow baseline, kept for tests and the benchmark
             logits = model.decode(ys, memory, src_mask)[:, -1]  # (B, V)
-        next_token = logits.argmax(-1).masked_fill(finished, PAD)  # (B,)
+        next_token = _never_generate_specials(logits).argmax(-1).masked_fill(finished, PAD)  # (B,)
         ys = torch.cat([ys, next_token[:, None]], dim=1)
         finished |= next_token == EOS
         if (t + 1) % 8 == 0 and finished.all():  # check for the end now and then: each check waits for the device
@@ -48,6 +56,7 @@ def length_penalty_factor(lengths, alpha):
     return ((5.0 + lengths) / 6.0) ** alpha
 
 
+@torch.no_grad()
 def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
     """Keep the beam_size best partial sequences per source; return the best finished one by score / lp (B, L)."""
     B, K = src.size(0), beam_size
@@ -62,7 +71,8 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
     lengths = torch.zeros(B * K, device=device)
     cache = {}
     for t in range(max_len):
-        logp = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float().log_softmax(-1)
+        logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float()
+        logp = _never_generate_specials(logits).log_softmax(-1)  # (B*K, V)
         V = logp.size(-1)
         # a finished beam can only extend with PAD, at no cost, so its score stays what it was
         logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)

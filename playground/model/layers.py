@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .dropout import Dropout
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -15,7 +16,7 @@ class PositionwiseFeedForward(nn.Module):
         gated = activation == "swiglu"  # SwiGLU (Shazeer 2020): silu(x W1) * (x W3), W1 and W3 fused
         self.w1 = nn.Linear(d_model, 2 * d_ff if gated else d_ff)
         self.w2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         h = self.w1(x)  # (B, L, d_ff) or (B, L, 2 d_ff)
@@ -39,7 +40,7 @@ class PostNormResidual(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm: str):
         super().__init__()
         self.norm = NORMS[norm](d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x, sublayer):
         return self.norm(x + self.dropout(sublayer(x)))
@@ -51,7 +52,7 @@ class PreNormResidual(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm: str):
         super().__init__()
         self.norm = NORMS[norm](d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x, sublayer):
         return x + self.dropout(sublayer(self.norm(x)))

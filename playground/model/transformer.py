@@ -5,6 +5,7 @@ from torch import nn
 
 from ..errors import UserError
 from .attention import ATTENTION_IMPLEMENTATIONS, causal_mask, padding_mask
+from .dropout import Dropout
 from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
 from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
 
@@ -54,7 +55,7 @@ class Transformer(nn.Module):
         self.src_embed = TokenEmbedding(src_vocab_size, d_model)
         self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model)
         self.positional = POSITIONAL_ENCODINGS[positional](d_model, heads, max_len)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.encoder = Encoder([EncoderLayer(**layer_args) for _ in range(enc_layers)], d_model, final_norm, norm)
         self.decoder = Decoder([DecoderLayer(**layer_args) for _ in range(dec_layers)], d_model, final_norm, norm)
         self.generator = nn.Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation

@@ -1,0 +1,192 @@
+"""Benchmarks (not tests): training-step and decoding throughput against torch.nn.Transformer, in one process.
+
+    python -m playground.bench                 # everything: training at two sizes, fp32 and bf16, and decoding
+    python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
+    python -m playground.bench --only train --device cuda
+
+Prints target tokens per second, the ratio to nn.Transformer, and MFU: model FLOPs per second over the
+matrix-multiply peak this machine reaches (measured here, once per precision).
+"""
+
+import argparse
+import contextlib
+import math
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import EOS, PAD, build_model
+from .model.embeddings import sinusoid_table
+from .train import sequence_loss
+
+SIZES = {
+    "d256": dict(d_model=256, heads=4, layers=3, d_ff=1024, vocab=8000, batch=32, length=64),
+    "d512": dict(d_model=512, heads=8, layers=6, d_ff=2048, vocab=16000, batch=16, length=64),
+}
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with what a translation model needs around it: embeddings, positions, output layer."""
+
+    def __init__(self, vocab, d_model, heads, layers, d_ff):
+        super().__init__()
+        self.d_model = d_model
+        self.src_embed, self.tgt_embed = nn.Embedding(vocab, d_model), nn.Embedding(vocab, d_model)
+        self.register_buffer("pe", sinusoid_table(1024, d_model), persistent=False)
+        self.transformer = nn.Transformer(d_model, heads, layers, layers, d_ff, dropout=0.1, batch_first=True)
+        self.generator = nn.Linear(d_model, vocab)
+
+    def embed(self, embedding, ids):
+        return embedding(ids) * math.sqrt(self.d_model) + self.pe[: ids.size(1)]
+
+    def encode(self, src):
+        return self.transformer.encoder(self.embed(self.src_embed, src), src_key_padding_mask=src == PAD)
+
+    def decode(self, tgt_in, memory, src):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1), device=tgt_in.device)
+        y = self.transformer.decoder(self.embed(self.tgt_embed, tgt_in), memory, tgt_mask=mask, tgt_is_causal=True,
+                                     memory_key_padding_mask=src == PAD)
+        return self.generator(y)
+
+    def forward(self, src, tgt_in):
+        return self.decode(tgt_in, self.encode(src), src)
+
+    @torch.no_grad()
+    def generate_recomputing(self, src, max_len):
+        """Greedy decoding the way nn.Transformer allows: the whole prefix through the decoder at every step."""
+        memory = self.encode(src)
+        ys = torch.ones(src.size(0), 1, dtype=torch.long, device=src.device)
+        for _ in range(max_len):
+            ys = torch.cat([ys, self.decode(ys, memory, src)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return ys[:, 1:]
+
+
+def playground_model(size, **variant):
+    cfg = SimpleNamespace(d_model=size["d_model"], heads=size["heads"], enc_layers=size["layers"],
+                          dec_layers=size["layers"], d_ff=size["d_ff"], dropout=0.1, norm_position="post",
+                          norm="layernorm", final_norm=False, positional="sinusoidal", activation="relu",
+                          attention="sdpa", tie_embeddings="none", max_len=1024)
+    vars(cfg).update(variant)
+    return build_model(cfg, size["vocab"], size["vocab"])
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
+    """Seconds per call of fn, after warm-up, averaged over at least min_iters calls and min_seconds."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    n, start = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - start < min_seconds:
+        fn()
+        n += 1
+    synchronize(device)
+    return (time.perf_counter() - start) / n
+
+
+def matmul_peak(device, dtype, n=2048):
+    """FLOP/s of a large square matrix product: the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, device, min_seconds=1.0)
+
+
+def training_flops(size):
+    """Model FLOPs of one training step: 3x the forward pass (backward is twice the forward)."""
+    D, F_, L, V, B, T = (size[k] for k in ("d_model", "d_ff", "layers", "vocab", "batch", "length"))
+    tokens = B * T
+    enc = L * (4 * D * D + 2 * D * F_) * 2 * tokens + L * 2 * 2 * B * T * T * D
+    dec = L * (8 * D * D + 2 * D * F_) * 2 * tokens + L * 2 * 2 * 2 * B * T * T * D
+    out = 2 * D * V * tokens
+    return 3 * (enc + dec + out)
+
+
+def train_step_fn(model, size, device, autocast):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
+                                 fused=device.type == "cuda")
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, size["vocab"], (size["batch"], size["length"]), generator=g).to(device)
+    tgt = torch.randint(4, size["vocab"], (size["batch"], size["length"] + 1), generator=g).to(device)
+
+    def step():
+        with autocast():
+            logits = model(src, tgt[:, :-1])
+        loss = sequence_loss(logits, tgt[:, 1:], 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_training(device, precisions):
+    rows = []
+    peaks = {p: matmul_peak(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    for p, peak in peaks.items():
+        print(f"matmul peak {p}: {peak / 1e9:,.0f} GFLOP/s")
+    for name, size in SIZES.items():
+        for precision in precisions:
+            autocast = (contextlib.nullcontext if precision == "fp32" else
+                        lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            tokens = size["batch"] * size["length"]
+            result = {}
+            for label, make in (("nn.Transformer", lambda: TorchTransformer(size["vocab"], size["d_model"],
+                                                                            size["heads"], size["layers"],
+                                                                            size["d_ff"])),
+                                ("playground", lambda: playground_model(size))):
+                torch.manual_seed(0)
+                model = make().to(device).train()
+                result[label] = tokens / timed(train_step_fn(model, size, device, autocast), device)
+                del model
+            mfu = result["playground"] * training_flops(size) / tokens / peaks[precision]
+            rows.append((f"train {name} {precision}", result["nn.Transformer"], result["playground"], mfu))
+    return rows
+
+
+def bench_decoding(device, batch=32, src_len=32, new_tokens=64):
+    size = dict(SIZES["d256"])
+    torch.manual_seed(0)
+    ours = playground_model(size, dropout=0.0).to(device).eval()
+    theirs = TorchTransformer(size["vocab"], size["d_model"], size["heads"], size["layers"], size["d_ff"])
+    theirs = theirs.to(device).eval()
+    with torch.no_grad():  # never stop early: every row decodes exactly new_tokens tokens
+        ours.generator.bias[EOS] = theirs.generator.bias[EOS] = -1e4
+    src = torch.randint(4, size["vocab"], (batch, src_len), device=device)
+    tokens = batch * new_tokens
+    cached = tokens / timed(lambda: ours.generate(src, new_tokens), device, min_seconds=2.0)
+    uncached = tokens / timed(lambda: ours.generate(src, new_tokens, use_cache=False), device, min_seconds=2.0)
+    reference = tokens / timed(lambda: theirs.generate_recomputing(src, new_tokens), device, min_seconds=2.0)
+    return [("decode d256 fp32 cached vs nn.Transformer", reference, cached, None),
+            ("decode d256 fp32 uncached vs nn.Transformer", reference, uncached, None)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["train", "decode"], help="run one part only")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
+                        help="training precisions to measure (default: both)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    if args.only in (None, "train"):
+        rows += bench_training(device, args.precision or ["fp32", "bf16"])
+    if args.only in (None, "decode"):
+        rows += bench_decoding(device)
+    print(f"\n| {'measurement':<45} | {'nn.Transformer tok/s':>20} | {'playground tok/s':>16} | {'ratio':>6} | {'MFU':>6} |")
+    print(f"|{'-' * 47}|{'-' * 22}|{'-' * 18}|{'-' * 8}|{'-' * 8}|")
+    for label, theirs, ours, mfu in rows:
+        mfu_text = f"{mfu:6.1%}" if mfu is not None else f"{'':>6}"
+        print(f"| {label:<45} | {theirs:>20,.0f} | {ours:>16,.0f} | {ours / theirs:>5.2f}x | {mfu_text} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Dropout (Srivastava et al. 2014; Section 5.4 of the paper), with a faster mask on the CPU.
+
+torch's CPU dropout draws one random number per element, which costs as much as a matrix product in a
+small model. Here the CPU mask is built from random bytes instead: eight keep/drop decisions per 64-bit
+draw, each keeping an element with probability 1 - round(256 p) / 256 (p rounded to a multiple of 1/256,
+e.g. 0.1 -> 0.1016), and scaling what is kept by the inverse of that. On other devices F.dropout is used.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _ByteMaskDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, threshold: int):
+        draws = torch.empty((x.numel() + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+        keep = (draws.view(torch.uint8)[: x.numel()] >= threshold).view(x.shape)
+        scale = 256.0 / (256 - threshold)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x * scale, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad * ctx.scale, 0.0), None
+
+
+def dropout(x, p: float, training: bool):
+    """Zero each element with probability p and scale the rest by 1 / (1 - p), in training only."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type == "cpu":
+        threshold = round(256 * p)
+        if 0 < threshold < 256:
+            return _ByteMaskDropout.apply(x, threshold)
+    return F.dropout(x, p, training=True)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout's interface, with the CPU mask above."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
