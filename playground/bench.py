@@ -91,8 +91,9 @@ def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
     return (time.perf_counter() - start) / n
 
 
-def matmul_peak(device, dtype, n=2048):
+def matmul_peak(device, dtype):
     """FLOP/s of a large square matrix product: the ceiling MFU is measured against."""
+    n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ b, device, min_seconds=1.0)
 

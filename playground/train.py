@@ -108,6 +108,7 @@ def train(model, optimizer, scheduler, train_data, batches, settings, device, au
           start_step=0):
     """Teacher-forced training for settings.max_steps steps; `on_eval(step)` evaluates and checkpoints."""
     params = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")  # fp16 gradients underflow
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     tokens, t0 = 0, time.perf_counter()
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
@@ -119,10 +120,12 @@ def train(model, optimizer, scheduler, train_data, batches, settings, device, au
             logits = model(src, tgt_in)  # (B, T, V)
         loss = sequence_loss(logits, tgt_out, settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if settings.grad_clip > 0:
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         loss_sum += loss.detach()
         tokens += tgt_out.numel()
