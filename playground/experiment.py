@@ -59,6 +59,33 @@ def _sample_table(data, predictions, src_tok, tgt_tok, n) -> str:
     return "\n".join(rows)
 
 
+def _log_attention(tracker, model, data: Data, device, step) -> None:
+    """Heatmaps of every attention layer for the first validation example, tokens on the axes."""
+    src, tgt = (t.to(device) for t in data.splits["valid"].batch(torch.tensor([0])))
+    was_training = model.training
+    model.eval()
+    maps = model.attention_maps(src, tgt[:, :-1])  # {name: (1, H, T, S)}
+    model.train(was_training)
+    src_pieces = [data.src_tokenizer.piece(i) for i in src[0].tolist()]
+    tgt_pieces = [data.tgt_tokenizer.piece(i) for i in tgt[0, :-1].tolist()]
+    for name, weights in maps.items():
+        queries = src_pieces if name.startswith("encoder") else tgt_pieces
+        keys = tgt_pieces if name.startswith("decoder") and name.endswith("self_attn") else src_pieces
+        tracker.attention(f"attention/{name}", weights[0], queries, keys, step)
+
+
+HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
+HPARAM_METRICS = ("test/exact_match", "test/token_accuracy", "test/loss", "valid/exact_match", "valid/loss")
+
+
+def flat_hparams(cfg) -> dict:
+    """The run's hyper-parameters as one flat dict: model.heads, optimizer.lr, ..., seed."""
+    params = {f"{group}.{key}": value for group in HPARAM_GROUPS
+              for key, value in OmegaConf.to_container(cfg[group], resolve=True).items()}
+    params["seed"] = cfg.seed
+    return params
+
+
 def _evaluator(model, data: Data, t, device, autocast):
     def run(split):
         return evaluate(model, data.splits[split], t.eval_batch_size, device, autocast, t.label_smoothing,
@@ -96,6 +123,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     tracker = Tracker(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", 0)
+    tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     evaluate_split = _evaluator(model, data, t, device, autocast)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
     best = {"exact_match": -1.0}
@@ -110,6 +138,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         tracker.scalars({f"valid/{k}": v for k, v in metrics.items()}, step)
         tracker.text("valid/samples", _sample_table(data.splits["valid"], predictions, data.src_tokenizer,
                                                     data.tgt_tokenizer, t.num_samples), step)
+        _log_attention(tracker, model, data, device, step)
         log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
         state = checkpoint_state(step, metrics)
         save_checkpoint(ckpt_dir / "last.pt", state)

@@ -20,6 +20,11 @@ class SymbolTokenizer:
             ids.append(len(SPECIALS) + int(piece) if piece.isdigit() and int(piece) < self.num_symbols else UNK)
         return ids
 
+    def piece(self, i: int) -> str:
+        """The text of one id, specials included: for labelling attention maps."""
+        names = {v: k for k, v in SPECIALS.items()}
+        return names[i] if i in names else str(i - len(SPECIALS))
+
     def decode(self, ids) -> str:
         """Ids to text, stopping at EOS and leaving out the other special tokens."""
         words = []

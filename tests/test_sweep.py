@@ -1,0 +1,45 @@
+"""A sweep leaves one readable run per job, and a summary table of all of them."""
+
+import csv
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from test_cli import SMALL, run
+
+from playground.sweep import summarize
+
+
+def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run("-m", "model.heads=1,2,4", *SMALL, "trainer.max_steps=10", "trainer.eval_every=10",
+                 f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 3
+    for i, (job, heads) in enumerate(zip(jobs, [1, 2, 4])):  # named by number and overrides
+        assert job.startswith(f"{i}_") and f"model.heads={heads}," in job
+    for job in jobs:
+        events = EventAccumulator(str(sweep / job), size_guidance={"images": 0}).Reload()
+        tags = events.Tags()
+        assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "valid/exact_match",
+                "test/exact_match"} <= set(tags["scalars"])
+        assert "attention/decoder.layers.1.cross_attn" in tags["images"]
+        assert "valid/samples/text_summary" in tags["tensors"]
+        hparams = events.PluginTagToContent("hparams")
+        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+        assert b"model.heads" in hparams["_hparams_/session_start_info"]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["model.heads"] for r in rows) == ["1", "2", "4"]
+    assert all(0.0 <= float(r["test/exact_match"]) <= 1.0 for r in rows)
+    assert (sweep / "summary.md").read_text().count("\n") == 5  # header, rule, three jobs
+    assert "sweep summary" in result.stdout
+
+
+def test_the_summary_puts_the_best_job_first(tmp_path):
+    for name, em in [("0_a=1", 0.5), ("1_a=2", 0.9), ("2_a=3", 0.7)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- a={name[-1]}\n")
+        (tmp_path / name / "metrics.json").write_text(f'{{"test/exact_match": {em}, "step": 3}}')
+    table = summarize(tmp_path)
+    assert [line.split(" | ")[1] for line in table.splitlines()[2:]] == ["2", "3", "1"]
