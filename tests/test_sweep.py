@@ -4,7 +4,7 @@ import csv
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from test_cli import SMALL, run
+from test_cli import ROOT, SMALL, run
 
 from playground.sweep import summarize
 
@@ -43,3 +43,13 @@ def test_the_summary_puts_the_best_job_first(tmp_path):
         (tmp_path / name / "metrics.json").write_text(f'{{"test/exact_match": {em}, "step": 3}}')
     table = summarize(tmp_path)
     assert [line.split(" | ")[1] for line in table.splitlines()[2:]] == ["2", "3", "1"]
+
+
+def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
+    sweep = tmp_path / "presets"
+    result = run("-m", "experiment=glob(*)", *SMALL, "trainer.max_steps=2", "trainer.eval_every=2",
+                 "dataset.num_valid=8", "dataset.num_test=8", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    presets = {p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
+    finished = {p.parent.name.split("experiment=")[1].split(",")[0] for p in sweep.glob("*/metrics.json")}
+    assert finished == presets
