@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         if cfg.mode == "train":
-            return experiment.run_train(cfg, run_dir)["test/exact_match"]
+            return experiment.run_train(cfg, run_dir)["valid/exact_match"]  # what sweepers optimise
         if cfg.mode == "eval":
             return experiment.run_eval(cfg, run_dir)["test/exact_match"]
         if cfg.mode == "translate":

@@ -25,7 +25,8 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, another program's pickle, a file that is not a checkpoint
-        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})")
+        first_line = next(iter(str(e).splitlines()), "empty or truncated file")
+        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
     return state

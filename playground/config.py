@@ -9,7 +9,10 @@ playground.errors.UserError naming the key.
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import hashlib
+
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -90,6 +93,21 @@ class Config:
     text: Optional[str] = None  # translate this (otherwise one input a line on standard input)
 
 
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """A sweep job's folder name from its overrides: no '/', and at most `limit` characters.
+
+    File systems refuse names over 255 bytes, which a sweep with many overrides reaches; a long name
+    keeps its start and ends in a short hash of the whole, so two jobs never share a folder.
+    """
+    name = overrides.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return name[: limit - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
 def register_configs() -> None:
-    """Make the schema known to Hydra as `config_schema`, the first entry of configs/config.yaml's defaults."""
+    """Make the schema known to Hydra as `config_schema`, the first entry of configs/config.yaml's defaults,
+    and the `job_dirname` resolver that names sweep folders."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)

@@ -93,8 +93,9 @@ def _evaluator(model, data: Data, t, device, autocast):
     return run
 
 
-def _write_metrics(run_dir: Path, split: str, metrics: dict, step: int) -> dict:
+def _write_metrics(run_dir: Path, split: str, metrics: dict, step: int, extra: dict = None) -> dict:
     flat = {f"{split}/{k}": v for k, v in metrics.items()}
+    flat.update(extra or {})
     flat["step"] = step
     (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
     return flat
@@ -155,7 +156,8 @@ def run_train(cfg, run_dir: Path) -> dict:
     metrics, _ = evaluate_split("test")
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, t.max_steps)
     tracker.close()
-    flat = _write_metrics(run_dir, "test", metrics, best_state["step"])
+    valid = {f"valid/{k}": v for k, v in best_state["metrics"].items()}  # the checkpoint's validation scores
+    flat = _write_metrics(run_dir, "test", metrics, best_state["step"], valid)
     _report(flat, run_dir)
     return flat
 
@@ -172,7 +174,11 @@ def _model_from_checkpoint(cfg):
     if cfg.ckpt_path is None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
     state = load_checkpoint(cfg.ckpt_path)
-    saved = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    except Exception as e:  # a key this version does not know, or a value of another type
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
+                        f"({str(e).splitlines()[0]})")
     src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
     tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
     model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)

@@ -52,3 +52,12 @@ def test_an_unknown_key_is_refused_by_hydra(compose_config):
 def test_a_value_of_the_wrong_type_is_refused_by_hydra(compose_config):
     with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError), match="heads"):
         compose_config("model.heads=eight")
+
+
+@pytest.mark.parametrize("launcher, target", [("slurm", "submitit"), ("joblib", "joblib")])
+def test_the_cluster_and_parallel_launchers_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert target in cfg.hydra.launcher._target_.lower()

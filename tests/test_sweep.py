@@ -53,3 +53,21 @@ def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
     presets = {p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
     finished = {p.parent.name.split("experiment=")[1].split(",")[0] for p in sweep.glob("*/metrics.json")}
     assert finished == presets
+
+
+def test_a_three_trial_optuna_study_runs_and_reports_the_best_parameters(tmp_path):
+    sweep = tmp_path / "optuna"
+    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *SMALL, "trainer.max_steps=10",
+                 "trainer.eval_every=10", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    assert len(list(sweep.glob("*/metrics.json"))) == 3
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "optimizer.lr" in best and "model.dropout" in best and "best_value" in best
+
+
+def test_long_override_lists_still_make_a_valid_and_distinct_folder_name():
+    from playground.config import job_dirname
+
+    a, b = job_dirname("optimizer.lr=0.1," + "x" * 300), job_dirname("optimizer.lr=0.2," + "x" * 300)
+    assert len(a) <= 120 and len(b) <= 120 and a != b
+    assert job_dirname("dataset.train_file=data/train.tsv") == "dataset.train_file=data_train.tsv"
