@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,6 +12,12 @@ from playground.config import register_configs
 from playground.errors import UserError
 
 register_configs()
+
+if int(os.environ.get("RANK", "0")) > 0:
+    # Under torchrun every process runs Hydra, and each would make its own run directory (their clocks
+    # need not agree on the second). Only rank 0's is used: the others write nowhere that lasts.
+    sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='playground-rank')}", "hydra.output_subdir=null",
+                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
@@ -31,6 +38,9 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except experiment.Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

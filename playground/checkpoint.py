@@ -1,8 +1,10 @@
 """Checkpoints: written atomically, read without running code (torch.load(weights_only=True))."""
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -45,3 +47,24 @@ def load_model_weights(model, state_dict, path) -> None:
     if missing:
         raise UserError(f"{path}: parameter {missing[0]} of this model is missing from the checkpoint")
     model.load_state_dict(state_dict)
+
+
+def rng_state() -> dict:
+    """Every random number generator a training step draws from, as tensors and plain values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what rng_state() saved, so the next random draws are the ones the saved run made next."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

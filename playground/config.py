@@ -71,7 +71,9 @@ class TrainerConfig:
     label_smoothing: float = 0.1  # epsilon_ls (Section 5.4)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     log_every: int = 50  # steps between train/* scalars (and the only host syncs of the loop)
-    eval_every: int = 250  # steps between evaluations on the validation split
+    eval_every: int = 250  # steps between evaluations on the validation split (each saves last.pt)
+    checkpoint_every: int = 0  # also save last.pt every this many steps (0 = only at evaluations)
+    on_nonfinite: str = "stop"  # a NaN/inf loss: stop (with the step and lr) | skip (that step; syncs every step)
     eval_batch_size: int = 500  # sentence pairs per evaluation batch
     beam_size: int = 1  # 1 = greedy decoding
     length_penalty: float = 0.6  # alpha of Wu et al. (2016) for beam search

@@ -16,35 +16,38 @@ def exact_matches(pred, ref):
 
 @torch.no_grad()
 def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, beam_size=1, length_penalty=0.6,
-             max_len_a=1.2, max_len_b=10, max_len=None):
-    """Return ({loss, token_accuracy, exact_match}, predictions): predictions are the decoded ids, one list per row."""
+             max_len_a=1.2, max_len_b=10, max_len=None, rows=None, reduce=None):
+    """Return ({loss, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
+
+    predictions are the decoded ids, one list per evaluated row. With several processes each evaluates
+    its own rows and `reduce` sums the totals across them before the metrics are computed.
+    """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct_tokens = torch.zeros((), device=device)
-    exact = torch.zeros((), device=device)
-    num_tokens, predictions = 0, []
-    for index in torch.arange(len(data)).split(batch_size):
+    rows = torch.arange(len(data)) if rows is None else rows
+    # loss sum, correct tokens, tokens, exactly matched sequences, sequences
+    totals = torch.zeros(5, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    predictions = []
+    for index in rows.split(batch_size):
         src, tgt = (t.to(device, non_blocking=True) for t in data.batch(index))
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
         with autocast():
             logits = model(src, tgt_in)  # (B, T, V)
-        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
-                                    label_smoothing=label_smoothing, reduction="sum")
+        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
+                                   label_smoothing=label_smoothing, reduction="sum")
         real = tgt_out != PAD
-        correct_tokens += ((logits.argmax(-1) == tgt_out) & real).sum()
-        num_tokens += int(real.sum())
+        correct = ((logits.argmax(-1) == tgt_out) & real).sum()
         limit = int(max_len_a * src.size(1) + max_len_b)
         if max_len is not None:
             limit = min(limit, max_len - 1)
         with autocast():
             pred = model.generate(src, limit, beam_size=beam_size, length_penalty=length_penalty)  # (B, L)
-        exact += exact_matches(pred, tgt_out).sum()
+        exact = exact_matches(pred, tgt_out).sum()
+        totals += torch.stack([loss_sum, correct, real.sum(), exact, torch.tensor(len(index), device=device)]).to(totals)
         predictions.extend(pred.cpu().tolist())
     model.train(was_training)
-    metrics = {
-        "loss": (loss_sum / num_tokens).item(),
-        "token_accuracy": (correct_tokens / num_tokens).item(),
-        "exact_match": (exact / len(data)).item(),
-    }
+    if reduce is not None:
+        reduce(totals)
+    loss_sum, correct, tokens, exact, sequences = totals.tolist()
+    metrics = {"loss": loss_sum / tokens, "token_accuracy": correct / tokens, "exact_match": exact / sequences}
     return metrics, predictions

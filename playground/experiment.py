@@ -2,21 +2,27 @@
 
 import json
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config
-from .checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from .data import PaddedPairs, SymbolTokenizer, fixed_size_batches, make_synthetic_splits, tokenizer_from_dict
+from . import distributed
+from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from .distributed import Dist, sum_across
+from .data import PaddedPairs, SymbolTokenizer, make_synthetic_splits, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import evaluate
 from .model import build_model
 from .tracking import Tracker
-from .train import autocast_for, batch_stream, build_optimizer, build_scheduler, resolve_device, train
+from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, resolve_device,
+                    train)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,10 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
     if t.grad_clip < 0:
         raise UserError(f"trainer.grad_clip={t.grad_clip} must be 0 (off) or positive")
+    if t.checkpoint_every < 0:
+        raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
 
 
 def _sample_table(data, predictions, src_tok, tgt_tok, n) -> str:
@@ -86,10 +96,12 @@ def flat_hparams(cfg) -> dict:
     return params
 
 
-def _evaluator(model, data: Data, t, device, autocast):
+def _evaluator(model, data: Data, t, device, autocast, d: Dist):
     def run(split):
+        rows = torch.arange(len(data.splits[split])).tensor_split(d.world_size)[d.rank]  # rank 0 starts at row 0
         return evaluate(model, data.splits[split], t.eval_batch_size, device, autocast, t.label_smoothing,
-                        t.beam_size, t.length_penalty, t.max_len_a, t.max_len_b, model.max_len)
+                        t.beam_size, t.length_penalty, t.max_len_a, t.max_len_b, model.max_len, rows=rows,
+                        reduce=lambda totals: sum_across(d, totals))
     return run
 
 
@@ -101,65 +113,129 @@ def _write_metrics(run_dir: Path, split: str, metrics: dict, step: int, extra: d
     return flat
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; exit with 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _resume_command(ckpt: Path) -> str:
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    return " ".join(["python transformer_playground.py", *overrides, f"ckpt_path={ckpt}"])
+
+
 def run_train(cfg, run_dir: Path) -> dict:
-    """Train, evaluating on valid every trainer.eval_every steps; test the best checkpoint; write metrics.json."""
-    run_dir = Path(run_dir)
+    """Train (or resume from ckpt_path), evaluating on valid every trainer.eval_every steps; test the best
+    weights; write metrics.json. Under torchrun, every process runs this and rank 0 writes."""
+    d = distributed.from_environment()
+    t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
+    check_trainer(t)
+    device = distributed.init(d, resolve_device(t.device))
+    run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run's checkpoints: refusing to overwrite them "
                         f"(give this run its own directory with hydra.run.dir=...)")
-    t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
-    check_trainer(t)
-    device = resolve_device(t.device)
     autocast = autocast_for(device, t.precision)
+    resume = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     data = load_data(cfg.dataset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.max_steps)
-    num_params = sum(p.numel() for p in model.parameters())
-    log.info(f"model: {num_params:,} parameters on {device}, {t.precision}; "
-             f"data: {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} examples")
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
+    start_step, position, best, best_weights = 0, 0, {"exact_match": -1.0}, None
+    if resume is not None:
+        start_step, position = _restore(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d)
+        best = dict(resume.get("best", best))
+        best_file = Path(cfg.ckpt_path).with_name("best.pt")
+        if best_file.is_file():
+            best_weights = load_checkpoint(best_file)["model"]
+    else:
+        torch.manual_seed(cfg.seed + d.rank)  # each process its own dropout; DDP gives all rank 0's weights
+    log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, {t.precision}"
+             f"{f', {d.world_size} processes' if d.enabled else ''}; data: "
+             f"{', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} examples"
+             f"{f'; resuming at step {start_step}' if resume else ''}")
 
-    tracker = Tracker(run_dir)
+    tracker = Tracker(run_dir, enabled=d.is_main)
     config = OmegaConf.to_container(cfg, resolve=True)
-    tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", 0)
+    tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
-    evaluate_split = _evaluator(model, data, t, device, autocast)
+    evaluate_split = _evaluator(model, data, t, device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
-    best = {"exact_match": -1.0}
+    batches = BatchStream(len(data.splits["train"]), t.batch_size, cfg.seed, d.world_size, d.rank, position)
+    if d.is_main and best_weights is not None:  # the new run directory holds its own best weights too
+        save_checkpoint(ckpt_dir / "best.pt", {**resume, "model": best_weights})
 
-    def checkpoint_state(step, metrics):
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "config": config, "tokenizers": tokenizers,
-                "metrics": metrics}
+    def save(step, metrics=None, name="last.pt"):
+        rngs = distributed.gather_to_main(d, rng_state())  # every process's generators, for an exact resume
+        if d.is_main:
+            save_checkpoint(ckpt_dir / name, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "data_position": batches.position, "rng": rngs,
+                "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best)})
 
     def on_eval(step):
+        nonlocal best_weights
         metrics, predictions = evaluate_split("valid")
         tracker.scalars({f"valid/{k}": v for k, v in metrics.items()}, step)
-        tracker.text("valid/samples", _sample_table(data.splits["valid"], predictions, data.src_tokenizer,
-                                                    data.tgt_tokenizer, t.num_samples), step)
-        _log_attention(tracker, model, data, device, step)
-        log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
-        state = checkpoint_state(step, metrics)
-        save_checkpoint(ckpt_dir / "last.pt", state)
+        if d.is_main:
+            tracker.text("valid/samples", _sample_table(data.splits["valid"], predictions, data.src_tokenizer,
+                                                        data.tgt_tokenizer, t.num_samples), step)
+            _log_attention(tracker, model, data, device, step)
+            log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
         if metrics["exact_match"] > best["exact_match"]:
-            best.update(metrics)
-            save_checkpoint(ckpt_dir / "best.pt", state)
+            best.update(metrics, step=step)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            save(step, metrics, "best.pt")
+        save(step, metrics)
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    batches = batch_stream(len(data.splits["train"]), t.batch_size, g, fixed_size_batches)
-    train(model, optimizer, scheduler, data.splits["train"], batches, t, device, autocast, on_eval, tracker)
+    train_model = DistributedDataParallel(model) if d.enabled else model
+    with StopRequest() as stop:
+        last = train(train_model, optimizer, scheduler, scaler, data.splits["train"], batches, t, device, autocast,
+                     tracker, on_eval, save, start_step, stop, d)
+    if last < t.max_steps:
+        tracker.close()
+        ckpt = (ckpt_dir / "last.pt").resolve()
+        raise Interrupted(f"stopped at step {last} by {signal.Signals(stop.signal).name}; saved {ckpt}\n"
+                          f"resume with: {_resume_command(ckpt)}", 128 + stop.signal)
 
-    best_state = load_checkpoint(ckpt_dir / "best.pt")
-    model.load_state_dict(best_state["model"])
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     metrics, _ = evaluate_split("test")
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, t.max_steps)
     tracker.close()
-    valid = {f"valid/{k}": v for k, v in best_state["metrics"].items()}  # the checkpoint's validation scores
-    flat = _write_metrics(run_dir, "test", metrics, best_state["step"], valid)
-    _report(flat, run_dir)
+    valid = {f"valid/{k}": v for k, v in best.items() if k != "step"}  # the chosen weights' validation scores
+    flat = {**{f"test/{k}": v for k, v in metrics.items()}, **valid, "step": best.get("step", last)}
+    if d.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
+        _report(flat, run_dir)
+    distributed.shutdown(d)
     return flat
+
+
+def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist):
+    """Put a training checkpoint's weights, optimiser, schedule and random generators back; return (step, data position)."""
+    if "optimizer" not in state or "data_position" not in state:
+        raise UserError(f"ckpt_path={path} holds weights only, not a training state to resume from")
+    load_model_weights(model, state["model"], path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={type(optimizer).__name__} "
+                        f"({e})")
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if state["step"] >= t.max_steps:
+        raise UserError(f"ckpt_path={path} is at step {state['step']}, and trainer.max_steps={t.max_steps}: "
+                        f"raise trainer.max_steps to train further")
+    rngs = state["rng"]
+    set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+    return state["step"], state["data_position"]
 
 
 def _report(flat: dict, run_dir: Path) -> None:
@@ -195,7 +271,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     autocast = autocast_for(device, t.precision)
     model.to(device)
     data = load_data(saved.dataset)
-    metrics, _ = _evaluator(model, data, t, device, autocast)("test")
+    metrics, _ = _evaluator(model, data, t, device, autocast, Dist())("test")
     flat = _write_metrics(Path(run_dir), "test", metrics, state["step"])
     _report(flat, Path(run_dir))
     return flat

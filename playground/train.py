@@ -2,12 +2,16 @@
 
 import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .distributed import Dist, sum_across
 from .errors import UserError
 from .model import PAD
 
@@ -98,21 +102,97 @@ def sequence_loss(logits, tgt_out, label_smoothing):
                            label_smoothing=label_smoothing)
 
 
-def batch_stream(num_examples, batch_size, generator, batches_fn):
-    """Endless training batches: a new seeded shuffle every epoch."""
-    while True:
-        yield from batches_fn(num_examples, batch_size, shuffle=True, generator=generator)
+class BatchStream:
+    """Endless training batches, shuffled anew each epoch from (seed, epoch) alone.
+
+    `position` counts the batches handed out: it is the data position a checkpoint stores, so a resumed
+    run sees exactly the batches the uninterrupted run would have. With several processes each step
+    takes batch_size * world_size rows and every process keeps its own contiguous share.
+    """
+
+    def __init__(self, num_examples, batch_size, seed, world_size=1, rank=0, position=0):
+        self.num_examples, self.seed, self.world_size, self.rank = num_examples, seed, world_size, rank
+        self.global_batch = batch_size * world_size
+        if world_size > 1:  # every process needs rows at every step: drop a short last batch
+            self.per_epoch = num_examples // self.global_batch
+        else:
+            self.per_epoch = math.ceil(num_examples / batch_size)
+        if self.per_epoch == 0:
+            raise UserError(f"trainer.batch_size={batch_size} times {world_size} processes is more than the "
+                            f"{num_examples} training examples")
+        self.position = position
+        self._epoch, self._order = None, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        epoch, i = divmod(self.position, self.per_epoch)
+        if epoch != self._epoch:
+            self._order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._epoch = epoch
+        self.position += 1
+        rows = self._order[i * self.global_batch : (i + 1) * self.global_batch]
+        return rows.tensor_split(self.world_size)[self.rank]
 
 
-def train(model, optimizer, scheduler, train_data, batches, settings, device, autocast, on_eval, tracker,
-          start_step=0):
-    """Teacher-forced training for settings.max_steps steps; `on_eval(step)` evaluates and checkpoints."""
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to finish its step, save a checkpoint and stop; a second Ctrl-C stops now."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+
+def train(model, optimizer, scheduler, scaler, train_data, batches, settings, device, autocast, tracker,
+          on_eval, on_checkpoint, start_step=0, stop=None, dist=None):
+    """Teacher-forced training up to settings.max_steps; returns the last step done (less if stopped).
+
+    `on_eval(step)` evaluates and checkpoints, `on_checkpoint(step)` only checkpoints. The only host
+    synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
+    """
+    dist = dist or Dist()
     params = [p for p in model.parameters() if p.requires_grad]
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")  # fp16 gradients underflow
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
-    tokens, t0 = 0, time.perf_counter()
-    bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
+    tokens, skipped, t0 = 0, 0, time.perf_counter()
+    bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not dist.is_main)
+
+    def check_finite():
+        bad = int(first_bad)
+        if bad >= 0:
+            lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](bad - 1)
+            raise UserError(f"train/loss is not finite at step {bad} (lr {lr:.3g}): lower optimizer.lr, raise "
+                            f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")
+
+    def stop_requested(step):
+        wanted = torch.tensor(float(stop is not None and stop.signal is not None))
+        if dist.enabled:  # every process must stop at the same step: agree at log steps
+            if step % settings.log_every:
+                return False
+            sum_across(dist, wanted)
+        return bool(wanted > 0)
+
     model.train()
+    step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
         src, tgt = (t.to(device, non_blocking=True) for t in train_data.batch(next(batches)))
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
@@ -120,6 +200,15 @@ def train(model, optimizer, scheduler, train_data, batches, settings, device, au
             logits = model(src, tgt_in)  # (B, T, V)
         loss = sequence_loss(logits, tgt_out, settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
+        if settings.on_nonfinite == "skip":
+            finite = sum_across(dist, torch.isfinite(loss).float()) == dist.world_size  # a host sync per step
+            if not finite:
+                skipped += 1
+                tracker.scalars({"train/skipped_steps": skipped}, step)
+                bar.update(1)
+                continue
+        else:
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         scaler.scale(loss).backward()
         if settings.grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -131,10 +220,12 @@ def train(model, optimizer, scheduler, train_data, batches, settings, device, au
         tokens += tgt_out.numel()
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.max_steps:
+            check_finite()
             elapsed = time.perf_counter() - t0
             window = (step - 1) % settings.log_every + 1
-            values = {"train/loss": loss_sum.item() / window, "train/lr": scheduler.get_last_lr()[0],
-                      "train/tokens_per_sec": tokens / elapsed}
+            sum_across(dist, loss_sum)
+            values = {"train/loss": loss_sum.item() / window / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
+                      "train/tokens_per_sec": tokens * dist.world_size / elapsed}
             if settings.grad_clip > 0:
                 values["train/grad_norm"] = grad_norm.item()
             tracker.scalars(values, step)
@@ -142,7 +233,17 @@ def train(model, optimizer, scheduler, train_data, batches, settings, device, au
             loss_sum.zero_()
             tokens, t0 = 0, time.perf_counter()
         if step % settings.eval_every == 0 or step == settings.max_steps:
+            check_finite()
             on_eval(step)
             bar.refresh()
             t0 = time.perf_counter()  # evaluation time is not training throughput
+        elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
+            check_finite()
+            on_checkpoint(step)
+        if stop_requested(step):
+            check_finite()
+            if step % settings.eval_every:  # an evaluation step has just saved
+                on_checkpoint(step)
+            break
     bar.close()
+    return step

@@ -1,0 +1,106 @@
+"""A run survives interruption, resumes exactly, refuses garbage, and scales to several processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from test_cli import ENTRY, ROOT, run
+
+FAST = ["model.d_model=16", "model.d_ff=32", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
+        "dataset.num_train=300", "dataset.num_valid=20", "dataset.num_test=20", "trainer.batch_size=16"]
+
+
+def losses(run_dir):
+    return {e.step: e.value for e in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")}
+
+
+def start(*args, cwd=ROOT):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen([sys.executable, ENTRY, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_run(tmp_path):
+    common = [*FAST, "model.dropout=0.1", "scheduler=noam", "trainer.log_every=1", "trainer.eval_every=15"]
+    whole = run(*common, "trainer.max_steps=40", f"hydra.run.dir={tmp_path}/whole")
+    first = run(*common, "trainer.max_steps=30", f"hydra.run.dir={tmp_path}/first")
+    assert whole.returncode == 0 and first.returncode == 0, whole.stderr + first.stderr
+    resumed = run(*common, "trainer.max_steps=40", f"ckpt_path={tmp_path}/first/checkpoints/last.pt",
+                  f"hydra.run.dir={tmp_path}/resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
+    assert sorted(got) == list(range(31, 41))
+    assert [got[s] for s in range(31, 41)] == [expected[s] for s in range(31, 41)]  # bit for bit
+    assert losses(tmp_path / "first")[30] == expected[30]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
+    process = start(*FAST, "trainer.max_steps=100000", "trainer.checkpoint_every=5", f"hydra.run.dir={tmp_path}/r")
+    wait_for(tmp_path / "r" / "checkpoints" / "last.pt", process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    last = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    assert f"stopped at step {last['step']} by {sig.name}" in stderr
+    assert f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.pt'}" in stderr.split("resume with:")[1]
+    assert "Traceback" not in stderr
+
+
+def test_a_killed_run_leaves_a_checkpoint_that_loads(tmp_path):
+    process = start(*FAST, "trainer.max_steps=100000", "trainer.checkpoint_every=1", f"hydra.run.dir={tmp_path}/r")
+    wait_for(tmp_path / "r" / "checkpoints" / "last.pt", process)
+    time.sleep(1.0)  # let it write many more checkpoints, then kill it mid-way through one, probably
+    process.kill()
+    process.communicate()
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] >= 1 and "optimizer" in state
+
+
+def test_a_loss_that_blows_up_stops_the_run_naming_the_step_and_learning_rate(tmp_path):
+    result = run(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0", "trainer.max_steps=200",
+                 "trainer.log_every=10", f"hydra.run.dir={tmp_path}/nan")
+    assert result.returncode == 2
+    assert "error: train/loss is not finite at step" in result.stderr
+    assert "(lr 1e+12)" in result.stderr
+    assert not (tmp_path / "nan" / "checkpoints").exists()  # nothing trained on garbage was saved
+
+
+def test_skipping_non_finite_steps_lets_the_run_finish_and_counts_them(tmp_path):
+    result = run(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0", "trainer.max_steps=30",
+                 "trainer.on_nonfinite=skip", f"hydra.run.dir={tmp_path}/skip")
+    assert result.returncode == 0, result.stderr
+    skipped = EventAccumulator(str(tmp_path / "skip")).Reload().Scalars("train/skipped_steps")
+    assert skipped[-1].value >= 1
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_write_one_run_directory(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", ENTRY, *FAST,
+                             "trainer.max_steps=20", "trainer.eval_every=10", f"hydra.run.dir={tmp_path}/ddp"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # only rank 0 logs
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] in (10, 20)
+    assert not (tmp_path / "outputs").exists()  # the other rank made no run directory of its own
+    assert "2 processes" in (run_dir / "transformer_playground.log").read_text()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["data_position"] == 20
