@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read without running code (torch.load(weights_only=True))."""
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -26,7 +27,10 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"ckpt_path={path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, another program's pickle, a file that is not a checkpoint
+    except pickle.UnpicklingError:  # another program's pickle, or one holding Python objects (never run here)
+        raise UserError(f"ckpt_path={path}: not a checkpoint of this project (it is not plain tensors and values, "
+                        f"and a checkpoint file is never allowed to run code)")
+    except Exception as e:  # a truncated or empty file, a file that is not a checkpoint
         first_line = next(iter(str(e).splitlines()), "empty or truncated file")
         raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

@@ -35,14 +35,32 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "reverse"  # copy | reverse | sort
-    vocab_size: int = 16  # number of distinct symbols (special tokens come on top)
+    name: str = "reverse"  # copy | reverse | sort (synthetic) | text_pairs (local files) | opus_books (the hub)
+    vocab_size: int = 16  # synthetic: number of symbols; text: the largest vocabulary a tokenizer may learn
+    seed: int = 0  # fixes the splits, independently of the training seed
+    # synthetic tasks
     min_len: int = 1  # shortest source sequence
     max_len: int = 10  # longest source sequence
     num_train: int = 20000  # distinct training examples
     num_valid: int = 500  # distinct validation examples
     num_test: int = 1000  # distinct test examples
-    seed: int = 0  # fixes the splits, independently of the training seed
+    # parallel text: files (text_pairs) or a Hugging Face dataset (opus_books)
+    train_file: Optional[str] = None  # TSV, JSONL, or a Moses prefix (data/train for data/train.en + data/train.it)
+    valid_file: Optional[str] = None  # optional: otherwise valid_fraction of the training file
+    test_file: Optional[str] = None  # optional: otherwise test_fraction of the training file
+    format: str = "auto"  # auto (from the file name) | tsv | jsonl | moses
+    src_lang: str = "en"  # JSONL "translation" keys and Moses file suffixes
+    tgt_lang: str = "it"
+    hub_name: Optional[str] = None  # a Hugging Face dataset with a translation column, or a save_to_disk folder
+    hub_config: Optional[str] = None  # its configuration (default: SRC_LANG-TGT_LANG, e.g. en-it)
+    valid_fraction: float = 0.05  # held out of the training pairs when there is no valid file
+    test_fraction: float = 0.05  # held out of the training pairs when there is no test file
+    tokenizer: str = "bpe"  # char | word | bpe, trained on the training split only
+    shared_vocab: bool = False  # one tokenizer for both sides (needed by model.tie_embeddings=all)
+    min_frequency: int = 2  # a token seen fewer times in training becomes <unk> (char, word) or is not merged (bpe)
+    max_src_len: int = 128  # tokens; longer pairs are handled by too_long
+    max_tgt_len: int = 128
+    too_long: str = "filter"  # filter (drop the pair) | truncate (cut to the maximum)
 
 
 @dataclass
@@ -65,7 +83,8 @@ class SchedulerConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1500  # optimiser steps
-    batch_size: int = 64  # sentence pairs per step
+    batch_size: int = 64  # sentence pairs per step (per process under torchrun)
+    max_tokens: int = 0  # instead of batch_size: length-bucketed batches of at most this many padded tokens
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler, CUDA only)
     label_smoothing: float = 0.1  # epsilon_ls (Section 5.4)

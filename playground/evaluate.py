@@ -51,3 +51,14 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, bea
     loss_sum, correct, tokens, exact, sequences = totals.tolist()
     metrics = {"loss": loss_sum / tokens, "token_accuracy": correct / tokens, "exact_match": exact / sequences}
     return metrics, predictions
+
+
+def text_metrics(hypotheses, references) -> dict:
+    """Corpus BLEU and chrF (sacreBLEU, 0-100) and character and word error rates (jiwer, 0-1) of decoded text."""
+    import jiwer
+    import sacrebleu
+
+    scored = [(h, r) for h, r in zip(hypotheses, references) if r.strip()]  # an error rate needs a reference
+    hyps, refs = [h for h, _ in scored], [r for _, r in scored]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+            "cer": jiwer.cer(refs, hyps), "wer": jiwer.wer(refs, hyps)}

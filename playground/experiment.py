@@ -4,7 +4,6 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,9 +15,9 @@ from .config import Config
 from . import distributed
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .distributed import Dist, sum_across
-from .data import PaddedPairs, SymbolTokenizer, make_synthetic_splits, tokenizer_from_dict
+from .data import Data, load_data, tokenizer_from_dict
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, text_metrics
 from .model import build_model
 from .tracking import Tracker
 from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, resolve_device,
@@ -27,27 +26,10 @@ from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, bui
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Data:
-    src_tokenizer: object
-    tgt_tokenizer: object
-    splits: dict  # split name -> PaddedPairs
-
-
-def load_data(dataset_cfg) -> Data:
-    """Build the tokenizers and the train/valid/test splits a dataset config describes."""
-    c = dataset_cfg
-    sizes = {"train": c.num_train, "valid": c.num_valid, "test": c.num_test}
-    pairs = make_synthetic_splits(c.name, c.vocab_size, c.min_len, c.max_len, sizes, c.seed)
-    tokenizer = SymbolTokenizer(c.vocab_size)
-    offset = tokenizer.vocab_size - c.vocab_size  # symbol s has id offset + s
-    splits = {split: PaddedPairs([([offset + s for s in src], [offset + s for s in tgt]) for src, tgt in examples])
-              for split, examples in pairs.items()}
-    return Data(tokenizer, tokenizer, splits)
-
-
 def check_trainer(t) -> None:
     """Trainer values a type cannot check, each refused with the key's name."""
+    if t.max_tokens < 0:
+        raise UserError(f"trainer.max_tokens={t.max_tokens} must be 0 (use batch_size) or positive")
     for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "beam_size"):
         if getattr(t, key) <= 0:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be positive")
@@ -61,11 +43,11 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
 
 
-def _sample_table(data, predictions, src_tok, tgt_tok, n) -> str:
+def _sample_table(texts, predictions, tgt_tok, n) -> str:
     rows = ["| source | reference | prediction |", "|---|---|---|"]
-    for i in range(min(n, len(data))):
-        rows.append(f"| {src_tok.decode(data.src[i])} | {tgt_tok.decode(data.tgt[i, 1:])} | "
-                    f"{tgt_tok.decode(predictions[i])} |")
+    for i in range(min(n, len(predictions))):
+        source, reference = texts[i]
+        rows.append(f"| {source} | {reference} | {tgt_tok.decode(predictions[i])} |")
     return "\n".join(rows)
 
 
@@ -85,7 +67,8 @@ def _log_attention(tracker, model, data: Data, device, step) -> None:
 
 
 HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
-HPARAM_METRICS = ("test/exact_match", "test/token_accuracy", "test/loss", "valid/exact_match", "valid/loss")
+HPARAM_METRICS = ("test/exact_match", "test/bleu", "test/token_accuracy", "test/loss", "valid/exact_match",
+                  "valid/bleu", "valid/loss")
 
 
 def flat_hparams(cfg) -> dict:
@@ -97,11 +80,18 @@ def flat_hparams(cfg) -> dict:
 
 
 def _evaluator(model, data: Data, t, device, autocast, d: Dist):
+    """evaluate(split) -> (metrics, predictions): model metrics summed over processes, then text metrics
+    (BLEU, chrF, CER, WER) of the decoded predictions against the reference text, gathered from all."""
     def run(split):
         rows = torch.arange(len(data.splits[split])).tensor_split(d.world_size)[d.rank]  # rank 0 starts at row 0
-        return evaluate(model, data.splits[split], t.eval_batch_size, device, autocast, t.label_smoothing,
-                        t.beam_size, t.length_penalty, t.max_len_a, t.max_len_b, model.max_len, rows=rows,
-                        reduce=lambda totals: sum_across(d, totals))
+        metrics, predictions = evaluate(model, data.splits[split], t.eval_batch_size, device, autocast,
+                                        t.label_smoothing, t.beam_size, t.length_penalty, t.max_len_a, t.max_len_b,
+                                        model.max_len, rows=rows, reduce=lambda totals: sum_across(d, totals))
+        hypotheses = [data.tgt_tokenizer.decode(ids) for ids in predictions]
+        references = [data.texts[split][i][1] for i in rows.tolist()]
+        gathered = distributed.gather_to_main(d, (hypotheses, references))
+        metrics.update(text_metrics([h for hs, _ in gathered for h in hs], [r for _, rs in gathered for r in rs]))
+        return metrics, predictions
     return run
 
 
@@ -162,11 +152,18 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     tracker = Tracker(run_dir, enabled=d.is_main)
     config = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("train_file", "valid_file", "test_file", "hub_name"):  # eval and translate run from anywhere
+        if config["dataset"].get(key) and Path(config["dataset"][key]).exists():
+            config["dataset"][key] = str(Path(config["dataset"][key]).resolve())
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     evaluate_split = _evaluator(model, data, t, device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
-    batches = BatchStream(len(data.splits["train"]), t.batch_size, cfg.seed, d.world_size, d.rank, position)
+    batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
+    if d.is_main:  # the learned vocabularies, readable beside the checkpoints (which also carry them)
+        for side, tokenizer in (("src", data.src_tokenizer), ("tgt", data.tgt_tokenizer)):
+            if hasattr(tokenizer, "tokenizer"):
+                tokenizer.tokenizer.save(str(run_dir / f"tokenizer_{side}.json"))
     if d.is_main and best_weights is not None:  # the new run directory holds its own best weights too
         save_checkpoint(ckpt_dir / "best.pt", {**resume, "model": best_weights})
 
@@ -183,8 +180,8 @@ def run_train(cfg, run_dir: Path) -> dict:
         metrics, predictions = evaluate_split("valid")
         tracker.scalars({f"valid/{k}": v for k, v in metrics.items()}, step)
         if d.is_main:
-            tracker.text("valid/samples", _sample_table(data.splits["valid"], predictions, data.src_tokenizer,
-                                                        data.tgt_tokenizer, t.num_samples), step)
+            tracker.text("valid/samples", _sample_table(data.texts["valid"], predictions, data.tgt_tokenizer,
+                                                        t.num_samples), step)
             _log_attention(tracker, model, data, device, step)
             log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
         if metrics["exact_match"] > best["exact_match"]:
@@ -264,13 +261,16 @@ def _model_from_checkpoint(cfg):
 
 def run_eval(cfg, run_dir: Path) -> dict:
     """Evaluate a checkpoint on the test split of the dataset it was trained on; write metrics.json here."""
-    model, saved, _, _, state = _model_from_checkpoint(cfg)
+    model, saved, src_tok, tgt_tok, state = _model_from_checkpoint(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     device = resolve_device(t.device)
     autocast = autocast_for(device, t.precision)
     model.to(device)
-    data = load_data(saved.dataset)
+    # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
+    given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]
+    dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
+    data = load_data(dataset, tokenizers=(src_tok, tgt_tok))
     metrics, _ = _evaluator(model, data, t, device, autocast, Dist())("test")
     flat = _write_metrics(Path(run_dir), "test", metrics, state["step"])
     _report(flat, Path(run_dir))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .data.batching import token_budget_batches
 from .distributed import Dist, sum_across
 from .errors import UserError
 from .model import PAD
@@ -103,37 +104,63 @@ def sequence_loss(logits, tgt_out, label_smoothing):
 
 
 class BatchStream:
-    """Endless training batches, shuffled anew each epoch from (seed, epoch) alone.
+    """Endless training batches, drawn anew each epoch from (seed, epoch) alone.
 
-    `position` counts the batches handed out: it is the data position a checkpoint stores, so a resumed
-    run sees exactly the batches the uninterrupted run would have. With several processes each step
-    takes batch_size * world_size rows and every process keeps its own contiguous share.
+    Batches are batch_size pairs in random order, or with max_tokens > 0 length-bucketed batches of at
+    most max_tokens padded tokens (token_budget_batches). `position` counts the batches handed out: it is
+    the data position a checkpoint stores, so a resumed run sees exactly the batches the uninterrupted
+    run would have. With several processes each step takes world_size batches' worth, one share each.
     """
 
-    def __init__(self, num_examples, batch_size, seed, world_size=1, rank=0, position=0):
-        self.num_examples, self.seed, self.world_size, self.rank = num_examples, seed, world_size, rank
-        self.global_batch = batch_size * world_size
-        if world_size > 1:  # every process needs rows at every step: drop a short last batch
-            self.per_epoch = num_examples // self.global_batch
+    def __init__(self, data, batch_size, seed, world_size=1, rank=0, position=0, max_tokens=0):
+        self.data, self.batch_size, self.max_tokens = data, batch_size, max_tokens
+        self.seed, self.world_size, self.rank, self.position = seed, world_size, rank, position
+        n = len(data)
+        if max_tokens:
+            if max_tokens < int(data.lengths().max()):
+                raise UserError(f"trainer.max_tokens={max_tokens} is less than the longest training pair "
+                                f"({int(data.lengths().max())} tokens)")
+        elif batch_size * world_size > n:
+            raise UserError(f"trainer.batch_size={batch_size}{f' times {world_size} processes' if world_size > 1 else ''}"
+                            f" is more than the {n} training examples")
+        self._epoch, self._batches = None, None
+
+    def _epoch_batches(self, epoch):
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        if self.max_tokens:
+            batches = token_budget_batches(self.data.lengths(), self.max_tokens, g)
         else:
-            self.per_epoch = math.ceil(num_examples / batch_size)
-        if self.per_epoch == 0:
-            raise UserError(f"trainer.batch_size={batch_size} times {world_size} processes is more than the "
-                            f"{num_examples} training examples")
-        self.position = position
-        self._epoch, self._order = None, None
+            order = torch.randperm(len(self.data), generator=g)
+            size = self.batch_size * self.world_size
+            batches = list(order.split(size)) if self.world_size == 1 else \
+                [b.tensor_split(self.world_size)[r] for b in order.split(size) if len(b) == size
+                 for r in range(self.world_size)]  # every process needs rows at every step
+        usable = len(batches) - len(batches) % self.world_size
+        if usable == 0:
+            raise UserError(f"trainer.max_tokens={self.max_tokens} makes fewer batches than there are processes")
+        return batches[:usable]
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        epoch, i = divmod(self.position, self.per_epoch)
-        if epoch != self._epoch:
-            self._order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            self._epoch = epoch
+        if self._batches is None or self.position >= self._end:
+            epoch = self._epoch + 1 if self._epoch is not None else 0
+            if self._epoch is None:  # find the epoch holding `position` (after a resume)
+                start = 0
+                while True:
+                    batches = self._epoch_batches(epoch)
+                    if self.position < start + len(batches) // self.world_size:
+                        break
+                    start += len(batches) // self.world_size
+                    epoch += 1
+            else:
+                start, batches = self._end, self._epoch_batches(epoch)
+            self._epoch, self._batches, self._start = epoch, batches, start
+            self._end = start + len(batches) // self.world_size
+        step_in_epoch = self.position - self._start
         self.position += 1
-        rows = self._order[i * self.global_batch : (i + 1) * self.global_batch]
-        return rows.tensor_split(self.world_size)[self.rank]
+        return self._batches[step_in_epoch * self.world_size + self.rank]
 
 
 class StopRequest:
@@ -172,7 +199,7 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
-    tokens, skipped, t0 = 0, 0, time.perf_counter()
+    tokens, real_tokens, padded_tokens, skipped, t0 = 0, 0, 0, 0, time.perf_counter()
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
 
@@ -194,7 +221,10 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
     model.train()
     step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
-        src, tgt = (t.to(device, non_blocking=True) for t in train_data.batch(next(batches)))
+        rows = next(batches)
+        src, tgt = (t.to(device, non_blocking=True) for t in train_data.batch(rows))
+        real_tokens += int(train_data.src_lengths[rows].sum() + train_data.tgt_lengths[rows].sum())  # host-side
+        padded_tokens += src.numel() + tgt.numel()
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
         with autocast():
             logits = model(src, tgt_in)  # (B, T, V)
@@ -217,7 +247,7 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
         scaler.update()
         scheduler.step()
         loss_sum += loss.detach()
-        tokens += tgt_out.numel()
+        tokens += int(train_data.tgt_lengths[rows].sum()) - len(rows)  # real target tokens, counted on the host
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.max_steps:
             check_finite()
@@ -225,13 +255,14 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
             window = (step - 1) % settings.log_every + 1
             sum_across(dist, loss_sum)
             values = {"train/loss": loss_sum.item() / window / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
-                      "train/tokens_per_sec": tokens * dist.world_size / elapsed}
+                      "train/tokens_per_sec": tokens * dist.world_size / elapsed,
+                      "train/padding_fraction": 1 - real_tokens / padded_tokens}
             if settings.grad_clip > 0:
                 values["train/grad_norm"] = grad_norm.item()
             tracker.scalars(values, step)
             bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
             loss_sum.zero_()
-            tokens, t0 = 0, time.perf_counter()
+            tokens, real_tokens, padded_tokens, t0 = 0, 0, 0, time.perf_counter()
         if step % settings.eval_every == 0 or step == settings.max_steps:
             check_finite()
             on_eval(step)

@@ -28,16 +28,17 @@ def test_a_checkpoint_missing_a_layer_says_which(tmp_path):
         load_model_weights(build_model(tiny_model_config(enc_layers=2), 20, 20), shallow, "last.pt")
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
-def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(tmp_path, content):
+@pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a checkpoint of this project"),
+                                              (b"", "not a readable checkpoint")])
+def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(tmp_path, content, message):
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match=f"ckpt_path={path}: not a readable checkpoint"):
+    with pytest.raises(UserError, match=f"ckpt_path={path}: {message}"):
         load_checkpoint(path)
 
 
 def test_a_pickled_object_is_not_loaded(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "payload": object()}, path)
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
         load_checkpoint(path)

@@ -20,9 +20,24 @@ def test_every_group_has_options():
     assert {"model", "dataset", "optimizer", "scheduler", "trainer"} <= groups
 
 
+@pytest.fixture(scope="module")
+def local_text(tmp_path_factory):
+    """A small corpus as a TSV file and as a Hugging Face dataset saved to disk: no network needed."""
+    from playground.data.toy_corpus import make_pairs, write
+
+    folder = tmp_path_factory.mktemp("text")
+    pairs = make_pairs(200)
+    write(pairs, folder / "train.tsv", "tsv")
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"translation": [{"en": en, "it": it} for en, it in pairs]}).save_to_disk(folder / "hub")
+    return [f"++dataset.train_file={folder / 'train.tsv'}", f"++dataset.hub_name={folder / 'hub'}"]
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
-def test_every_option_of_every_group_composes_and_builds(group, option, compose_config):
-    cfg = compose_config(f"{group}={option}", "dataset.num_train=50", "dataset.num_valid=10", "dataset.num_test=10")
+def test_every_option_of_every_group_composes_and_builds(group, option, compose_config, local_text):
+    text = local_text[:1] if option == "text_pairs" else local_text[1:] if option == "opus_books" else []
+    cfg = compose_config(f"{group}={option}", "dataset.num_train=50", "dataset.num_valid=10", "dataset.num_test=10",
+                         *text)
     data = load_data(cfg.dataset)
     model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))

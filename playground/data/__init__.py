@@ -1,8 +1,9 @@
-"""Data: tokenizers, synthetic tasks, and batching into padded id tensors."""
+"""Data: tokenizers, synthetic tasks, parallel text, and batching into padded id tensors."""
 
-from .batching import PaddedPairs, fixed_size_batches
+from .batching import PaddedPairs
+from .loading import Data, load_data
 from .synthetic import TASKS, make_synthetic_splits
 from .tokenizers import SymbolTokenizer, tokenizer_from_dict
 
-__all__ = ["PaddedPairs", "fixed_size_batches", "TASKS", "make_synthetic_splits", "SymbolTokenizer",
+__all__ = ["PaddedPairs", "Data", "load_data", "TASKS", "make_synthetic_splits", "SymbolTokenizer",
            "tokenizer_from_dict"]

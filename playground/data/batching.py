@@ -23,13 +23,29 @@ class PaddedPairs:
     def __len__(self):
         return len(self.src)
 
+    def lengths(self):
+        """Each pair's longer side in tokens (targets counted with BOS or EOS, as the decoder sees them)."""
+        return torch.maximum(self.src_lengths, self.tgt_lengths - 1)
+
     def batch(self, index):
         """Rows `index` (a LongTensor) as (src (B, S), tgt (B, T)), without all-PAD trailing columns."""
         S, T = int(self.src_lengths[index].max()), int(self.tgt_lengths[index].max())
         return self.src[index, :S], self.tgt[index, :T]
 
 
-def fixed_size_batches(num_examples, batch_size, shuffle=False, generator=None):
-    """Index tensors of batch_size rows (the last may be shorter), in a seeded random order when shuffling."""
-    order = torch.randperm(num_examples, generator=generator) if shuffle else torch.arange(num_examples)
-    return list(order.split(batch_size))
+def token_budget_batches(lengths, max_tokens, generator):
+    """Batches of similar length whose padded size (rows x longest row) stays within max_tokens, in random order.
+
+    Like fairseq's --max-tokens: sorting by length before cutting batches wastes little on padding, and a
+    fresh shuffle before the (stable) sort varies which examples share a batch from epoch to epoch.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    order = order[torch.sort(lengths[order], stable=True).indices]
+    batches, start, longest = [], 0, 0
+    for end, i in enumerate(order.tolist()):
+        longest = max(longest, int(lengths[i]))
+        if (end + 1 - start) * longest > max_tokens and end > start:
+            batches.append(order[start:end])
+            start, longest = end, int(lengths[i])
+    batches.append(order[start:])
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

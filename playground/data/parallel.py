@@ -1,0 +1,145 @@
+"""Parallel text: sentence pairs from local files or the Hugging Face hub, checked line by line.
+
+Formats (dataset.format, or `auto` from the file name):
+- tsv:   one pair a line, `source<TAB>target`
+- jsonl: one JSON object a line, {"src": ..., "tgt": ...} or {"translation": {"en": ..., "it": ...}}
+- moses: two files with one sentence a line, `PREFIX.SRC_LANG` and `PREFIX.TGT_LANG` (train.en + train.it)
+A mistake in a file stops the run before training, naming the file and line.
+"""
+
+import json
+import random
+from pathlib import Path
+
+from ..errors import UserError
+
+FORMATS = ("auto", "tsv", "jsonl", "moses")
+
+
+def _lines(path: Path):
+    """(line number, text) for each line of a UTF-8 file, with the line named if its bytes do not decode."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path} line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1})")
+
+
+def _tsv(path):
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise UserError(f'{path} line {number}: expected "source<TAB>target", found no TAB')
+        source, target = line.split("\t", 1)
+        yield number, source, target
+
+
+def _jsonl(path, src_lang, tgt_lang):
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {number}: not JSON ({e.msg} at column {e.colno})")
+        pair = _pair_from_record(item, src_lang, tgt_lang)
+        if pair is None:
+            raise UserError(f'{path} line {number}: expected {{"src": ..., "tgt": ...}} or {{"translation": '
+                            f'{{"{src_lang}": ..., "{tgt_lang}": ...}}}} (dataset.src_lang, dataset.tgt_lang)')
+        yield number, *pair
+
+
+def _pair_from_record(item, src_lang, tgt_lang):
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("src"), str) and isinstance(item.get("tgt"), str):
+        return item["src"], item["tgt"]
+    translation = item.get("translation")
+    if isinstance(translation, dict) and isinstance(translation.get(src_lang), str) \
+            and isinstance(translation.get(tgt_lang), str):
+        return translation[src_lang], translation[tgt_lang]
+    return None
+
+
+def _moses(prefix, src_lang, tgt_lang):
+    src_path, tgt_path = Path(f"{prefix}.{src_lang}"), Path(f"{prefix}.{tgt_lang}")
+    for path in (src_path, tgt_path):
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (dataset.format=moses reads PREFIX.{src_lang} and PREFIX.{tgt_lang})")
+    sources, targets = list(_lines(src_path)), list(_lines(tgt_path))
+    if len(sources) != len(targets):
+        raise UserError(f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: "
+                        f"line n of one must translate line n of the other")
+    for (number, source), (_, target) in zip(sources, targets):
+        yield number, source, target
+
+
+def detect_format(path, src_lang) -> str:
+    path = Path(path)
+    if not path.exists() and Path(f"{path}.{src_lang}").exists():
+        return "moses"
+    return "jsonl" if path.suffix in (".jsonl", ".json") else "tsv"
+
+
+def read_pairs(path, fmt, src_lang, tgt_lang, key) -> list[tuple[str, str]]:
+    """All (source, target) pairs of one file; `key` (dataset.train_file, ...) names the setting in errors."""
+    if fmt not in FORMATS:
+        raise UserError(f"dataset.format={fmt} is not one of: {', '.join(FORMATS)}")
+    fmt = detect_format(path, src_lang) if fmt == "auto" else fmt
+    if fmt == "moses":
+        rows = _moses(path, src_lang, tgt_lang)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{key}={path}: no such file")
+        rows = _tsv(path) if fmt == "tsv" else _jsonl(path, src_lang, tgt_lang)
+    pairs = [(source.strip(), target.strip()) for _, source, target in rows]
+    if not pairs:
+        raise UserError(f"{key}={path}: the file holds no sentence pairs")
+    return pairs
+
+
+def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
+    """Sentence pairs of a Hugging Face dataset with a `translation` column (opus_books, wmt14, ...).
+
+    `name` may also be a folder written by datasets' save_to_disk: the same code reads it offline.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"dataset.hub_name={name} needs the `datasets` package: pip install -r requirements.txt")
+    try:
+        if Path(name).is_dir():
+            loaded = datasets.load_from_disk(name)
+        else:
+            loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
+    except Exception as e:  # no network, an unknown name or language pair, a broken cache
+        first_line = next(iter(str(e).splitlines()), type(e).__name__)
+        raise UserError(f"dataset.hub_name={name} ({config or f'{src_lang}-{tgt_lang}'}) could not be loaded from the "
+                        f"Hugging Face hub: {first_line[:300]} (is there a network connection? a local copy "
+                        f"saved with save_to_disk can be given as dataset.hub_name=FOLDER)")
+    split = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    pairs = []
+    for number, item in enumerate(split, start=1):
+        pair = _pair_from_record(item, src_lang, tgt_lang)
+        if pair is None:
+            raise UserError(f"dataset.hub_name={name} row {number}: no translation with languages "
+                            f"{src_lang} and {tgt_lang} (dataset.src_lang, dataset.tgt_lang)")
+        pairs.append((pair[0].strip(), pair[1].strip()))
+    return pairs
+
+
+def split_off(pairs, fraction, seed, key, total=None):
+    """Split a seeded random `fraction` of `total` pairs (default: all of them) off: (rest, held_out)."""
+    if not 0 < fraction < 1:
+        raise UserError(f"{key}={fraction} must be between 0 and 1")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(fraction * (total or len(pairs))))
+    if n >= len(pairs):
+        raise UserError(f"{key}={fraction} of {len(pairs)} pairs leaves none to train on")
+    held = set(order[:n])
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in order[:n]]

@@ -1,0 +1,161 @@
+"""Parallel text: reading files, tokenizers, batching by tokens, and training to a real BLEU score."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from playground.data import load_data
+from playground.data.batching import PaddedPairs, token_budget_batches
+from playground.data.parallel import read_pairs
+from playground.data.tokenizers import tokenizer_from_dict, train_tokenizer
+from playground.data.toy_corpus import make_pairs, write
+from playground.errors import UserError
+from playground.config import DatasetConfig
+from playground.model import BOS, EOS, PAD, UNK
+from test_cli import ENTRY, ROOT, run
+
+BAD_FILES = [
+    ("notab.tsv", b"hello\tciao\nno tab here\n", 'line 2: expected "source<TAB>target", found no TAB'),
+    ("bytes.tsv", b"a\tb\n\xff\xfe\tc\n", "line 2: not UTF-8 text (byte 0xff at column 1)"),
+    ("bad.jsonl", b'{"src": "a", "tgt": "b"}\n{not json}\n', "line 2: not JSON"),
+    ("keys.jsonl", b'{"src": "a", "tgt": "b"}\n{"source": "a"}\n', 'line 2: expected {"src": ..., "tgt": ...}'),
+    ("empty.tsv", b"", "the file holds no sentence pairs"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_a_broken_data_file_is_refused_naming_the_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{path}.*{message[:40]}".replace("(", r"\(").replace(")", r"\)")
+                       .replace("{", r"\{").replace("}", r"\}").replace("[", r"\[")):
+        read_pairs(path, "auto", "en", "it", "dataset.train_file")
+
+
+def test_a_missing_file_and_unequal_moses_files_are_refused(tmp_path):
+    with pytest.raises(UserError, match="dataset.valid_file=.*nope.tsv: no such file"):
+        read_pairs(tmp_path / "nope.tsv", "auto", "en", "it", "dataset.valid_file")
+    (tmp_path / "m.en").write_text("a\nb\n")
+    (tmp_path / "m.it").write_text("x\n")
+    with pytest.raises(UserError, match="m.en has 2 lines but .*m.it has 1"):
+        read_pairs(tmp_path / "m", "auto", "en", "it", "dataset.train_file")
+
+
+def test_tsv_jsonl_and_moses_files_give_the_same_pairs(tmp_path):
+    pairs = make_pairs(20)
+    write(pairs, tmp_path / "p.tsv", "tsv")
+    write(pairs, tmp_path / "p.jsonl", "jsonl")
+    (tmp_path / "p.en").write_text("".join(f"{en}\n" for en, _ in pairs))
+    (tmp_path / "p.it").write_text("".join(f"{it}\n" for _, it in pairs))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"src": en, "tgt": it}) + "\n" for en, it in pairs))
+    for name in ("p.tsv", "p.jsonl", "p", "q.jsonl"):
+        assert read_pairs(tmp_path / name, "auto", "en", "it", "dataset.train_file") == pairs
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_every_tokenizer_keeps_the_special_ids_and_survives_a_checkpoint(kind):
+    texts = [en for en, _ in make_pairs(300)]
+    tokenizer = train_tokenizer(kind, texts, vocab_size=200, min_frequency=1)
+    assert [tokenizer.piece(i) for i in (PAD, BOS, EOS, UNK)] == ["<pad>", "<s>", "</s>", "<unk>"]
+    ids = tokenizer.encode(texts[0])
+    assert ids and min(ids) > UNK
+    assert tokenizer.decode(ids + [EOS, ids[0]]) == texts[0]  # decoding stops at EOS
+    restored = tokenizer_from_dict(tokenizer.to_dict())
+    assert restored.encode(texts[1]) == tokenizer.encode(texts[1]) and restored.vocab_size == tokenizer.vocab_size
+
+
+def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_cut(tmp_path):
+    write(make_pairs(400), tmp_path / "all.tsv", "tsv")
+    c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "all.tsv"), tokenizer="word", vocab_size=500,
+                      min_frequency=1, valid_fraction=0.1, test_fraction=0.1)
+    data = load_data(c)
+    sources = {split: {s for s, _ in texts} for split, texts in data.texts.items()}
+    assert {k: len(v) for k, v in sources.items()} == {"train": 320, "valid": 40, "test": 40}
+    assert not (sources["train"] & sources["valid"] or sources["train"] & sources["test"])
+    assert load_data(c).texts == data.texts
+    c.max_src_len = 6  # most sentences have 5 to 9 words
+    filtered = load_data(c)
+    assert len(filtered.splits["train"]) < 320 and int(filtered.splits["train"].src_lengths.max()) <= 6
+    assert "longer than dataset.max_src_len=6" in filtered.notes["train"][-1]
+    c.too_long = "truncate"
+    truncated = load_data(c)
+    assert len(truncated.splits["train"]) == 320 and int(truncated.splits["train"].src_lengths.max()) == 6
+
+
+def test_token_budget_batches_cover_every_pair_once_and_pad_less_than_random_batches():
+    g = torch.Generator().manual_seed(0)
+    pairs = [([5] * n, [6] * n) for n in torch.randint(1, 40, (500,), generator=g).tolist()]
+    data = PaddedPairs(pairs)
+    batches = token_budget_batches(data.lengths(), max_tokens=200, generator=g)
+    assert sorted(torch.cat(batches).tolist()) == list(range(500))
+    assert all(len(b) * int(data.lengths()[b].max()) <= 200 for b in batches)
+
+    def padding(batch_list):
+        real = sum(int(data.src_lengths[b].sum()) for b in batch_list)
+        return 1 - real / sum(len(b) * int(data.src_lengths[b].max()) for b in batch_list)
+
+    assert padding(batches) < 0.1 < padding(list(torch.randperm(500, generator=g).split(len(batches[0]))))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    pairs = make_pairs(1700, seed=1)
+    write(pairs[:1500], folder / "train.tsv", "tsv")
+    write(pairs[1500:1600], folder / "valid.tsv", "tsv")
+    write(pairs[1600:], folder / "test.tsv", "tsv")
+    return folder, pairs[1600:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_training_on_a_rule_based_corpus_reaches_a_bleu_above_50_and_translates_from_anywhere(toy, tokenizer,
+                                                                                             tmp_path):
+    folder, test_pairs = toy
+    result = run("dataset=text_pairs", f"dataset.train_file={folder}/train.tsv", f"dataset.valid_file={folder}/valid.tsv",
+                 f"dataset.test_file={folder}/test.tsv", f"dataset.tokenizer={tokenizer}", "dataset.vocab_size=400",
+                 "trainer.max_steps=150", "trainer.eval_every=150", "trainer.max_tokens=1200",
+                 f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test/bleu"] > 50, metrics
+    assert {"test/chrf", "test/cer", "test/wer", "valid/bleu"} <= set(metrics)
+    if tokenizer == "bpe":
+        return  # eval and translate read the tokenizer from the checkpoint the same way for both
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ckpt = f"ckpt_path={tmp_path}/run/checkpoints/best.pt"
+    evaluated = run("mode=eval", ckpt, f"hydra.run.dir={elsewhere}/eval", cwd=elsewhere)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((elsewhere / "eval" / "metrics.json").read_text())["test/bleu"] == pytest.approx(metrics["test/bleu"])
+    english, italian = test_pairs[0]
+    translated = run("mode=translate", ckpt, f"text={english}", f"hydra.run.dir={elsewhere}/tr", cwd=elsewhere)
+    assert translated.returncode == 0, translated.stderr
+    assert translated.stdout.strip() == italian
+
+
+def test_the_hub_code_path_trains_from_a_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pairs = make_pairs(300)
+    datasets.Dataset.from_dict({"id": [str(i) for i in range(300)],
+                                "translation": [{"en": en, "it": it} for en, it in pairs]}).save_to_disk(tmp_path / "hub")
+    result = run("dataset=opus_books", f"dataset.hub_name={tmp_path}/hub", "dataset.valid_fraction=0.1",
+                 "dataset.test_fraction=0.1", "dataset.vocab_size=200", "model.d_model=32", "model.d_ff=64",
+                 "trainer.max_steps=10", "trainer.eval_every=10", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["test/bleu"] <= 100 and metrics["test/wer"] >= 0
+
+
+def test_without_a_network_the_hub_dataset_fails_with_one_clear_message(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, ENTRY, "dataset=opus_books", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: dataset.hub_name=opus_books (en-it) could not be loaded from the Hugging")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
