@@ -18,20 +18,17 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    enabled: bool = False  # started by torchrun (even with one process: the same DDP code path runs)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
 
 def from_environment() -> Dist:
-    """Read torchrun's variables (absent: one process)."""
+    """Read torchrun's variables (absent: one plain process)."""
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                int(os.environ.get("LOCAL_RANK", 0)))
+                int(os.environ.get("LOCAL_RANK", 0)), enabled="WORLD_SIZE" in os.environ)
 
 
 def init(d: Dist, device: torch.device) -> torch.device:

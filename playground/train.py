@@ -211,7 +211,7 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
                             f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")
 
     def stop_requested(step):
-        wanted = torch.tensor(float(stop is not None and stop.signal is not None))
+        wanted = torch.tensor(float(stop is not None and stop.signal is not None), device=device)  # NCCL: on the GPU
         if dist.enabled:  # every process must stop at the same step: agree at log steps
             if step % settings.log_every:
                 return False

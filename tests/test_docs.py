@@ -1,0 +1,37 @@
+"""The docs name files, functions and tests that exist."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+FILE_AND_NAMES = re.compile(r"`((?:playground|tests|docs)/[\w/]+\.(?:py|sh))`((?::\s*`\w+`(?:,\s*`\w+`)*)?)")
+TEST_REF = re.compile(r"`?(tests/\w+\.py)::(\w+)`?")
+
+
+def references():
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text().splitlines(), start=1):
+            for path, names in FILE_AND_NAMES.findall(line):
+                yield doc.name, number, path, re.findall(r"`(\w+)`", names)
+            for path, name in TEST_REF.findall(line):
+                yield doc.name, number, path, [name]
+
+
+REFERENCES = list(references())
+
+
+def test_the_docs_name_code_at_all():
+    assert len(REFERENCES) > 30
+
+
+@pytest.mark.parametrize("doc, line, path, names", REFERENCES, ids=[f"{r[0]}:{r[1]}:{r[2]}" for r in REFERENCES])
+def test_every_file_and_function_the_docs_mention_exists(doc, line, path, names):
+    source = ROOT / path
+    assert source.is_file(), f"{doc} line {line}: {path} does not exist"
+    text = source.read_text()
+    for name in names:
+        assert re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*=", text, re.M), \
+            f"{doc} line {line}: {path} defines no {name}"
