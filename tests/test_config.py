@@ -76,3 +76,21 @@ def test_the_cluster_and_parallel_launchers_compose(launcher, target):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert target in cfg.hydra.launcher._target_.lower()
+
+
+def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key():
+    from playground.errors import UserError
+    from playground.train import autocast_for, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="trainer.device=tpu is not one of: auto, cpu, cuda, mps"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="trainer.device=cuda but this machine has no cuda device"):
+            resolve_device("cuda")
+    with pytest.raises(UserError, match="trainer.precision=fp16 needs trainer.device=cuda"):
+        autocast_for(torch.device("cpu"), "fp16")
+    with pytest.raises(UserError, match="trainer.precision=int8 is not one of"):
+        autocast_for(torch.device("cpu"), "int8")
+    with autocast_for(torch.device("cpu"), "bf16")():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

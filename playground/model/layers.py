@@ -34,25 +34,24 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swiglu": _swiglu}
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 
 
-class PostNormResidual(nn.Module):
-    """LayerNorm(x + Dropout(Sublayer(x))), Section 3.1 and 5.4: the paper's placement."""
+class _Residual(nn.Module):
+    """A residual connection around a sublayer, with its norm and dropout; subclasses say where the norm goes."""
 
     def __init__(self, d_model: int, dropout: float, norm: str):
         super().__init__()
         self.norm = NORMS[norm](d_model)
         self.dropout = Dropout(dropout)
+
+
+class PostNormResidual(_Residual):
+    """LayerNorm(x + Dropout(Sublayer(x))), Section 3.1 and 5.4: the paper's placement."""
 
     def forward(self, x, sublayer):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
-class PreNormResidual(nn.Module):
+class PreNormResidual(_Residual):
     """x + Dropout(Sublayer(LayerNorm(x))): normalise the input instead (Xiong et al. 2020); trains without warmup."""
-
-    def __init__(self, d_model: int, dropout: float, norm: str):
-        super().__init__()
-        self.norm = NORMS[norm](d_model)
-        self.dropout = Dropout(dropout)
 
     def forward(self, x, sublayer):
         return x + self.dropout(sublayer(self.norm(x)))
