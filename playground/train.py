@@ -211,12 +211,13 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
                             f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")
 
     def stop_requested(step):
-        wanted = torch.tensor(float(stop is not None and stop.signal is not None), device=device)  # NCCL: on the GPU
-        if dist.enabled:  # every process must stop at the same step: agree at log steps
-            if step % settings.log_every:
-                return False
-            sum_across(dist, wanted)
-        return bool(wanted > 0)
+        wanted = stop is not None and stop.signal is not None
+        if not dist.enabled:
+            return wanted
+        if step % settings.log_every:  # every process must stop at the same step: agree at log steps
+            return False
+        votes = sum_across(dist, torch.tensor(float(wanted), device=device))  # on the GPU for NCCL
+        return bool(votes > 0)
 
     model.train()
     step = start_step
