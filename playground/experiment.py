@@ -95,12 +95,13 @@ def _evaluator(model, data: Data, t, device, autocast, d: Dist):
     return run
 
 
-def _write_metrics(run_dir: Path, split: str, metrics: dict, step: int, extra: dict = None) -> dict:
-    flat = {f"{split}/{k}": v for k, v in metrics.items()}
-    flat.update(extra or {})
-    flat["step"] = step
+def _flat_metrics(split: str, metrics: dict, step: int, extra: dict = None) -> dict:
+    """metrics.json's content: `split/metric` keys, any extra ones, and the step of the weights measured."""
+    return {**{f"{split}/{k}": v for k, v in metrics.items()}, **(extra or {}), "step": step}
+
+
+def _write_metrics(run_dir: Path, flat: dict) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
-    return flat
 
 
 class Interrupted(Exception):
@@ -206,9 +207,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, t.max_steps)
     tracker.close()
     valid = {f"valid/{k}": v for k, v in best.items() if k != "step"}  # the chosen weights' validation scores
-    flat = {**{f"test/{k}": v for k, v in metrics.items()}, **valid, "step": best.get("step", last)}
+    flat = _flat_metrics("test", metrics, best.get("step", last), valid)
     if d.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
+        _write_metrics(run_dir, flat)
         _report(flat, run_dir)
     distributed.shutdown(d)
     return flat
@@ -272,7 +273,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok))
     metrics, _ = _evaluator(model, data, t, device, autocast, Dist())("test")
-    flat = _write_metrics(Path(run_dir), "test", metrics, state["step"])
+    flat = _flat_metrics("test", metrics, state["step"])
+    _write_metrics(Path(run_dir), flat)
     _report(flat, Path(run_dir))
     return flat
 

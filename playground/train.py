@@ -199,7 +199,7 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
-    tokens, real_tokens, padded_tokens, skipped, t0 = 0, 0, 0, 0, time.perf_counter()
+    tokens, real_tokens, padded_tokens, window, skipped, t0 = 0, 0, 0, 0, 0, time.perf_counter()
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
 
@@ -224,7 +224,8 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
     for step in range(start_step + 1, settings.max_steps + 1):
         rows = next(batches)
         src, tgt = (t.to(device, non_blocking=True) for t in train_data.batch(rows))
-        real_tokens += int(train_data.src_lengths[rows].sum() + train_data.tgt_lengths[rows].sum())  # host-side
+        tgt_real = int(train_data.tgt_lengths[rows].sum())  # lengths live on the host: no device sync
+        real_tokens += int(train_data.src_lengths[rows].sum()) + tgt_real
         padded_tokens += src.numel() + tgt.numel()
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
         with autocast():
@@ -248,14 +249,14 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
         scaler.update()
         scheduler.step()
         loss_sum += loss.detach()
-        tokens += int(train_data.tgt_lengths[rows].sum()) - len(rows)  # real target tokens, counted on the host
+        window += 1
+        tokens += tgt_real - len(rows)  # real target tokens (tgt_out has one fewer per row)
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.max_steps:
             check_finite()
             elapsed = time.perf_counter() - t0
-            window = (step - 1) % settings.log_every + 1
             sum_across(dist, loss_sum)
-            values = {"train/loss": loss_sum.item() / window / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
+            values = {"train/loss": loss_sum.item() / max(window, 1) / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
                       "train/tokens_per_sec": tokens * dist.world_size / elapsed,
                       "train/padding_fraction": 1 - real_tokens / padded_tokens}
             if settings.grad_clip > 0:
@@ -263,7 +264,7 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
             tracker.scalars(values, step)
             bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
             loss_sum.zero_()
-            tokens, real_tokens, padded_tokens, t0 = 0, 0, 0, time.perf_counter()
+            tokens, real_tokens, padded_tokens, window, t0 = 0, 0, 0, 0, time.perf_counter()
         if step % settings.eval_every == 0 or step == settings.max_steps:
             check_finite()
             on_eval(step)
