@@ -11,6 +11,7 @@ matrix-multiply peak this machine reaches (measured here, once per precision).
 import argparse
 import contextlib
 import math
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from .model import EOS, PAD, build_model
 from .model.embeddings import sinusoid_table
-from .train import sequence_loss
+from .loss import sequence_loss
+from .train import build_optimizer
 
 SIZES = {
     "d256": dict(d_model=256, heads=4, layers=3, d_ff=1024, vocab=8000, batch=32, length=64),
@@ -91,6 +93,28 @@ def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
     return (time.perf_counter() - start) / n
 
 
+def timed_alternating(fns, device, rounds=7, warmup=2, round_seconds=0.5):
+    """Median seconds per call of each fn, timed in alternation round by round.
+
+    A shared machine's speed drifts by 10% over a minute; taking turns puts both sides of a ratio under
+    the same conditions, and the median drops a round that a neighbour disturbed.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, seconds in zip(fns, times):
+            n, start = 0, time.perf_counter()
+            while n < 1 or time.perf_counter() - start < round_seconds:
+                fn()
+                synchronize(device)
+                n += 1
+            seconds.append((time.perf_counter() - start) / n)
+    return [statistics.median(seconds) for seconds in times]
+
+
 def matmul_peak(device, dtype):
     """FLOP/s of a large square matrix product: the ceiling MFU is measured against."""
     n = 8192 if device.type == "cuda" else 2048
@@ -108,9 +132,16 @@ def training_flops(size):
     return 3 * (enc + dec + out)
 
 
-def train_step_fn(model, size, device, autocast):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
-                                 fused=device.type == "cuda")
+def train_step_fn(model, size, device, autocast, playground):
+    """One training step as each side would write it: nn.Transformer with torch.optim.Adam's defaults and
+    F.cross_entropy; the playground with its own optimizer (build_optimizer: fused Adam) and sequence_loss."""
+    adam = SimpleNamespace(name="adam", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
+    if playground:
+        optimizer, loss_fn = build_optimizer(adam, model.parameters(), device), sequence_loss
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=adam.lr, betas=adam.betas, eps=adam.eps)
+        loss_fn = lambda logits, tgt_out, eps: F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
+                                                                ignore_index=PAD, label_smoothing=eps)
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, size["vocab"], (size["batch"], size["length"]), generator=g).to(device)
     tgt = torch.randint(4, size["vocab"], (size["batch"], size["length"] + 1), generator=g).to(device)
@@ -118,7 +149,7 @@ def train_step_fn(model, size, device, autocast):
     def step():
         with autocast():
             logits = model(src, tgt[:, :-1])
-        loss = sequence_loss(logits, tgt[:, 1:], 0.1)
+        loss = loss_fn(logits, tgt[:, 1:], 0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,17 +167,16 @@ def bench_training(device, precisions):
             autocast = (contextlib.nullcontext if precision == "fp32" else
                         lambda: torch.autocast(device.type, dtype=torch.bfloat16))
             tokens = size["batch"] * size["length"]
-            result = {}
-            for label, make in (("nn.Transformer", lambda: TorchTransformer(size["vocab"], size["d_model"],
-                                                                            size["heads"], size["layers"],
-                                                                            size["d_ff"])),
-                                ("playground", lambda: playground_model(size))):
+            steps = []
+            for playground, make in ((False, lambda: TorchTransformer(size["vocab"], size["d_model"], size["heads"],
+                                                                      size["layers"], size["d_ff"])),
+                                     (True, lambda: playground_model(size))):
                 torch.manual_seed(0)
-                model = make().to(device).train()
-                result[label] = tokens / timed(train_step_fn(model, size, device, autocast), device)
-                del model
-            mfu = result["playground"] * training_flops(size) / tokens / peaks[precision]
-            rows.append((f"train {name} {precision}", result["nn.Transformer"], result["playground"], mfu))
+                steps.append(train_step_fn(make().to(device).train(), size, device, autocast, playground))
+            theirs, ours = (tokens / seconds for seconds in timed_alternating(steps, device))
+            del steps
+            mfu = ours * training_flops(size) / tokens / peaks[precision]
+            rows.append((f"train {name} {precision}", theirs, ours, mfu))
     return rows
 
 

@@ -86,7 +86,7 @@ class TrainerConfig:
     batch_size: int = 64  # sentence pairs per step (per process under torchrun)
     max_tokens: int = 0  # instead of batch_size: length-bucketed batches of at most this many padded tokens
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a gradient scaler, CUDA only)
+    precision: str = "auto"  # auto (bf16 where the CPU/GPU computes it natively, else fp32) | fp32 | bf16 | fp16 (CUDA)
     label_smoothing: float = 0.1  # epsilon_ls (Section 5.4)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     log_every: int = 50  # steps between train/* scalars (and the only host syncs of the loop)

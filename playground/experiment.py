@@ -21,7 +21,7 @@ from .evaluate import evaluate, text_metrics
 from .model import build_model
 from .tracking import Tracker
 from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, resolve_device,
-                    train)
+                    resolve_precision, train)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
     device = distributed.init(d, resolve_device(t.device))
+    t.precision = resolve_precision(device, t.precision)
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / "last.pt").exists():
@@ -266,6 +267,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     device = resolve_device(t.device)
+    t.precision = resolve_precision(device, t.precision)
     autocast = autocast_for(device, t.precision)
     model.to(device)
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)

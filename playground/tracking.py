@@ -4,12 +4,11 @@ Everything goes into the run directory itself, so `tensorboard --logdir outputs`
 one run per directory: scalars, the HParams tab, attention heatmaps (IMAGES) and sample outputs (TEXT).
 """
 
-import matplotlib
-
-matplotlib.use("Agg")  # draw into memory: no window, works on servers
-import matplotlib.pyplot as plt  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from torch.utils.tensorboard.summary import hparams  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 
 class Tracker:
@@ -40,19 +39,9 @@ class Tracker:
                 file_writer.add_summary(summary)
 
     def attention(self, tag: str, weights, queries, keys, step: int) -> None:
-        """One heatmap per head of weights (H, T, S), queries down the side and keys along the top."""
-        if not self.writer:
-            return
-        heads = weights.shape[0]
-        fig, axes = plt.subplots(1, heads, figsize=(0.25 * len(keys) * heads + 1.5, 0.25 * len(queries) + 1.2),
-                                 squeeze=False, dpi=80)
-        for h, ax in enumerate(axes[0]):
-            ax.imshow(weights[h].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_title(f"head {h}", fontsize=8)
-            ax.set_xticks(range(len(keys)), keys, fontsize=6, rotation=90)
-            ax.set_yticks(range(len(queries)), queries if h == 0 else [""] * len(queries), fontsize=6)
-        fig.tight_layout()
-        self.writer.add_figure(tag, fig, step)  # closes the figure
+        """One heatmap per head of weights (H, T, S), queries down the side and keys along the bottom."""
+        if self.writer:
+            self.writer.add_image(tag, attention_image(weights, queries, keys), step, dataformats="HWC")
 
     def close(self) -> None:
         if self.writer:
@@ -61,3 +50,33 @@ class Tracker:
 
 def _hparam_value(value):
     return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def attention_image(weights, queries, keys, cell: int = 16) -> np.ndarray:
+    """Heads side by side as heatmaps: weights (H, T, S) in [0, 1] -> an RGB image (height, width, 3), uint8.
+
+    Drawn with Pillow, a square of `cell` pixels per weight, so that a run can log every layer at every
+    evaluation: a matplotlib figure with tick labels took 0.2-0.4 s per layer on a 2-core CPU, this takes ~5 ms.
+    """
+    H, T, S = weights.shape
+    font = ImageFont.load_default(size=cell - 4)
+    text_width = lambda words: max((int(font.getlength(w)) for w in words), default=0) + 4
+    left, top, gap = text_width(queries), cell + 4, cell
+    bottom = text_width(keys)
+    image = Image.new("RGB", (left + H * S * cell + (H - 1) * gap + 2, top + T * cell + bottom), "white")
+    draw = ImageDraw.Draw(image)
+    colours = (colormaps["viridis"](weights.detach().float().clamp(0, 1).cpu().numpy())[..., :3] * 255).astype(np.uint8)
+    key_labels = [Image.new("RGB", (bottom, cell), "white") for _ in keys]  # drawn once, pasted under every head
+    for label, word in zip(key_labels, keys):
+        ImageDraw.Draw(label).text((bottom - 2, cell / 2), word, fill="black", font=font, anchor="rm")
+    key_labels = [label.rotate(90, expand=True) for label in key_labels]  # (cell wide, bottom tall), reading upwards
+    for t, word in enumerate(queries):
+        draw.text((left - 2, top + t * cell + cell / 2), word, fill="black", font=font, anchor="rm")
+    for h in range(H):
+        x = left + h * (S * cell + gap)
+        heatmap = colours[h].repeat(cell, axis=0).repeat(cell, axis=1)  # (T * cell, S * cell, 3)
+        image.paste(Image.fromarray(heatmap), (x, top))
+        draw.text((x, 1), f"head {h}", fill="black", font=font)
+        for s_, label in enumerate(key_labels):
+            image.paste(label, (x + s_ * cell, top + T * cell))
+    return np.asarray(image)

@@ -8,13 +8,12 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data.batching import token_budget_batches
 from .distributed import Dist, sum_across
 from .errors import UserError
-from .model import PAD
+from .loss import sequence_loss
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,10 +31,26 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX) rather than emulating them."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """trainer.precision: auto is bf16 where the hardware computes in it natively (a CUDA GPU with bf16, a CPU
+    with AVX512-BF16 or AMX: 2x to 6x the fp32 matrix throughput) and fp32 elsewhere; other values pass through."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
+
+
 def autocast_for(device: torch.device, precision: str):
     """A function returning the autocast context for trainer.precision (a no-op context for fp32)."""
+    precision = resolve_precision(device, precision)
     if precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={precision} is not one of: {', '.join(PRECISIONS)}")
+        raise UserError(f"trainer.precision={precision} is not one of: auto, {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
@@ -47,10 +62,14 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def build_optimizer(opt_cfg, params, device: torch.device) -> torch.optim.Optimizer:
-    """optimizer.name: adam (the paper's, Section 5.3), adamw or sgd; one fused/foreach kernel, not a loop per tensor."""
+    """optimizer.name: adam (the paper's, Section 5.3), adamw or sgd; Adam is one fused kernel, not a loop per tensor.
+
+    torch has fused Adam on the CPU and CUDA: on the CPU it is 4x faster than the default per-tensor loop and 6x
+    faster than foreach, which allocates a temporary per tensor and step (78M parameters: 24 vs 97 vs 157 ms).
+    """
     if opt_cfg.lr <= 0:
         raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive")
-    fused = device.type == "cuda"
+    fused = device.type in ("cpu", "cuda")
     if opt_cfg.name in ("adam", "adamw"):
         if len(opt_cfg.betas) != 2 or not all(0 <= b < 1 for b in opt_cfg.betas):
             raise UserError(f"optimizer.betas={list(opt_cfg.betas)} must be two numbers in [0, 1)")
@@ -95,12 +114,6 @@ def build_scheduler(sched_cfg, optimizer, max_steps: int):
     warmup, min_ratio = sched_cfg.warmup_steps, sched_cfg.min_lr_ratio
     # LambdaLR counts from 0 before the first step; the paper's step_num counts from 1
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: fn(i + 1, warmup, max_steps, min_ratio))
-
-
-def sequence_loss(logits, tgt_out, label_smoothing):
-    """Cross-entropy over real target tokens (PAD ignored), with label smoothing, computed in fp32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
-                           label_smoothing=label_smoothing)
 
 
 class BatchStream:

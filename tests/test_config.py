@@ -94,3 +94,16 @@ def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key():
         autocast_for(torch.device("cpu"), "int8")
     with autocast_for(torch.device("cpu"), "bf16")():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from playground import train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
+    assert train.resolve_precision(cpu, "auto") == "bf16"
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
+    assert train.resolve_precision(cpu, "auto") == "fp32"
+    assert train.resolve_precision(cpu, "bf16") == "bf16"  # asked for by name: honoured, even if emulated
+    with train.autocast_for(cpu, "auto")():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

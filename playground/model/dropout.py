@@ -6,17 +6,29 @@ draw, each keeping an element with probability 1 - round(256 p) / 256 (p rounded
 e.g. 0.1 -> 0.1016), and scaling what is kept by the inverse of that. On other devices F.dropout is used.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class _ByteMaskDropout(torch.autograd.Function):
+def keep_mask(shape, p: float, device):
+    """A boolean mask of the elements dropout keeps, and the scale 1 / (1 - p) for what it keeps.
+
+    On the CPU, from random bytes (p rounded to a multiple of 1/256); elsewhere from uniform draws."""
+    threshold = round(256 * p)
+    if torch.device(device).type == "cpu" and 0 < threshold < 256:
+        numel = math.prod(shape)
+        draws = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+        return (draws.view(torch.uint8)[:numel] >= threshold).view(shape), 256.0 / (256 - threshold)
+    return torch.rand(shape, device=device) >= p, 1.0 / (1.0 - p)
+
+
+class _MaskDropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, threshold: int):
-        draws = torch.empty((x.numel() + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
-        keep = (draws.view(torch.uint8)[: x.numel()] >= threshold).view(x.shape)
-        scale = 256.0 / (256 - threshold)
+    def forward(ctx, x, p: float):
+        keep, scale = keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(keep)
         ctx.scale = scale
         return torch.where(keep, x * scale, 0.0)
@@ -31,10 +43,8 @@ def dropout(x, p: float, training: bool):
     """Zero each element with probability p and scale the rest by 1 / (1 - p), in training only."""
     if not training or p == 0.0:
         return x
-    if x.device.type == "cpu":
-        threshold = round(256 * p)
-        if 0 < threshold < 256:
-            return _ByteMaskDropout.apply(x, threshold)
+    if x.device.type == "cpu" and 0 < round(256 * p) < 256:
+        return _MaskDropout.apply(x, p)
     return F.dropout(x, p, training=True)
 
 

@@ -1,0 +1,41 @@
+"""The training loss is torch's label-smoothed cross-entropy, computed block by block without its temporaries."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from playground import loss as loss_module
+from playground.loss import sequence_loss
+from playground.model import PAD
+
+
+def reference_loss(logits, target, smoothing):
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=PAD, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sequence_loss_and_its_gradient_equal_torch_cross_entropy_with_padding(dtype, smoothing, monkeypatch):
+    monkeypatch.setattr(loss_module, "BLOCK_ELEMENTS", 3 * 50)  # blocks of 3 rows: the last one is short
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 7, 50) * 3).to(dtype).requires_grad_()
+    target = torch.randint(4, 50, (4, 7))
+    target[0, 5:] = PAD
+    target[2, 1:] = PAD
+
+    ours = sequence_loss(logits, target, smoothing)
+    (grad_ours,) = torch.autograd.grad(ours * 2.5, logits)
+    theirs = reference_loss(logits, target, smoothing)
+    (grad_theirs,) = torch.autograd.grad(theirs * 2.5, logits)
+
+    assert ours.dtype == torch.float32 and grad_ours.dtype == dtype
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-6)
+    assert grad_ours[2, 1:].abs().sum() == 0  # padded positions get no gradient
+
+
+def test_sequence_loss_leaves_fp32_logits_unchanged():
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    before = logits.detach().clone()
+    sequence_loss(logits, torch.randint(1, 11, (2, 3)), 0.1).backward()
+    assert torch.equal(logits.detach(), before)
