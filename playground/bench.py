@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loss import sequence_loss
 from .model import EOS, PAD, build_model
 from .model.embeddings import sinusoid_table
-from .loss import sequence_loss
+from .perf import matmul_peak, synchronize, training_flops
 from .train import build_optimizer
 
 SIZES = {
@@ -75,11 +76,6 @@ def playground_model(size, **variant):
     return build_model(cfg, size["vocab"], size["vocab"])
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
     """Seconds per call of fn, after warm-up, averaged over at least min_iters calls and min_seconds."""
     for _ in range(warmup):
@@ -115,21 +111,10 @@ def timed_alternating(fns, device, rounds=7, warmup=2, round_seconds=0.5):
     return [statistics.median(seconds) for seconds in times]
 
 
-def matmul_peak(device, dtype):
-    """FLOP/s of a large square matrix product: the ceiling MFU is measured against."""
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, device, min_seconds=1.0)
-
-
-def training_flops(size):
-    """Model FLOPs of one training step: 3x the forward pass (backward is twice the forward)."""
-    D, F_, L, V, B, T = (size[k] for k in ("d_model", "d_ff", "layers", "vocab", "batch", "length"))
-    tokens = B * T
-    enc = L * (4 * D * D + 2 * D * F_) * 2 * tokens + L * 2 * 2 * B * T * T * D
-    dec = L * (8 * D * D + 2 * D * F_) * 2 * tokens + L * 2 * 2 * 2 * B * T * T * D
-    out = 2 * D * V * tokens
-    return 3 * (enc + dec + out)
+def size_flops(size):
+    """Model FLOPs of one training step at a benchmark size."""
+    return training_flops(size["d_model"], size["d_ff"], size["layers"], size["layers"], size["vocab"], size["batch"],
+                          size["length"], size["length"])
 
 
 def train_step_fn(model, size, device, autocast, playground):
@@ -175,7 +160,7 @@ def bench_training(device, precisions):
                 steps.append(train_step_fn(make().to(device).train(), size, device, autocast, playground))
             theirs, ours = (tokens / seconds for seconds in timed_alternating(steps, device))
             del steps
-            mfu = ours * training_flops(size) / tokens / peaks[precision]
+            mfu = ours * size_flops(size) / tokens / peaks[precision]
             rows.append((f"train {name} {precision}", theirs, ours, mfu))
     return rows
 

@@ -93,6 +93,7 @@ class TrainerConfig:
     eval_every: int = 250  # steps between evaluations on the validation split (each saves last.pt)
     checkpoint_every: int = 0  # also save last.pt every this many steps (0 = only at evaluations)
     on_nonfinite: str = "stop"  # a NaN/inf loss: stop (with the step and lr) | skip (that step; syncs every step)
+    compile: bool = False  # torch.compile the model for training (inductor); falls back to eager with a message
     eval_batch_size: int = 500  # sentence pairs per evaluation batch
     beam_size: int = 1  # 1 = greedy decoding
     length_penalty: float = 0.6  # alpha of Wu et al. (2016) for beam search

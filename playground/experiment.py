@@ -4,6 +4,7 @@ import json
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,9 +20,10 @@ from .data import Data, load_data, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import evaluate, text_metrics
 from .model import build_model
+from .perf import matmul_peak, training_flops
 from .tracking import Tracker
-from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, resolve_device,
-                    resolve_precision, train)
+from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, maybe_compile,
+                    resolve_device, resolve_precision, train)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,16 @@ def _log_attention(tracker, model, data: Data, device, step) -> None:
         queries = src_pieces if name.startswith("encoder") else tgt_pieces
         keys = tgt_pieces if name.startswith("decoder") and name.endswith("self_attn") else src_pieces
         tracker.attention(f"attention/{name}", weights[0], queries, keys, step)
+
+
+def _flops_counters(model_cfg, tgt_vocab, device, precision, d):
+    """The model FLOPs of a step as a function of its shape, and this device's matrix-product peak (rank 0 only,
+    which logs; half a second spent once) in the precision the matrix products run in: what perf/mfu divides."""
+    m = model_cfg
+    d_ff = m.d_ff * 3 // 2 if m.activation == "swiglu" else m.d_ff  # SwiGLU's W1 is twice as wide
+    step_flops = partial(training_flops, m.d_model, d_ff, m.enc_layers, m.dec_layers, tgt_vocab)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return step_flops, matmul_peak(device, dtype, seconds=0.5) if d.is_main else None
 
 
 HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
@@ -192,10 +204,11 @@ def run_train(cfg, run_dir: Path) -> dict:
             save(step, metrics, "best.pt")
         save(step, metrics)
 
-    train_model = DistributedDataParallel(model) if d.enabled else model
+    train_model = maybe_compile(DistributedDataParallel(model) if d.enabled else model, t.compile, device, log.warning)
+    step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
     with StopRequest() as stop:
         last = train(train_model, optimizer, scheduler, scaler, data.splits["train"], batches, t, device, autocast,
-                     tracker, on_eval, save, start_step, stop, d)
+                     tracker, on_eval, save, start_step, stop, d, step_flops, peak_flops)
     if last < t.max_steps:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()

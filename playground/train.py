@@ -2,6 +2,8 @@
 
 import contextlib
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,6 +28,31 @@ def resolve_device(name: str) -> torch.device:
     if not available[name]:
         raise UserError(f"trainer.device={name} but this machine has no {name} device (try trainer.device=auto)")
     return torch.device(name)
+
+
+def compile_unavailable(device: torch.device):
+    """Why torch.compile cannot work here, or None: dynamo needs a supported Python, inductor on the CPU a C++ compiler."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version.split()[0]} with torch {torch.__version__}"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        return "no C++ compiler found (inductor compiles CPU kernels with one: install g++ or set CXX)"
+    return None
+
+
+def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
+    """trainer.compile: the model under torch.compile, or, where it cannot be compiled, the model itself and a message.
+
+    A graph that fails to compile later (an unsupported operation, a compiler error) runs eagerly instead of
+    stopping the run: torch._dynamo.config.suppress_errors, which prints what failed.
+    """
+    if not enabled:
+        return model
+    reason = compile_unavailable(device)
+    if reason:
+        warn(f"trainer.compile=true but {reason}: training without torch.compile")
+        return model
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -202,17 +229,19 @@ class StopRequest:
 
 
 def train(model, optimizer, scheduler, scaler, train_data, batches, settings, device, autocast, tracker,
-          on_eval, on_checkpoint, start_step=0, stop=None, dist=None):
+          on_eval, on_checkpoint, start_step=0, stop=None, dist=None, step_flops=None, peak_flops=None):
     """Teacher-forced training up to settings.max_steps; returns the last step done (less if stopped).
 
     `on_eval(step)` evaluates and checkpoints, `on_checkpoint(step)` only checkpoints. The only host
     synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
+    `step_flops(B, S, T)` (model FLOPs of a step) and `peak_flops` (this device's FLOP/s) give perf/mfu.
     """
     dist = dist or Dist()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
     tokens, real_tokens, padded_tokens, window, skipped, t0 = 0, 0, 0, 0, 0, time.perf_counter()
+    flops = 0  # model FLOPs of this process's steps in the log window
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
 
@@ -236,11 +265,16 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
     step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
         rows = next(batches)
-        src, tgt = (t.to(device, non_blocking=True) for t in train_data.batch(rows))
+        src, tgt = train_data.batch(rows)  # an index into tensors padded once at load: no loader workers needed
+        if device.type == "cuda":  # page-locked, so that the copies run asynchronously to the GPU's work
+            src, tgt = src.pin_memory(), tgt.pin_memory()
+        src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
         tgt_real = int(train_data.tgt_lengths[rows].sum())  # lengths live on the host: no device sync
         real_tokens += int(train_data.src_lengths[rows].sum()) + tgt_real
         padded_tokens += src.numel() + tgt.numel()
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
+        if step_flops is not None:
+            flops += step_flops(src.size(0), src.size(1), tgt_in.size(1))
         with autocast():
             logits = model(src, tgt_in)  # (B, T, V)
         loss = sequence_loss(logits, tgt_out, settings.label_smoothing)
@@ -270,19 +304,22 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
             elapsed = time.perf_counter() - t0
             sum_across(dist, loss_sum)
             values = {"train/loss": loss_sum.item() / max(window, 1) / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
-                      "train/tokens_per_sec": tokens * dist.world_size / elapsed,
-                      "train/padding_fraction": 1 - real_tokens / padded_tokens}
+                      "train/padding_fraction": 1 - real_tokens / padded_tokens,
+                      "perf/tokens_per_sec": tokens * dist.world_size / elapsed}  # real target tokens, all processes
+            if step_flops is not None and peak_flops:
+                values["perf/mfu"] = flops / elapsed / peak_flops  # this process on its device
             if settings.grad_clip > 0:
                 values["train/grad_norm"] = grad_norm.item()
             tracker.scalars(values, step)
             bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
             loss_sum.zero_()
-            tokens, real_tokens, padded_tokens, window, t0 = 0, 0, 0, 0, time.perf_counter()
+            tokens, real_tokens, padded_tokens, window, flops, t0 = 0, 0, 0, 0, 0, time.perf_counter()
         if step % settings.eval_every == 0 or step == settings.max_steps:
             check_finite()
+            paused = time.perf_counter()
             on_eval(step)
             bar.refresh()
-            t0 = time.perf_counter()  # evaluation time is not training throughput
+            t0 += time.perf_counter() - paused  # evaluation time is not training throughput
         elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
             check_finite()
             on_checkpoint(step)

@@ -21,7 +21,7 @@ def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(tmp_path):
     for job in jobs:
         events = EventAccumulator(str(sweep / job), size_guidance={"images": 0}).Reload()
         tags = events.Tags()
-        assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "valid/exact_match",
+        assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "perf/mfu", "valid/exact_match",
                 "test/exact_match"} <= set(tags["scalars"])
         assert "attention/decoder.layers.1.cross_attn" in tags["images"]
         assert "valid/samples/text_summary" in tags["tensors"]

@@ -1,0 +1,41 @@
+"""Model FLOPs and the machine's matrix-multiply peak: what MFU (model FLOPs utilisation) is measured with.
+
+MFU = FLOPs the model needs per second / FLOPs per second the hardware reaches on a large matrix product.
+Only matrix products count (projections, feed-forward, attention scores and sums, the output layer);
+the backward pass is twice the forward, so a training step is 3x the forward pass.
+"""
+
+import time
+
+import torch
+
+
+def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_len, tgt_len) -> int:
+    """Matrix-product FLOPs of one training step on a (batch, src_len) source and (batch, tgt_len) target."""
+    D, F, B, S, T = d_model, d_ff, batch, src_len, tgt_len
+    encoder = enc_layers * (2 * B * S * (4 * D * D + 2 * D * F) + 2 * 2 * B * S * S * D)  # QKV+out, FFN; QK^T, AV
+    decoder = dec_layers * (2 * B * T * (4 * D * D + 2 * D * F)  # self-attention QKV+out, FFN
+                            + 2 * B * T * 2 * D * D + 2 * B * S * 2 * D * D  # cross-attention Q, out; K, V of memory
+                            + 2 * 2 * B * T * T * D + 2 * 2 * B * T * S * D)  # self and cross QK^T, AV
+    output = 2 * B * T * D * tgt_vocab
+    return 3 * (encoder + decoder + output)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matrix product in dtype on device: the ceiling MFU is measured against."""
+    n = 8192 if device.type == "cuda" else 2048
+    g = torch.Generator(device).manual_seed(0)  # its own: a run's random stream is not disturbed by measuring
+    a, b = (torch.randn(n, n, device=device, generator=g).to(dtype) for _ in range(2))
+    a @ b  # warm-up: kernels chosen, caches filled
+    synchronize(device)
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        a @ b
+        synchronize(device)
+        calls += 1
+    return 2 * n**3 * calls / (time.perf_counter() - start)

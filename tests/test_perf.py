@@ -1,0 +1,30 @@
+"""perf/mfu counts the model FLOPs of the model that is actually built."""
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from playground.model import build_model
+from playground.perf import matmul_peak, training_flops
+
+
+def test_training_flops_are_three_times_two_flops_per_linear_weight_per_token_plus_attention():
+    cfg = SimpleNamespace(d_model=64, heads=4, enc_layers=2, dec_layers=3, d_ff=96, dropout=0.0, norm_position="post",
+                          norm="layernorm", final_norm=False, positional="sinusoidal", activation="relu",
+                          attention="sdpa", tie_embeddings="none", max_len=64)
+    model = build_model(cfg, 50, 70)
+    linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    B, L = 5, 12  # with equal source and target lengths every linear weight meets every token once
+    attention_modules = cfg.enc_layers + 2 * cfg.dec_layers
+    forward = 2 * B * L * linear_weights + attention_modules * 2 * (2 * B * L * L * cfg.d_model)  # QK^T and AV
+    assert training_flops(64, 96, 2, 3, 70, B, L, L) == 3 * forward
+
+
+def test_the_matmul_peak_is_a_positive_rate_and_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    peak = matmul_peak(torch.device("cpu"), torch.float32, seconds=0.05)
+    assert peak > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
+    assert torch.equal(torch.rand(3), expected)
