@@ -6,10 +6,11 @@ eps/V on every other, so for logits x with log-sum-exp L the loss of one token t
     L - (1 - eps) x_t - (eps / V) sum_j x_j        and its gradient    softmax(x) - (1 - eps) onehot(t) - eps / V
 
 `sequence_loss` computes exactly what F.cross_entropy(logits, target, ignore_index=PAD,
-label_smoothing=eps) computes (a test holds them together), but in one pass over the logits each way,
-a block of rows at a time in fp32 whatever the logits' dtype. torch's version materialises log-softmax,
-its fp32 copy under autocast, a dense zero-filled gradient for the target term and another for the
-smoothing term: with a 16k vocabulary that was 15% of a CPU training step.
+label_smoothing=eps) computes (a test holds them together), but in one pass over the logits, a block
+of rows at a time in fp32 whatever the logits' dtype, writing the gradient in the same pass. torch's
+version materialises log-softmax, its fp32 copy under autocast, a dense zero-filled gradient for the
+target term and another for the smoothing term: with a 16k vocabulary that was 15% of a CPU training
+step (1024 x 16000 logits, fp32: 90 ms there, 35 ms here; bf16: 120 ms and 19 ms).
 """
 
 import torch
@@ -20,38 +21,46 @@ BLOCK_ELEMENTS = 1 << 20  # logits per block on the CPU: 4 MB of fp32, which sta
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
+    """The loss, and in the same pass over each block of logits the gradient for d(loss) = 1 (softmax is at hand
+    then); the backward pass only scales that gradient by the incoming one."""
+
     @staticmethod
     def forward(ctx, logits, target, smoothing: float, ignore_index: int):
         N, V = logits.shape
         keep = target != ignore_index  # (N,) rows that count
         count = keep.sum().clamp(min=1)  # a tensor: no host synchronisation
-        lse = torch.empty(N, dtype=torch.float32, device=logits.device)  # (N,) log-sum-exp of each row
+        row_scale = (keep / count)[:, None]  # (N, 1): each counted row's share of the mean, 0 for ignored rows
         per_token = torch.empty(N, dtype=torch.float32, device=logits.device)
         index = torch.where(keep, target, 0)[:, None]  # (N, 1) ignored rows gather a harmless column
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        fp32 = logits.dtype == torch.float32
         for start, stop in _blocks(logits):
-            x = logits[start:stop].float()  # (n, V)
-            lse[start:stop] = torch.logsumexp(x, dim=-1)
-            picked = x.gather(1, index[start:stop]).squeeze(1)  # (n,) logit of the right token
-            per_token[start:stop] = lse[start:stop] - (1 - smoothing) * picked - (smoothing / V) * x.sum(-1)
-        ctx.save_for_backward(logits, index, lse, keep, count)
-        ctx.smoothing = smoothing
-        return torch.where(keep, per_token, 0.0).sum() / count
+            x = logits[start:stop].float()  # (n, V): the logits themselves when fp32, else a copy in fp32
+            top = x.amax(-1, keepdim=True)  # (n, 1)
+            picked = x.gather(1, index[start:stop])  # (n, 1) logit of the right token
+            total = x.sum(-1, keepdim=True)  # (n, 1)
+            # exp(x - top) goes straight into the gradient's block when it is fp32; a bf16 copy is ours to overwrite
+            e = torch.sub(x, top, out=grad[start:stop] if fp32 and grad is not None else (None if fp32 else x)).exp_()
+            sum_e = e.sum(-1, keepdim=True)  # (n, 1)
+            lse = top + sum_e.log()
+            per_token[start:stop] = (lse - (1 - smoothing) * picked - (smoothing / V) * total).squeeze(1)
+            if grad is not None:  # softmax - (1 - eps) onehot - eps / V, times the row's share
+                e.div_(sum_e).sub_(smoothing / V).scatter_add_(1, index[start:stop], e.new_full((stop - start, 1),
+                                                                                            -(1 - smoothing)))
+                e.mul_(row_scale[start:stop])
+                if not fp32:
+                    grad[start:stop] = e
+        ctx.save_for_backward(grad)
+        ctx.used = False
+        return (per_token * row_scale.squeeze(1)).sum()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        logits, index, lse, keep, count = ctx.saved_tensors
-        eps, V = ctx.smoothing, logits.size(1)
-        row_scale = (keep * (grad_loss / count))[:, None]  # (N, 1): zero for ignored rows
-        grad = torch.empty_like(logits)
-        fp32 = logits.dtype == torch.float32
-        for start, stop in _blocks(logits):
-            # (n, V) softmax, written straight into the gradient when it is fp32, else into an fp32 block
-            g = torch.sub(logits[start:stop].float(), lse[start:stop, None], out=grad[start:stop] if fp32 else None)
-            g.exp_().sub_(eps / V).scatter_add_(1, index[start:stop], g.new_full((stop - start, 1), -(1 - eps)))
-            g.mul_(row_scale[start:stop])
-            if not fp32:
-                grad[start:stop] = g
-        return grad, None, None, None
+        if ctx.used:
+            raise RuntimeError("sequence_loss scales its stored gradient in place: it cannot be backpropagated twice")
+        ctx.used = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None
 
 
 def _blocks(logits):

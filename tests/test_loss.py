@@ -30,7 +30,9 @@ def test_sequence_loss_and_its_gradient_equal_torch_cross_entropy_with_padding(d
 
     assert ours.dtype == torch.float32 and grad_ours.dtype == dtype
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-6)
+    # in bf16 the gradient is rounded once more (stored in bf16, then scaled by d(loss)): one bf16 step apart
+    rtol = 1e-5 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=rtol, atol=1e-6)
     assert grad_ours[2, 1:].abs().sum() == 0  # padded positions get no gradient
 
 
@@ -39,3 +41,11 @@ def test_sequence_loss_leaves_fp32_logits_unchanged():
     before = logits.detach().clone()
     sequence_loss(logits, torch.randint(1, 11, (2, 3)), 0.1).backward()
     assert torch.equal(logits.detach(), before)
+
+
+def test_backpropagating_the_loss_twice_is_refused_rather_than_scaling_the_gradient_twice():
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    loss = sequence_loss(logits, torch.randint(1, 11, (2, 3)), 0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cannot be backpropagated twice"):
+        loss.backward()

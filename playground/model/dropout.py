@@ -14,15 +14,19 @@ from torch import nn
 
 
 def keep_mask(shape, p: float, device):
-    """A boolean mask of the elements dropout keeps, and the scale 1 / (1 - p) for what it keeps.
+    """The elements dropout keeps as a uint8 tensor of 0 (drop) and 1 (keep), and the scale for what it keeps.
 
-    On the CPU, from random bytes (p rounded to a multiple of 1/256); elsewhere from uniform draws."""
+    On the CPU, from random bytes, p rounded to a multiple of 1/256; elsewhere from uniform draws. (uint8,
+    not bool: on the CPU, comparisons into bool and arithmetic with a bool operand run several times slower.)
+    """
     threshold = round(256 * p)
     if torch.device(device).type == "cpu" and 0 < threshold < 256:
         numel = math.prod(shape)
         draws = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-        return (draws.view(torch.uint8)[:numel] >= threshold).view(shape), 256.0 / (256 - threshold)
-    return torch.rand(shape, device=device) >= p, 1.0 / (1.0 - p)
+        keep = torch.empty(shape, dtype=torch.uint8, device=device)
+        torch.ge(draws.view(torch.uint8)[:numel].view(shape), threshold, out=keep)
+        return keep, 256.0 / (256 - threshold)
+    return (torch.rand(shape, device=device) >= p).to(torch.uint8), 1.0 / (1.0 - p)
 
 
 class _MaskDropout(torch.autograd.Function):
@@ -31,12 +35,12 @@ class _MaskDropout(torch.autograd.Function):
         keep, scale = keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0)
+        return (x * scale).mul_(keep)  # one new tensor; multiplying by 0/1 in place
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None
+        return (grad * ctx.scale).mul_(keep), None
 
 
 def dropout(x, p: float, training: bool):
