@@ -27,9 +27,9 @@ def causal_mask(length: int, device=None) -> torch.Tensor:
 def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=False):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, Equation (1). Returns (output, weights)."""
     d_k = q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, H, T, S)
+    scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(d_k))  # (B, H, T, S), scaled in place: one tensor fewer
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)  # (B, H, T, S)
     attended = dropout(weights, dropout_p, training)  # (B, H, T, S)
     return attended @ v, weights  # (B, H, T, Dh), (B, H, T, S)
