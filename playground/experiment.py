@@ -136,7 +136,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
     device = distributed.init(d, resolve_device(t.device))
-    t.precision = resolve_precision(device, t.precision)
+    t.precision = cfg.trainer.precision = resolve_precision(device, t.precision)  # checkpoints record the one used
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / "last.pt").exists():

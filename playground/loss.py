@@ -6,7 +6,8 @@ eps/V on every other, so for logits x with log-sum-exp L the loss of one token t
     L - (1 - eps) x_t - (eps / V) sum_j x_j        and its gradient    softmax(x) - (1 - eps) onehot(t) - eps / V
 
 `sequence_loss` computes exactly what F.cross_entropy(logits, target, ignore_index=PAD,
-label_smoothing=eps) computes (a test holds them together), but in one pass over the logits, a block
+label_smoothing=eps) computes (a test holds them together; a batch with no real target gives 0, not
+NaN), but in one pass over the logits, a block
 of rows at a time in fp32 whatever the logits' dtype, writing the gradient in the same pass. torch's
 version materialises log-softmax, its fp32 copy under autocast, a dense zero-filled gradient for the
 target term and another for the smoothing term: with a 16k vocabulary that was 15% of a CPU training
@@ -25,22 +26,28 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     then); the backward pass only scales that gradient by the incoming one."""
 
     @staticmethod
-    def forward(ctx, logits, target, smoothing: float, ignore_index: int):
+    def forward(ctx, logits, target, smoothing: float, ignore_index: int, with_grad: bool):
         N, V = logits.shape
         keep = target != ignore_index  # (N,) rows that count
-        count = keep.sum().clamp(min=1)  # a tensor: no host synchronisation
+        count = keep.sum().clamp(min=1)  # a tensor: no host synchronisation (no counted row: the loss is 0)
         row_scale = (keep / count)[:, None]  # (N, 1): each counted row's share of the mean, 0 for ignored rows
         per_token = torch.empty(N, dtype=torch.float32, device=logits.device)
         index = torch.where(keep, target, 0)[:, None]  # (N, 1) ignored rows gather a harmless column
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        fp32 = logits.dtype == torch.float32
+        # the gradient is kept in the logits' dtype for fp32 and bf16 (fp32's range), in fp32 for fp16: at d(loss) = 1
+        # most of it would underflow fp16, which is what a gradient scaler is there to prevent
+        grad_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+        grad = torch.empty(N, V, dtype=grad_dtype, device=logits.device) if with_grad else None
         for start, stop in _blocks(logits):
             x = logits[start:stop].float()  # (n, V): the logits themselves when fp32, else a copy in fp32
             top = x.amax(-1, keepdim=True)  # (n, 1)
             picked = x.gather(1, index[start:stop])  # (n, 1) logit of the right token
             total = x.sum(-1, keepdim=True)  # (n, 1)
-            # exp(x - top) goes straight into the gradient's block when it is fp32; a bf16 copy is ours to overwrite
-            e = torch.sub(x, top, out=grad[start:stop] if fp32 and grad is not None else (None if fp32 else x)).exp_()
+            # exp(x - top) goes straight into an fp32 gradient's block, else into x when x is our own fp32 copy
+            if grad is not None and grad_dtype == torch.float32:
+                into = grad[start:stop]
+            else:
+                into = None if logits.dtype == torch.float32 else x
+            e = torch.sub(x, top, out=into).exp_()
             sum_e = e.sum(-1, keepdim=True)  # (n, 1)
             lse = top + sum_e.log()
             per_token[start:stop] = (lse - (1 - smoothing) * picked - (smoothing / V) * total).squeeze(1)
@@ -48,10 +55,10 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                 e.div_(sum_e).sub_(smoothing / V).scatter_add_(1, index[start:stop], e.new_full((stop - start, 1),
                                                                                             -(1 - smoothing)))
                 e.mul_(row_scale[start:stop])
-                if not fp32:
+                if grad_dtype != torch.float32:
                     grad[start:stop] = e
         ctx.save_for_backward(grad)
-        ctx.used = False
+        ctx.logits_dtype, ctx.used = logits.dtype, False
         return (per_token * row_scale.squeeze(1)).sum()
 
     @staticmethod
@@ -60,7 +67,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             raise RuntimeError("sequence_loss scales its stored gradient in place: it cannot be backpropagated twice")
         ctx.used = True
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None
+        if grad.dtype != ctx.logits_dtype:  # fp16 logits: scale (by a gradient scaler's factor) in fp32, then round
+            return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None
 
 
 def _blocks(logits):
@@ -72,4 +81,5 @@ def _blocks(logits):
 
 def sequence_loss(logits, tgt_out, label_smoothing):
     """Cross-entropy of logits (B, T, V) against tgt_out (B, T), PAD ignored, label-smoothed, computed in fp32."""
-    return _SmoothedCrossEntropy.apply(logits.flatten(0, 1), tgt_out.flatten(), float(label_smoothing), PAD)
+    with_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _SmoothedCrossEntropy.apply(logits.flatten(0, 1), tgt_out.flatten(), float(label_smoothing), PAD, with_grad)

@@ -22,8 +22,11 @@ def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_
 
 
 def synchronize(device):
+    """Wait for the device's queued work, so that a clock read afterwards has seen it run."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:

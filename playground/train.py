@@ -69,7 +69,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not V100/T4
     return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
 
 
@@ -301,9 +301,10 @@ def train(model, optimizer, scheduler, scaler, train_data, batches, settings, de
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.max_steps:
             check_finite()
-            elapsed = time.perf_counter() - t0
             sum_across(dist, loss_sum)
-            values = {"train/loss": loss_sum.item() / max(window, 1) / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
+            loss_value = loss_sum.item()  # waits for the device: the window's work is done before it is timed
+            elapsed = time.perf_counter() - t0
+            values = {"train/loss": loss_value / max(window, 1) / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
                       "train/padding_fraction": 1 - real_tokens / padded_tokens,
                       "perf/tokens_per_sec": tokens * dist.world_size / elapsed}  # real target tokens, all processes
             if step_flops is not None and peak_flops:

@@ -49,3 +49,21 @@ def test_backpropagating_the_loss_twice_is_refused_rather_than_scaling_the_gradi
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="cannot be backpropagated twice"):
         loss.backward()
+
+
+def test_fp16_logits_under_a_gradient_scale_of_65536_get_the_gradient_torch_gives():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 64, 1000).half().requires_grad_()  # most softmax entries are ~1e-3 / 128 tokens
+    target = torch.randint(4, 1000, (2, 64))
+    (grad_ours,) = torch.autograd.grad(sequence_loss(logits, target, 0.1) * 65536.0, logits)
+    (grad_theirs,) = torch.autograd.grad(reference_loss(logits, target, 0.1) * 65536.0, logits)
+    assert torch.isfinite(grad_ours).all() and (grad_ours != 0).float().mean() > 0.99  # neither inf nor underflow
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-3, atol=1e-4)
+
+
+def test_without_gradients_the_loss_is_still_computed():
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    target = torch.randint(1, 11, (2, 3))
+    with torch.no_grad():
+        loss = sequence_loss(logits, target, 0.1)
+    torch.testing.assert_close(loss, reference_loss(logits, target, 0.1).detach())

@@ -26,7 +26,7 @@ def keep_mask(shape, p: float, device):
         keep = torch.empty(shape, dtype=torch.uint8, device=device)
         torch.ge(draws.view(torch.uint8)[:numel].view(shape), threshold, out=keep)
         return keep, 256.0 / (256 - threshold)
-    return (torch.rand(shape, device=device) >= p).to(torch.uint8), 1.0 / (1.0 - p)
+    return (torch.rand(shape, device=device) >= p).to(torch.uint8), 1.0 / (1.0 - p) if p < 1 else 0.0
 
 
 class _MaskDropout(torch.autograd.Function):
