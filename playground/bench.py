@@ -145,12 +145,13 @@ def train_step_fn(model, size, device, autocast, side):
     return step
 
 
-def bench_training(device, precisions):
+def bench_training(device, precisions, sizes):
     rows = []
     peaks = {p: matmul_peak(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
     for p, peak in peaks.items():
         print(f"matmul peak {p}: {peak / 1e9:,.0f} GFLOP/s")
-    for name, size in SIZES.items():
+    for name in sizes:
+        size = SIZES[name]
         for precision in precisions:
             autocast = (contextlib.nullcontext if precision == "fp32" else
                         lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -191,13 +192,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
                         help="training precisions to measure (default: both)")
+    parser.add_argument("--size", choices=list(SIZES), action="append", help="training sizes to measure (default: all)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
     if args.only in (None, "train"):
-        rows += bench_training(device, args.precision or ["fp32", "bf16"])
+        rows += bench_training(device, args.precision or ["fp32", "bf16"], args.size or list(SIZES))
     if args.only in (None, "decode"):
         rows += bench_decoding(device)
     header = ["measurement", "nn.Transformer tok/s", "+ fused Adam tok/s", "playground tok/s", "ratio", "ratio vs fused",

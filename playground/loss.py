@@ -37,16 +37,19 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         # most of it would underflow fp16, which is what a gradient scaler is there to prevent
         grad_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
         grad = torch.empty(N, V, dtype=grad_dtype, device=logits.device) if with_grad else None
-        for start, stop in _blocks(logits):
-            x = logits[start:stop].float()  # (n, V): the logits themselves when fp32, else a copy in fp32
+        blocks = _blocks(logits)
+        # one fp32 block to work in, reused: a fresh one per block cost a page fault per 4 kB each time on a CPU
+        direct = grad is not None and grad_dtype == torch.float32  # exp(x - top) written straight into the gradient
+        scratch = None if direct and logits.dtype == torch.float32 else torch.empty(
+            blocks[0][1] - blocks[0][0] if blocks else 0, V, dtype=torch.float32, device=logits.device)
+        for start, stop in blocks:
+            x = logits[start:stop]  # (n, V)
+            if x.dtype != torch.float32:
+                x = scratch[: stop - start].copy_(x)  # our own fp32 copy, free to overwrite
             top = x.amax(-1, keepdim=True)  # (n, 1)
             picked = x.gather(1, index[start:stop])  # (n, 1) logit of the right token
             total = x.sum(-1, keepdim=True)  # (n, 1)
-            # exp(x - top) goes straight into an fp32 gradient's block, else into x when x is our own fp32 copy
-            if grad is not None and grad_dtype == torch.float32:
-                into = grad[start:stop]
-            else:
-                into = None if logits.dtype == torch.float32 else x
+            into = grad[start:stop] if direct else x if x.data_ptr() == scratch.data_ptr() else scratch[: stop - start]
             e = torch.sub(x, top, out=into).exp_()
             sum_e = e.sum(-1, keepdim=True)  # (n, 1)
             lse = top + sum_e.log()
