@@ -63,7 +63,8 @@ def attention_image(weights, queries, keys, cell: int = 16) -> np.ndarray:
     text_width = lambda words: max((int(font.getlength(w)) for w in words), default=0) + 4
     left, top, gap = text_width(queries), cell + 4, cell
     bottom = text_width(keys)
-    image = Image.new("RGB", (left + H * S * cell + (H - 1) * gap + 2, top + T * cell + bottom), "white")
+    panel = max(S * cell, text_width([f"head {H - 1}"]))  # a one- or two-key map still fits its title
+    image = Image.new("RGB", (left + H * panel + (H - 1) * gap + 2, top + T * cell + bottom), "white")
     draw = ImageDraw.Draw(image)
     colours = (colormaps["viridis"](weights.detach().float().clamp(0, 1).cpu().numpy())[..., :3] * 255).astype(np.uint8)
     key_labels = [Image.new("RGB", (bottom, cell), "white") for _ in keys]  # drawn once, pasted under every head
@@ -73,7 +74,7 @@ def attention_image(weights, queries, keys, cell: int = 16) -> np.ndarray:
     for t, word in enumerate(queries):
         draw.text((left - 2, top + t * cell + cell / 2), word, fill="black", font=font, anchor="rm")
     for h in range(H):
-        x = left + h * (S * cell + gap)
+        x = left + h * (panel + gap)
         heatmap = colours[h].repeat(cell, axis=0).repeat(cell, axis=1)  # (T * cell, S * cell, 3)
         image.paste(Image.fromarray(heatmap), (x, top))
         draw.text((x, 1), f"head {h}", fill="black", font=font)
