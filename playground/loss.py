@@ -7,8 +7,8 @@ eps/V on every other, so for logits x with log-sum-exp L the loss of one token t
 
 `sequence_loss` computes exactly what F.cross_entropy(logits, target, ignore_index=PAD,
 label_smoothing=eps) computes (a test holds them together; a batch with no real target gives 0, not
-NaN), but in one pass over the logits, a block
-of rows at a time in fp32 whatever the logits' dtype, writing the gradient in the same pass. torch's
+NaN), but in one pass over the logits, a block of rows at a time in fp32 whatever the logits' dtype,
+writing the gradient in the same pass. torch's
 version materialises log-softmax, its fp32 copy under autocast, a dense zero-filled gradient for the
 target term and another for the smoothing term: with a 16k vocabulary that was 15% of a CPU training
 step (1024 x 16000 logits, fp32: 90 ms there, 35 ms here; bf16: 120 ms and 19 ms).
@@ -49,8 +49,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             top = x.amax(-1, keepdim=True)  # (n, 1)
             picked = x.gather(1, index[start:stop])  # (n, 1) logit of the right token
             total = x.sum(-1, keepdim=True)  # (n, 1)
-            into = grad[start:stop] if direct else x if x.data_ptr() == scratch.data_ptr() else scratch[: stop - start]
-            e = torch.sub(x, top, out=into).exp_()
+            e = torch.sub(x, top, out=grad[start:stop] if direct else scratch[: stop - start]).exp_()
             sum_e = e.sum(-1, keepdim=True)  # (n, 1)
             lse = top + sum_e.log()
             per_token[start:stop] = (lse - (1 - smoothing) * picked - (smoothing / V) * total).squeeze(1)

@@ -34,7 +34,8 @@ def compile_unavailable(device: torch.device):
     """Why torch.compile cannot work here, or None: dynamo needs a supported Python, inductor on the CPU a C++ compiler."""
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile does not support Python {sys.version.split()[0]} with torch {torch.__version__}"
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+    compilers = (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+    if device.type == "cpu" and not any(shutil.which(c) for c in compilers):
         return "no C++ compiler found (inductor compiles CPU kernels with one: install g++ or set CXX)"
     return None
 
@@ -60,7 +61,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX) rather than emulating them."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
