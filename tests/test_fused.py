@@ -1,8 +1,10 @@
-"""The hand-fused CPU feed-forward computes what the readable PositionwiseFeedForward computes."""
+"""The hand-fused CPU feed-forward and attention compute what the readable modules compute."""
 
 import pytest
 import torch
 
+from playground.model import PAD
+from playground.model.attention import MultiHeadAttention, causal_mask, padding_mask
 from playground.model.layers import PositionwiseFeedForward
 
 
@@ -42,3 +44,54 @@ def test_fused_feed_forward_under_bf16_autocast_is_as_close_to_fp32_as_the_reada
     for ours, theirs, reference in zip(fused, readable, exact):
         error = lambda t: ((t.float() - reference).norm() / reference.norm()).item()
         assert error(ours) < max(2 * error(theirs), 0.01)
+
+
+def attention_outputs_and_gradients(attn, x, memory, mask, readable, autocast):
+    """MultiHeadAttention's output and gradients; readable=True takes the explicit path (record_weights)."""
+    attn.record_weights = readable
+    torch.manual_seed(1)  # the same dropout mask for both: they draw the same random bytes
+    inputs = [x] if memory is None else [x, memory]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = attn(x, memory=memory, mask=mask)
+    grads = torch.autograd.grad((y.float() ** 2).sum(), [*inputs, *attn.parameters()])
+    return [y, *grads]
+
+
+def attention_case(self_attention, p):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4, p, self_attention=self_attention).train()
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    if self_attention:
+        return attn, x, None, causal_mask(5)
+    src = torch.tensor([[5] * 7, [5] * 4 + [PAD] * 3, [5] * 2 + [PAD] * 5])
+    return attn, x, torch.randn(3, 7, 32, requires_grad=True), padding_mask(src, PAD)
+
+
+@pytest.mark.parametrize("self_attention", [True, False], ids=["self", "cross"])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_fused_attention_gives_the_readable_outputs_and_gradients_in_fp32(self_attention, p):
+    attn, x, memory, mask = attention_case(self_attention, p)
+    fused = attention_outputs_and_gradients(attn, x, memory, mask, readable=False, autocast=False)
+    readable = attention_outputs_and_gradients(attn, x, memory, mask, readable=True, autocast=False)
+    assert fused[0].shape == (3, 5, 32)
+    for ours, theirs in zip(fused, readable):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("self_attention", [True, False], ids=["self", "cross"])
+def test_fused_attention_under_bf16_autocast_is_as_close_to_fp32_as_the_readable_one(self_attention):
+    attn, x, memory, mask = attention_case(self_attention, 0.1)
+    exact = attention_outputs_and_gradients(attn, x, memory, mask, readable=True, autocast=False)
+    fused = attention_outputs_and_gradients(attn, x, memory, mask, readable=False, autocast=True)
+    readable = attention_outputs_and_gradients(attn, x, memory, mask, readable=True, autocast=True)
+    assert fused[0].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in fused[1:])
+    for ours, theirs, reference in zip(fused, readable, exact):
+        error = lambda t: ((t.float() - reference).norm() / reference.norm()).item()
+        assert error(ours) < max(2 * error(theirs), 0.01)
+
+
+def test_fused_attention_keeps_padded_source_positions_out_of_the_gradient():
+    attn, x, memory, mask = attention_case(self_attention=False, p=0.1)
+    grad_memory = attention_outputs_and_gradients(attn, x, memory, mask, readable=False, autocast=False)[2]
+    assert grad_memory[1, 4:].abs().max() == 0 and grad_memory[2, 2:].abs().max() == 0
+    assert grad_memory[0].abs().min() > 0

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dropout import dropout
+from .fused import attention as fused_attention
 
 
 def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -42,7 +43,8 @@ def _math_attention(q, k, v, mask, dropout_p, training):
 def _fused_attention(q, k, v, mask, dropout_p, training):
     if training and q.device.type == "cpu":
         # torch's CPU kernels are slower than the explicit math when training: with dropout they fall back to an
-        # unfused path, and the fused backward in bf16 took twice as long as the math (2.13, short sequences)
+        # unfused path, and the fused backward in bf16 took twice as long as the math (2.13, short sequences).
+        # (MultiHeadAttention trains on the CPU through fused.py's attention instead; this serves rotary.)
         return _math_attention(q, k, v, mask, dropout_p, training)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
 
@@ -81,6 +83,14 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, memory=None, mask=None, rotary=None, cache=None):
         """x (B, T, D) queries; memory (B, S, D) for cross-attention; cache: a dict kept across decoding steps."""
         B, T, D = x.shape
+        if (self.attend is _fused_attention and self.training and x.device.type == "cpu" and torch.is_grad_enabled()
+                and rotary is None and cache is None and not self.record_weights):
+            # the same maths with a hand-written backward and fewer copies of the heads (fused.py)
+            if self.self_attention:
+                out = fused_attention(self.qkv_proj(x), None, self.heads, mask, self.dropout)  # (B, T, D)
+            else:
+                out = fused_attention(self.q_proj(x), self.kv_proj(memory), self.heads, mask, self.dropout)
+            return self.out_proj(out)
         if self.self_attention:
             q, k, v = self._split(self.qkv_proj(x), 3)  # each (B, H, T, Dh)
             offset = cache["k"].size(2) if cache is not None and "k" in cache else 0

@@ -1,18 +1,27 @@
-"""The position-wise feed-forward network with ReLU and dropout as one autograd function, for CPU training.
+"""Two layers as hand-written autograd functions for CPU training: the feed-forward network and attention.
 
-This is Equation (2) with dropout on the hidden activations, FFN(x) = Dropout(max(0, x W1 + b1)) W2 + b2,
-the same maths as `PositionwiseFeedForward` in layers.py, written out by hand so that the (B*L, d_ff)
-hidden tensor, the largest in a layer, is walked over as few times as possible:
+Both compute the same maths as the readable modules (`PositionwiseFeedForward` in layers.py,
+`scaled_dot_product_attention` in attention.py; tests hold them to the same outputs and gradients), written
+out by hand so that their large intermediate tensors are walked over, copied and allocated as few times as
+possible: on a CPU that, more than the arithmetic, is what these layers cost.
 
+The feed-forward network, Equation (2) with dropout on the hidden activations,
+FFN(x) = Dropout(max(0, x W1 + b1)) W2 + b2, where the (B*L, d_ff) hidden tensor is the largest in a layer:
 - ReLU and dropout are applied in place to x W1 + b1; the result is zero exactly where either zeroed it,
   so the backward pass reads its mask from that result (no mask is kept) and applies it in place.
 - Dropout's 1 / (1 - p) is folded into the second matrix product (addmm's alpha) instead of a pass of its own.
-
 Autograd would do six passes over that tensor and allocate four more like it on top of the two matrix
 products; this does three passes and allocates none (on a CPU, a fresh tensor's page faults cost more
-than a pass over it). Under autocast the matrix products run in the autocast dtype, as
-nn.Linear's would. A test holds this and the readable module to the same outputs and gradients.
+than a pass over it).
+
+Attention, Equation (1), from the projections to the concatenated heads: see `_Attention`. Autograd's
+version copies the heads about seven times per call (each view of q, k, v made contiguous for the matrix
+products, their gradients stacked and reshaped); this one lays them out once each way.
+
+Under autocast the matrix products run in the autocast dtype, as nn.Linear's would.
 """
+
+import math
 
 import torch
 
@@ -59,3 +68,97 @@ class _FeedForwardReLU(torch.autograd.Function):
 def feed_forward_relu(x, w1, b1, w2, b2, p: float):
     """Dropout(ReLU(x W1^T + b1)) W2^T + b2 for x (..., D), weights as nn.Linear stores them: W1 (F, D), W2 (D, F)."""
     return _FeedForwardReLU.apply(x, w1, b1, w2, b2, p)
+
+
+class _Attention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d_k) + mask) V with dropout on the weights, Equation (1), from the projections.
+
+    Takes the fused projection (B, T, 3 D) for self-attention, or Q (B, T, D) and the fused K, V (B, S, 2 D)
+    for cross-attention, and returns the heads concatenated (B, T, D). Each projection is laid out head by
+    head once (one copy) so that every matrix product reads contiguous (B*H, L, Dh) blocks; the scale goes
+    into the first product's alpha, the mask in place, dropout's 1 / (1 - p) into the second product's
+    alpha. Saved for backward: the laid-out projections, the softmax weights and the uint8 dropout mask.
+    """
+
+    @staticmethod
+    def forward(ctx, q_or_qkv, kv, heads: int, mask, p: float):
+        device = q_or_qkv.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q_or_qkv.dtype
+        B, T, width = q_or_qkv.shape
+        self_attention = kv is None
+        D = width // 3 if self_attention else width
+        H, Dh = heads, D // heads
+        with torch.autocast(device, enabled=False):
+            if self_attention:
+                qkv = _by_head(q_or_qkv.to(dtype), 3, H)  # (3, B, H, T, Dh)
+                q, k, v, S, saved = qkv[0], qkv[1], qkv[2], T, (qkv,)
+            else:
+                q, kv_heads = _by_head(q_or_qkv.to(dtype), 1, H)[0], _by_head(kv.to(dtype), 2, H)  # (B, H, L, Dh)
+                k, v, S, saved = kv_heads[0], kv_heads[1], kv.size(1), (q, kv_heads)
+            q, k, v = q.view(B * H, T, Dh), k.view(B * H, S, Dh), v.view(B * H, S, Dh)
+            scale = 1.0 / math.sqrt(Dh)
+            scores = torch.baddbmm(q.new_empty(B * H, T, S), q, k.transpose(1, 2), beta=0, alpha=scale)  # (BH, T, S)
+            if mask is not None:
+                scores.view(B, H, T, S).masked_fill_(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)  # (BH, T, S)
+            del scores
+            keep, keep_scale = None, 1.0
+            if p > 0:
+                keep, keep_scale = keep_mask(weights.shape, p, weights.device)  # (BH, T, S) 0/1
+                attended = torch.mul(weights, keep, out=torch.empty_like(weights))  # (out=: far faster than *)
+            else:
+                attended = weights
+            out = torch.baddbmm(q.new_empty(B * H, T, Dh), attended, v, beta=0, alpha=keep_scale)  # (BH, T, Dh)
+        ctx.save_for_backward(*saved, weights, keep)
+        ctx.shape, ctx.scales, ctx.dtypes = (B, T, S, H, Dh), (scale, keep_scale), (q_or_qkv.dtype, None if kv is None else kv.dtype)
+        return out.view(B, H, T, Dh).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        B, T, S, H, Dh = ctx.shape
+        scale, keep_scale = ctx.scales
+        *saved, weights, keep = ctx.saved_tensors
+        dtype = weights.dtype
+        g = grad_out.to(dtype).view(B, T, H, Dh).transpose(1, 2).reshape(B * H, T, Dh)  # (BH, T, Dh)
+        if len(saved) == 1:
+            (qkv,) = saved
+            grad_qkv = torch.empty_like(qkv)  # (3, B, H, T, Dh)
+            q, k, v = (t.view(B * H, T, Dh) for t in qkv)
+            grad_q, grad_k, grad_v = (t.view(B * H, T, Dh) for t in grad_qkv)
+        else:
+            q_heads, kv_heads = saved
+            grad_q_heads, grad_kv = torch.empty_like(q_heads), torch.empty_like(kv_heads)
+            q, (k, v) = q_heads.view(B * H, T, Dh), (t.view(B * H, S, Dh) for t in kv_heads)
+            grad_q, (grad_k, grad_v) = grad_q_heads.view(B * H, T, Dh), (t.view(B * H, S, Dh) for t in grad_kv)
+        attended = weights if keep is None else torch.mul(weights, keep, out=torch.empty_like(weights))
+        torch.baddbmm(grad_v, attended.transpose(1, 2), g, beta=0, alpha=keep_scale, out=grad_v)
+        del attended
+        grad_weights = torch.bmm(g, v.transpose(1, 2))  # (BH, T, S), before dropout's mask and scale
+        if keep is not None:
+            grad_weights.mul_(keep)
+        grad_scores = torch.ops.aten._softmax_backward_data(grad_weights, weights, -1, dtype)  # (BH, T, S)
+        del grad_weights
+        torch.baddbmm(grad_q, grad_scores, k, beta=0, alpha=scale * keep_scale, out=grad_q)
+        torch.baddbmm(grad_k, grad_scores.transpose(1, 2), q, beta=0, alpha=scale * keep_scale, out=grad_k)
+        q_dtype, kv_dtype = ctx.dtypes
+        if len(saved) == 1:
+            return _from_heads(grad_qkv).to(q_dtype), None, None, None, None
+        return _from_heads(grad_q_heads[None]).to(q_dtype), _from_heads(grad_kv).to(kv_dtype), None, None, None
+
+
+def _by_head(x, parts: int, heads: int):
+    """(B, L, parts * D) -> (parts, B, H, L, Dh), contiguous: each head's block in one piece."""
+    B, L, width = x.shape
+    return x.view(B, L, parts, heads, width // parts // heads).permute(2, 0, 3, 1, 4).contiguous()
+
+
+def _from_heads(x):
+    """(parts, B, H, L, Dh) -> (B, L, parts * D): the inverse of _by_head."""
+    parts, B, H, L, Dh = x.shape
+    return x.permute(1, 3, 0, 2, 4).reshape(B, L, parts * H * Dh)
+
+
+def attention(q_or_qkv, kv, heads: int, mask, p: float):
+    """Multi-head attention from projections: self-attention from qkv (B, T, 3 D) with kv None, cross-attention
+    from q (B, T, D) and kv (B, S, 2 D); mask (True keeps) broadcasts to (B, H, T, S). Returns (B, T, D)."""
+    return _Attention.apply(q_or_qkv, kv, heads, mask, p)
