@@ -1,11 +1,13 @@
-"""The hand-fused CPU feed-forward and attention compute what the readable modules compute."""
+"""The hand-fused CPU feed-forward, attention and linear layers compute what the readable modules compute."""
 
 import pytest
 import torch
+from torch import nn
 
 from playground.model import PAD
 from playground.model.attention import MultiHeadAttention, causal_mask, padding_mask
 from playground.model.layers import PositionwiseFeedForward
+from playground.model.linear import Linear, onednn_available
 
 
 def readable_feed_forward(ff, x):
@@ -95,3 +97,21 @@ def test_fused_attention_keeps_padded_source_positions_out_of_the_gradient():
     grad_memory = attention_outputs_and_gradients(attn, x, memory, mask, readable=False, autocast=False)[2]
     assert grad_memory[1, 4:].abs().max() == 0 and grad_memory[2, 2:].abs().max() == 0
     assert grad_memory[0].abs().min() > 0
+
+
+def test_linear_through_onednn_gives_nn_linear_outputs_and_gradients():
+    torch.manual_seed(0)
+    ours, theirs = Linear(24, 40), nn.Linear(24, 40)
+    theirs.load_state_dict(ours.state_dict())  # the same parameters under the same names
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    results = []
+    for layer in (ours, theirs):
+        y = layer(x)
+        results.append([y, *torch.autograd.grad((y**2).sum(), [x, *layer.parameters()])])
+    assert onednn_available() == torch.backends.mkldnn.is_available()  # this torch ships it: the path is taken
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast it is nn.Linear itself
+        assert ours(x).dtype == torch.bfloat16

@@ -13,6 +13,7 @@ from torch import nn
 
 from .dropout import dropout
 from .fused import attention as fused_attention
+from .linear import Linear
 
 
 def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -67,11 +68,11 @@ class MultiHeadAttention(nn.Module):
         self.heads, self.head_dim, self.dropout = heads, d_model // heads, dropout
         self.self_attention = self_attention
         if self_attention:
-            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+            self.qkv_proj = Linear(d_model, 3 * d_model)
         else:
-            self.q_proj = nn.Linear(d_model, d_model)
-            self.kv_proj = nn.Linear(d_model, 2 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+            self.q_proj = Linear(d_model, d_model)
+            self.kv_proj = Linear(d_model, 2 * d_model)
+        self.out_proj = Linear(d_model, d_model)
         self.attend = ATTENTION_IMPLEMENTATIONS[implementation]
         self.record_weights = False
         self.weights = None

@@ -26,6 +26,7 @@ import math
 import torch
 
 from .dropout import keep_mask
+from .linear import matmul_t
 
 
 class _FeedForwardReLU(torch.autograd.Function):
@@ -36,12 +37,12 @@ class _FeedForwardReLU(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         with torch.autocast(device, enabled=False):
             x2, w1c, w2c = x.reshape(-1, D).to(dtype), w1.to(dtype), w2.to(dtype)  # (N, D), (F, D), (D, F)
-            h = torch.addmm(b1.to(dtype), x2, w1c.t()).relu_()  # (N, F)
+            h = matmul_t(x2, w1c, b1.to(dtype)).relu_()  # (N, F)
             scale = 1.0
             if p > 0:
                 keep, scale = keep_mask(h.shape, p, h.device)  # (N, F) 0/1
                 h.mul_(keep)
-            out = torch.addmm(b2.to(dtype), h, w2c.t(), alpha=scale)  # (N, D)
+            out = matmul_t(h, w2c, b2.to(dtype) / scale).mul_(scale)  # (N, D): scale (h W2^T + b2 / scale)
         # h > 0 exactly where ReLU passed and dropout kept: h itself is the mask the backward pass needs
         ctx.save_for_backward(x2, w1c, w2c, h)
         ctx.x_shape, ctx.scale, ctx.dtypes = x.shape, scale, (x.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype)
@@ -55,11 +56,11 @@ class _FeedForwardReLU(torch.autograd.Function):
         if ctx.scale != 1.0:
             grad_out = grad_out * ctx.scale  # (N, D): the small side of the product
         grad_w2 = grad_out.t() @ h  # (D, F)
-        grad_h = grad_out @ w2c  # (N, F)
+        grad_h = matmul_t(grad_out, w2c.t())  # (N, F) = grad_out W2
         torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)  # zero where h == 0, in place
         grad_b1 = grad_h.sum(0)
         grad_w1 = grad_h.t() @ x2  # (F, D)
-        grad_x = grad_h @ w1c  # (N, D)
+        grad_x = matmul_t(grad_h, w1c.t())  # (N, D) = grad_h W1
         x_dtype, w1_dtype, b1_dtype, w2_dtype, b2_dtype = ctx.dtypes
         return (grad_x.to(x_dtype).view(ctx.x_shape), grad_w1.to(w1_dtype), grad_b1.to(b1_dtype),
                 grad_w2.to(w2_dtype), grad_b2.to(b2_dtype), None)

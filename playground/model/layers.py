@@ -7,6 +7,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .dropout import Dropout
 from .fused import feed_forward_relu
+from .linear import Linear
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -16,8 +17,8 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         self.activation = activation
         gated = activation == "swiglu"  # SwiGLU (Shazeer 2020): silu(x W1) * (x W3), W1 and W3 fused
-        self.w1 = nn.Linear(d_model, 2 * d_ff if gated else d_ff)
-        self.w2 = nn.Linear(d_ff, d_model)
+        self.w1 = Linear(d_model, 2 * d_ff if gated else d_ff)
+        self.w2 = Linear(d_ff, d_model)
         self.dropout = Dropout(dropout)
 
     def forward(self, x):

