@@ -115,3 +115,17 @@ def test_linear_through_onednn_gives_nn_linear_outputs_and_gradients():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast it is nn.Linear itself
         assert ours(x).dtype == torch.bfloat16
+
+
+def test_fused_attention_and_linear_take_any_incoming_gradient_layout_and_a_single_vector():
+    attn, x, memory, mask = attention_case(self_attention=True, p=0.1)
+    attn(x, mask=mask).sum().backward()  # the incoming gradient is one value broadcast: a stride-0 tensor
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    x.grad = None
+    weights = torch.randn(3, 32, 5)
+    (attn(x, mask=mask).transpose(1, 2) * weights).sum().backward()  # a transposed, non-contiguous gradient
+    assert torch.isfinite(x.grad).all()
+    layer = Linear(4, 3, bias=False)
+    vector = torch.randn(4, requires_grad=True)
+    layer(vector).sum().backward()  # nn.Linear takes a single (K,) vector too
+    torch.testing.assert_close(vector.grad, layer.weight.sum(0).detach())

@@ -120,7 +120,7 @@ class _Attention(torch.autograd.Function):
         scale, keep_scale = ctx.scales
         *saved, weights, keep = ctx.saved_tensors
         dtype = weights.dtype
-        g = grad_out.to(dtype).view(B, T, H, Dh).transpose(1, 2).reshape(B * H, T, Dh)  # (BH, T, Dh)
+        g = grad_out.to(dtype).reshape(B, T, H, Dh).transpose(1, 2).reshape(B * H, T, Dh)  # (BH, T, Dh)
         if len(saved) == 1:
             (qkv,) = saved
             grad_qkv = torch.empty_like(qkv)  # (3, B, H, T, Dh)
@@ -150,7 +150,7 @@ class _Attention(torch.autograd.Function):
 def _by_head(x, parts: int, heads: int):
     """(B, L, parts * D) -> (parts, B, H, L, Dh), contiguous: each head's block in one piece."""
     B, L, width = x.shape
-    return x.view(B, L, parts, heads, width // parts // heads).permute(2, 0, 3, 1, 4).contiguous()
+    return x.reshape(B, L, parts, heads, width // parts // heads).permute(2, 0, 3, 1, 4).contiguous()
 
 
 def _from_heads(x):

@@ -59,7 +59,7 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters, same state_dict) whose fp32 CPU products go through oneDNN (see above)."""
 
     def forward(self, x):
-        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and onednn_available()
+        if (x.device.type == "cpu" and x.dim() >= 2 and x.dtype == self.weight.dtype == torch.float32 and onednn_available()
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
             if torch.is_grad_enabled():
                 return _Linear.apply(x, self.weight, self.bias)
