@@ -9,7 +9,7 @@ The feed-forward network, Equation (2) with dropout on the hidden activations,
 FFN(x) = Dropout(max(0, x W1 + b1)) W2 + b2, where the (B*L, d_ff) hidden tensor is the largest in a layer:
 - ReLU and dropout are applied in place to x W1 + b1; the result is zero exactly where either zeroed it,
   so the backward pass reads its mask from that result (no mask is kept) and applies it in place.
-- Dropout's 1 / (1 - p) is applied to the (B*L, D) output of the second product, four times smaller, not to h.
+- Dropout's 1 / (1 - p) is applied to the (B*L, D) output of the second product, not to the d_ff-wide h.
 Autograd would do six passes over that tensor and allocate four more like it on top of the two matrix
 products; this does three passes and allocates none (on a CPU, a fresh tensor's page faults cost more
 than a pass over it).
