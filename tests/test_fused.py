@@ -129,3 +129,29 @@ def test_fused_attention_and_linear_take_any_incoming_gradient_layout_and_a_sing
     vector = torch.randn(4, requires_grad=True)
     layer(vector).sum().backward()  # nn.Linear takes a single (K,) vector too
     torch.testing.assert_close(vector.grad, layer.weight.sum(0).detach())
+
+
+def test_a_second_derivative_through_linear_is_nn_linears():
+    torch.manual_seed(0)
+    ours, theirs = Linear(6, 4), nn.Linear(6, 4)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, requires_grad=True)
+    second = []
+    for layer in (ours, theirs):
+        (grad_x,) = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad((grad_x**2).sum(), layer.weight)[0])
+    assert second[1].abs().sum() > 0
+    torch.testing.assert_close(second[0], second[1])
+
+
+def test_a_second_derivative_through_the_fused_layers_is_refused_rather_than_wrong():
+    attn, x, _, mask = attention_case(self_attention=True, p=0.1)
+    ff = PositionwiseFeedForward(32, 64, 0.1).train()
+    for layer in (lambda t: attn(t, mask=mask), ff):
+        with pytest.raises(RuntimeError, match="no second derivative"):
+            torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+
+
+def test_the_fused_feed_forward_with_everything_dropped_gives_the_output_bias():
+    ff = PositionwiseFeedForward(8, 16, 1.0).train()
+    torch.testing.assert_close(ff(torch.randn(2, 3, 8)), ff.w2.bias.detach().expand(2, 3, 8))

@@ -42,7 +42,10 @@ class _FeedForwardReLU(torch.autograd.Function):
             if p > 0:
                 keep, scale = keep_mask(h.shape, p, h.device)  # (N, F) 0/1
                 h.mul_(keep)
-            out = matmul_t(h, w2c, b2.to(dtype) / scale).mul_(scale)  # (N, D): scale (h W2^T + b2 / scale)
+            if scale == 0:  # p = 1: everything dropped, only the bias is left
+                out = b2.to(dtype).expand(h.size(0), -1).clone()
+            else:
+                out = matmul_t(h, w2c, b2.to(dtype) / scale).mul_(scale)  # (N, D): scale (h W2^T + b2 / scale)
         # h > 0 exactly where ReLU passed and dropout kept: h itself is the mask the backward pass needs
         ctx.save_for_backward(x2, w1c, w2c, h)
         ctx.x_shape, ctx.scale, ctx.dtypes = x.shape, scale, (x.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype)
@@ -50,6 +53,7 @@ class _FeedForwardReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        _refuse_second_derivative()
         x2, w1c, w2c, h = ctx.saved_tensors
         grad_out = grad_out.reshape(-1, grad_out.size(-1)).to(x2.dtype)  # (N, D)
         grad_b2 = grad_out.sum(0)
@@ -64,6 +68,14 @@ class _FeedForwardReLU(torch.autograd.Function):
         x_dtype, w1_dtype, b1_dtype, w2_dtype, b2_dtype = ctx.dtypes
         return (grad_x.to(x_dtype).view(ctx.x_shape), grad_w1.to(w1_dtype), grad_b1.to(b1_dtype),
                 grad_w2.to(w2_dtype), grad_b2.to(b2_dtype), None)
+
+
+def _refuse_second_derivative():
+    """A backward pass that autograd records (create_graph=True) would take these hand-written steps as the
+    derivative's definition, and they have none of their own: say so instead of returning a wrong one."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("the fused CPU training layers (playground/model/fused.py) have no second derivative: "
+                           "backward(create_graph=True) is not supported through them")
 
 
 def feed_forward_relu(x, w1, b1, w2, b2, p: float):
@@ -116,6 +128,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        _refuse_second_derivative()
         B, T, S, H, Dh = ctx.shape
         scale, keep_scale = ctx.scales
         *saved, weights, keep = ctx.saved_tensors

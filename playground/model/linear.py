@@ -33,7 +33,10 @@ def onednn_available() -> bool:
 
 def matmul_t(x, w, bias=None):
     """x (..., K) @ w^T + bias for w (N, K): oneDNN on the CPU where available, else torch.nn.functional.linear."""
-    if x.device.type == "cpu" and onednn_available() and not torch.compiler.is_compiling():
+    # oneDNN's operator has no derivative of its own: where autograd is recording (a backward pass taken with
+    # create_graph=True, for a second derivative), the differentiable torch op computes it instead
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
+    if x.device.type == "cpu" and onednn_available() and not tracked and not torch.compiler.is_compiling():
         return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
     return F.linear(x, w, bias)
 
