@@ -29,12 +29,17 @@ from .dropout import keep_mask
 from .linear import matmul_t
 
 
+def _compute_dtype(x):
+    """The dtype the matrix products run in: autocast's where it is on (as nn.Linear's would), else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 class _FeedForwardReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, p: float):
         lead, D = x.shape[:-1], x.shape[-1]
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        device, dtype = x.device.type, _compute_dtype(x)
         with torch.autocast(device, enabled=False):
             x2, w1c, w2c = x.reshape(-1, D).to(dtype), w1.to(dtype), w2.to(dtype)  # (N, D), (F, D), (D, F)
             h = matmul_t(x2, w1c, b1.to(dtype)).relu_()  # (N, F)
@@ -44,7 +49,7 @@ class _FeedForwardReLU(torch.autograd.Function):
                 h.mul_(keep)
             if scale == 0:  # p = 1: everything dropped, only the bias is left
                 out = b2.to(dtype).expand(h.size(0), -1).clone()
-            else:
+            else:  # the bias inside the product (oneDNN adds it as it writes), the scale after: a small (N, D) pass
                 out = matmul_t(h, w2c, b2.to(dtype) / scale).mul_(scale)  # (N, D): scale (h W2^T + b2 / scale)
         # h > 0 exactly where ReLU passed and dropout kept: h itself is the mask the backward pass needs
         ctx.save_for_backward(x2, w1c, w2c, h)
@@ -95,8 +100,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_or_qkv, kv, heads: int, mask, p: float):
-        device = q_or_qkv.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q_or_qkv.dtype
+        device, dtype = q_or_qkv.device.type, _compute_dtype(q_or_qkv)
         B, T, width = q_or_qkv.shape
         self_attention = kv is None
         D = width // 3 if self_attention else width
