@@ -17,7 +17,6 @@ model.positional=none dataset=sort
 model.positional=none
 model.activation=gelu
 model.activation=swiglu
-model.attention=math
 model.tie_embeddings=none
 model.tie_embeddings=all
 LIST

@@ -4,7 +4,8 @@
     python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
     python -m playground.bench --only train --device cuda
 
-Prints target tokens per second, the ratio to nn.Transformer, and MFU: model FLOPs per second over the
+The playground model runs with trainer.kernels=fast (playground/kernels/). Prints target tokens per second,
+the ratio to nn.Transformer, and MFU: model FLOPs per second over the
 matrix-multiply peak this machine reaches (measured here, once per precision). nn.Transformer is timed
 twice: with torch.optim.Adam's defaults (the ratio) and with fused Adam (the ratio vs fused).
 """
@@ -20,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loss import sequence_loss
-from .model import EOS, PAD, build_model
+from . import kernels
+from .data import EOS, MODEL_IDS, PAD
+from .model import build_model
 from .model.embeddings import sinusoid_table
 from .perf import matmul_peak, synchronize, training_flops
-from .train import build_optimizer
+from .setup import build_optimizer, cpu_computes_bf16
 
 SIZES = {
     "d256": dict(d_model=256, heads=4, layers=3, d_ff=1024, vocab=8000, batch=32, length=64),
@@ -68,13 +70,13 @@ class TorchTransformer(nn.Module):
         return ys[:, 1:]
 
 
-def playground_model(size, **variant):
+def playground_model(size, kernels="fast", **variant):
     cfg = SimpleNamespace(d_model=size["d_model"], heads=size["heads"], enc_layers=size["layers"],
                           dec_layers=size["layers"], d_ff=size["d_ff"], dropout=0.1, norm_position="post",
                           norm="layernorm", final_norm=False, positional="sinusoidal", activation="relu",
-                          attention="sdpa", tie_embeddings="none", max_len=1024)
+                          tie_embeddings="none", max_len=1024)
     vars(cfg).update(variant)
-    return build_model(cfg, size["vocab"], size["vocab"])
+    return build_model(cfg, size["vocab"], size["vocab"], kernels, **MODEL_IDS)
 
 
 def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
@@ -120,15 +122,15 @@ def size_flops(size):
 
 def train_step_fn(model, size, device, autocast, side):
     """One training step as each side would write it. side "playground": its own optimizer (build_optimizer:
-    fused Adam) and sequence_loss; "torch": torch.optim.Adam's defaults and F.cross_entropy; "torch-fused": the
+    fused Adam) and the fast kernels' loss; "torch": torch.optim.Adam's defaults and F.cross_entropy; "torch-fused": the
     same with Adam(fused=True), nn.Transformer's best optimizer, so that the loss and the model are compared alone."""
     adam = SimpleNamespace(name="adam", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     if side == "playground":
-        optimizer, loss_fn = build_optimizer(adam, model.parameters(), device), sequence_loss
+        optimizer, loss_fn = build_optimizer(adam, model.parameters(), device), kernels.loss_function("fast")
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=adam.lr, betas=adam.betas, eps=adam.eps,
                                      **({"fused": True} if side == "torch-fused" else {}))
-        loss_fn = lambda logits, tgt_out, eps: F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
+        loss_fn = lambda logits, tgt_out, eps, pad_id: F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(),
                                                                 ignore_index=PAD, label_smoothing=eps)
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, size["vocab"], (size["batch"], size["length"]), generator=g).to(device)
@@ -137,7 +139,7 @@ def train_step_fn(model, size, device, autocast, side):
     def step():
         with autocast():
             logits = model(src, tgt[:, :-1])
-        loss = loss_fn(logits, tgt[:, 1:], 0.1)
+        loss = loss_fn(logits, tgt[:, 1:], 0.1, PAD)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -198,8 +200,12 @@ def main(argv=None):
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
+    precisions = args.precision or ["fp32", "bf16"]
+    if device.type == "cpu" and "bf16" in precisions and not cpu_computes_bf16():
+        print("bf16: skipped, this CPU has no bf16 units (no AVX512-BF16 or AMX): emulated, it runs ~20x slower than fp32")
+        precisions = [p for p in precisions if p != "bf16"]
     if args.only in (None, "train"):
-        rows += bench_training(device, args.precision or ["fp32", "bf16"], args.size or list(SIZES))
+        rows += bench_training(device, precisions, args.size or list(SIZES))
     if args.only in (None, "decode"):
         rows += bench_decoding(device)
     header = ["measurement", "nn.Transformer tok/s", "+ fused Adam tok/s", "playground tok/s", "ratio", "ratio vs fused",

@@ -14,6 +14,8 @@ import hashlib
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from .errors import UserError
+
 
 @dataclass
 class ModelConfig:
@@ -28,7 +30,7 @@ class ModelConfig:
     final_norm: bool = False  # one more norm after the last layer of each stack (nn.Transformer has it)
     positional: str = "sinusoidal"  # sinusoidal (paper) | learned | rotary | none
     activation: str = "relu"  # feed-forward activation: relu (paper) | gelu | swiglu
-    attention: str = "sdpa"  # sdpa (torch's fused kernel, fast) | math (the explicit equation, for reading)
+    attention: Optional[str] = None  # retired: how attention is computed is trainer.kernels now (refused if set)
     tie_embeddings: str = "decoder"  # none | decoder (output layer shares the target embedding) | all (source too)
     max_len: int = 512  # the longest sequence the positional encodings cover
 
@@ -93,6 +95,7 @@ class TrainerConfig:
     eval_every: int = 250  # steps between evaluations on the validation split (each saves last.pt)
     checkpoint_every: int = 0  # also save last.pt every this many steps (0 = only at evaluations)
     on_nonfinite: str = "stop"  # a NaN/inf loss: stop (with the step and lr) | skip (that step; syncs every step)
+    kernels: str = "reference"  # reference (playground/model/ as written) | fast (playground/kernels/ drop-ins)
     compile: bool = False  # torch.compile the model for training (inductor); falls back to eager with a message
     eval_batch_size: int = 500  # sentence pairs per evaluation batch
     beam_size: int = 1  # 1 = greedy decoding
@@ -113,6 +116,21 @@ class Config:
     seed: int = 1234  # model initialisation, dropout and batch order
     ckpt_path: Optional[str] = None  # a checkpoint for eval and translate
     text: Optional[str] = None  # translate this (otherwise one input a line on standard input)
+
+
+def check_model(model_cfg, src_vocab_size=None, tgt_vocab_size=None) -> None:
+    """The model keys a type cannot check (heads dividing d_model, a variant's name, and with the vocabulary
+    sizes, tying), refused in one line."""
+    from playground.model import check_model_config  # here, not at the top: `--help` does not wait for torch
+
+    if getattr(model_cfg, "attention", None) is not None:
+        raise UserError(f"model.attention={model_cfg.attention} is retired: how attention is computed is an execution "
+                        f"setting now, trainer.kernels=reference (the explicit Equation 1 in playground/model/) or "
+                        f"trainer.kernels=fast (torch's SDPA and the CPU kernels in playground/kernels/)")
+    try:
+        check_model_config(model_cfg, src_vocab_size, tgt_vocab_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def job_dirname(overrides: str, limit: int = 120) -> str:

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .model import PAD
+from .data import PAD
 
 
 def exact_matches(pred, ref):

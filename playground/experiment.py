@@ -12,18 +12,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Config
-from . import distributed
+from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from .config import Config, check_model
+from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .distributed import Dist, sum_across
-from .data import Data, load_data, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import evaluate, text_metrics
 from .model import build_model
 from .perf import matmul_peak, training_flops
+from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile, resolve_device,
+                    resolve_precision)
 from .tracking import Tracker
-from .train import (BatchStream, StopRequest, autocast_for, build_optimizer, build_scheduler, maybe_compile,
-                    resolve_device, resolve_precision, train)
+from .train import BatchStream, StopRequest, Training, train
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,27 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
     if t.on_nonfinite not in ("stop", "skip"):
         raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
+    if t.kernels not in KERNEL_CHOICES:
+        raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNEL_CHOICES)}")
+
+
+KERNEL_CHOICES = ("reference", "fast")
+
+
+def _kernels_line(choice: str) -> str:
+    """The run's first log line: which code trains, and how to switch."""
+    if choice == "reference":
+        return ("kernels: reference (playground/model/ as written is what runs: edit it and see; "
+                "trainer.kernels=fast for the faster drop-ins of playground/kernels/)")
+    return ("kernels: fast (the drop-ins of playground/kernels/, each checked against the reference on this machine; "
+            "trainer.kernels=reference runs playground/model/ as written)")
+
+
+def _prepare_kernels(choice: str, device, precision: str) -> None:
+    """For trainer.kernels=fast, check every kernel now for this device and dtype: a failure is one log line here,
+    at startup, and that piece runs the reference code."""
+    if choice == "fast":
+        kernels.check_all(device, PRECISIONS[precision] or torch.float32)
 
 
 def _sample_table(texts, predictions, tgt_tok, n) -> str:
@@ -135,6 +157,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     d = distributed.from_environment()
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
+    check_model(cfg.model)
+    if d.is_main:
+        log.info(_kernels_line(t.kernels))
     device = distributed.init(d, resolve_device(t.device))
     t.precision = cfg.trainer.precision = resolve_precision(device, t.precision)  # checkpoints record the one used
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
@@ -146,7 +171,10 @@ def run_train(cfg, run_dir: Path) -> dict:
     resume = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     data = load_data(cfg.dataset)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size).to(device)
+    check_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    _prepare_kernels(t.kernels, device, t.precision)
+    model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size, t.kernels,
+                        **MODEL_IDS).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
@@ -204,11 +232,14 @@ def run_train(cfg, run_dir: Path) -> dict:
             save(step, metrics, "best.pt")
         save(step, metrics)
 
-    train_model = maybe_compile(DistributedDataParallel(model) if d.enabled else model, t.compile, device, log.warning)
     step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
+    run = Training(model=maybe_compile(DistributedDataParallel(model) if d.enabled else model, t.compile, device,
+                                       log.warning),
+                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss_fn=kernels.loss_function(t.kernels),
+                   pad_id=MODEL_IDS["pad_id"], device=device, autocast=autocast, dist=d, step_flops=step_flops,
+                   peak_flops=peak_flops)
     with StopRequest() as stop:
-        last = train(train_model, optimizer, scheduler, scaler, data.splits["train"], batches, t, device, autocast,
-                     tracker, on_eval, save, start_step, stop, d, step_flops, peak_flops)
+        last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop)
     if last < t.max_steps:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()
@@ -262,26 +293,31 @@ def _model_from_checkpoint(cfg):
     if cfg.ckpt_path is None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
     state = load_checkpoint(cfg.ckpt_path)
+    config = state["config"]
+    if isinstance(config.get("model"), dict) and "attention" in config["model"]:  # written before trainer.kernels
+        config = {**config, "model": {k: v for k, v in config["model"].items() if k != "attention"}}
     try:
-        saved = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+        saved = OmegaConf.merge(OmegaConf.structured(Config), config)
     except Exception as e:  # a key this version does not know, or a value of another type
         raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
                         f"({str(e).splitlines()[0]})")
     src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
     tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
-    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
+    check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
+    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, cfg.trainer.kernels, **MODEL_IDS)
     load_model_weights(model, state["model"], cfg.ckpt_path)
     return model, saved, src_tok, tgt_tok, state
 
 
 def run_eval(cfg, run_dir: Path) -> dict:
     """Evaluate a checkpoint on the test split of the dataset it was trained on; write metrics.json here."""
-    model, saved, src_tok, tgt_tok, state = _model_from_checkpoint(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     device = resolve_device(t.device)
     t.precision = resolve_precision(device, t.precision)
     autocast = autocast_for(device, t.precision)
+    _prepare_kernels(t.kernels, device, t.precision)
+    model, saved, src_tok, tgt_tok, state = _model_from_checkpoint(cfg)
     model.to(device)
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
     given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]
@@ -296,10 +332,10 @@ def run_eval(cfg, run_dir: Path) -> dict:
 
 def run_translate(cfg) -> None:
     """Print the model's output for `text=...`, or for each line of standard input."""
-    model, saved, src_tok, tgt_tok, _ = _model_from_checkpoint(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     device = resolve_device(t.device)
+    model, saved, src_tok, tgt_tok, _ = _model_from_checkpoint(cfg)
     model.to(device).eval()
     lines = [cfg.text] if cfg.text is not None else (line.rstrip("\n") for line in sys.stdin)
     for line in lines:

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .model.linear import matmul_t, onednn_available
+from .kernels.linear import matmul_t
 
 
 def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_len, tgt_len) -> int:
@@ -34,22 +34,34 @@ def synchronize(device):
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
     """FLOP/s of a large square matrix product in dtype on device: the ceiling MFU is measured against.
 
-    On the CPU the faster of torch's two libraries counts (MKL for `a @ b`, oneDNN as model/linear.py uses it).
+    Takes at most about `seconds` on any machine: the matrices start at 256 x 256 and double (up to 2048 on
+    a CPU, 8192 on a GPU) only while the next size still fits the time left, so a dtype the hardware
+    emulates (bf16 on an AVX2 CPU: 20x slower than fp32) is measured on small matrices rather than for
+    minutes. On the CPU the faster of torch's two libraries counts (MKL for `a @ b`, oneDNN as
+    playground/kernels/linear.py uses it).
     """
-    n = 8192 if device.type == "cuda" else 2048
+    deadline = time.perf_counter() + seconds
+    largest = 8192 if device.type == "cuda" else 2048
     g = torch.Generator(device).manual_seed(0)  # its own: a run's random stream is not disturbed by measuring
-    a, b = (torch.randn(n, n, device=device, generator=g).to(dtype) for _ in range(2))
-    products = [lambda: a @ b]
-    if device.type == "cpu" and onednn_available():
-        products.append(lambda: matmul_t(a, b))  # a @ b^T: the same FLOPs
-    return max(_rate(product, 2 * n**3, device, seconds / len(products)) for product in products)
+    n, best = 256, 0.0
+    while True:
+        a, b = (torch.randn(n, n, device=device, generator=g).to(dtype) for _ in range(2))
+        products = [lambda: a @ b] + ([lambda: matmul_t(a, b)] if device.type == "cpu" else [])  # a @ b^T: same FLOPs
+        left = max(deadline - time.perf_counter(), 0.0)
+        rates = [_rate(product, 2 * n**3, device, left / 4 / len(products)) for product in products]
+        best = max(best, *rates)
+        one_product_next = 8 * 2 * n**3 / max(rates)  # seconds a product of twice the size would take
+        if n * 2 > largest or 4 * len(products) * one_product_next > deadline - time.perf_counter():
+            break
+        n *= 2
+    return best
 
 
 def _rate(product, flops: int, device, seconds: float) -> float:
     product()  # warm-up: kernels chosen, caches filled
     synchronize(device)
     calls, start = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < seconds:
+    while calls < 1 or time.perf_counter() - start < seconds:
         product()
         synchronize(device)
         calls += 1

@@ -1,13 +1,18 @@
-"""The training loop and what it needs: optimiser, learning-rate schedule, device and precision."""
+"""The training loop, and what it reads its batches and stop requests from.
+
+`train` is one function a reader follows top to bottom: get a batch, forward under autocast, loss, backward,
+clip, step, and every so often log, evaluate or checkpoint (calls out of the loop). What it trains with (the
+model, optimiser, schedule, loss, device) arrives built, as a `Training` (experiment.py builds it with
+setup.py); it never reads the config tree.
+"""
 
 import contextlib
-import math
-import os
-import shutil
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -15,134 +20,23 @@ from tqdm import tqdm
 from .data.batching import token_budget_batches
 from .distributed import Dist, sum_across
 from .errors import UserError
-from .loss import sequence_loss
 
 
-def resolve_device(name: str) -> torch.device:
-    """trainer.device: auto picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
-    if name not in available:
-        raise UserError(f"trainer.device={name} is not one of: auto, cpu, cuda, mps")
-    if not available[name]:
-        raise UserError(f"trainer.device={name} but this machine has no {name} device (try trainer.device=auto)")
-    return torch.device(name)
+@dataclass
+class Training:
+    """What the loop trains with."""
 
-
-def compile_unavailable(device: torch.device):
-    """Why torch.compile cannot work here, or None: dynamo needs a supported Python, inductor on the CPU a C++ compiler."""
-    if not torch._dynamo.is_dynamo_supported():
-        return f"torch.compile does not support Python {sys.version.split()[0]} with torch {torch.__version__}"
-    compilers = (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
-    if device.type == "cpu" and not any(shutil.which(c) for c in compilers):
-        return "no C++ compiler found (inductor compiles CPU kernels with one: install g++ or set CXX)"
-    return None
-
-
-def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
-    """trainer.compile: the model under torch.compile, or, where it cannot be compiled, the model itself and a message.
-
-    A graph that fails to compile later (an unsupported operation, a compiler error) runs eagerly instead of
-    stopping the run: torch._dynamo.config.suppress_errors, which prints what failed.
-    """
-    if not enabled:
-        return model
-    reason = compile_unavailable(device)
-    if reason:
-        warn(f"trainer.compile=true but {reason}: training without torch.compile")
-        return model
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX) rather than emulating them."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """trainer.precision: auto is bf16 where the hardware computes in it natively (a CUDA GPU with bf16, a CPU
-    with AVX512-BF16 or AMX: 2x to 6x the fp32 matrix throughput) and fp32 elsewhere; other values pass through."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not V100/T4
-    return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
-
-
-def autocast_for(device: torch.device, precision: str):
-    """A function returning the autocast context for trainer.precision (a no-op context for fp32)."""
-    precision = resolve_precision(device, precision)
-    if precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={precision} is not one of: auto, {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError(f"trainer.precision=fp16 needs trainer.device=cuda (on {device.type}, use bf16)")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("trainer.precision=bf16 but this GPU has no bf16 support (use fp16)")
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def build_optimizer(opt_cfg, params, device: torch.device) -> torch.optim.Optimizer:
-    """optimizer.name: adam (the paper's, Section 5.3), adamw or sgd; Adam is one fused kernel, not a loop per tensor.
-
-    torch has fused Adam on the CPU and CUDA: on the CPU it is 4x faster than the default per-tensor loop and 6x
-    faster than foreach, which allocates a temporary per tensor and step (78M parameters: 24 vs 97 vs 157 ms).
-    """
-    if opt_cfg.lr <= 0:
-        raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive")
-    fused = device.type in ("cpu", "cuda")
-    if opt_cfg.name in ("adam", "adamw"):
-        if len(opt_cfg.betas) != 2 or not all(0 <= b < 1 for b in opt_cfg.betas):
-            raise UserError(f"optimizer.betas={list(opt_cfg.betas)} must be two numbers in [0, 1)")
-        cls = torch.optim.Adam if opt_cfg.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps,
-                   weight_decay=opt_cfg.weight_decay, fused=fused, foreach=None if fused else True)
-    if opt_cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
-    raise UserError(f"optimizer.name={opt_cfg.name} is not one of: adam, adamw, sgd")
-
-
-def noam(step, warmup, max_steps, min_ratio):
-    """Section 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), here divided by its peak value
-    d_model^-0.5 * warmup^-0.5 so that optimizer.lr is the peak (the paper's base model: lr = 7e-4, warmup 4000)."""
-    step = max(step, 1)
-    return min(step / warmup, math.sqrt(warmup / step))
-
-
-def cosine(step, warmup, max_steps, min_ratio):
-    """Linear warmup, then a half cosine from the peak down to min_ratio * peak at max_steps."""
-    if step < warmup:
-        return max(step, 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def constant(step, warmup, max_steps, min_ratio):
-    """The same learning rate throughout."""
-    return 1.0
-
-
-SCHEDULES = {"noam": noam, "cosine": cosine, "constant": constant}
-
-
-def build_scheduler(sched_cfg, optimizer, max_steps: int):
-    """scheduler.name picks the multiplier of optimizer.lr at each step."""
-    if sched_cfg.name not in SCHEDULES:
-        raise UserError(f"scheduler.name={sched_cfg.name} is not one of: {', '.join(SCHEDULES)}")
-    if sched_cfg.warmup_steps <= 0 and sched_cfg.name != "constant":
-        raise UserError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be positive")
-    fn = SCHEDULES[sched_cfg.name]
-    warmup, min_ratio = sched_cfg.warmup_steps, sched_cfg.min_lr_ratio
-    # LambdaLR counts from 0 before the first step; the paper's step_num counts from 1
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: fn(i + 1, warmup, max_steps, min_ratio))
+    model: torch.nn.Module  # what is called: the model itself, or it under DistributedDataParallel / torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # scales fp16 losses; a no-op otherwise
+    loss_fn: Callable  # (logits (B, T, V), tgt_out (B, T), label_smoothing, pad_id) -> the mean loss
+    pad_id: int
+    device: torch.device
+    autocast: Callable = contextlib.nullcontext  # () -> the autocast context of trainer.precision
+    dist: Dist = field(default_factory=Dist)
+    step_flops: Optional[Callable] = None  # (B, S, T) -> model FLOPs of one step, for perf/mfu
+    peak_flops: Optional[float] = None  # this device's matrix-product FLOP/s, for perf/mfu
 
 
 class BatchStream:
@@ -230,106 +124,154 @@ class StopRequest:
               f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
 
-def train(model, optimizer, scheduler, scaler, train_data, batches, settings, device, autocast, tracker,
-          on_eval, on_checkpoint, start_step=0, stop=None, dist=None, step_flops=None, peak_flops=None):
-    """Teacher-forced training up to settings.max_steps; returns the last step done (less if stopped).
+def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoint, start_step=0, stop=None) -> int:
+    """Teacher-forced training from start_step to settings.max_steps; returns the last step done (less if stopped).
 
+    `data` is the training split (PaddedPairs), `batches` yields its rows step by step (BatchStream).
     `on_eval(step)` evaluates and checkpoints, `on_checkpoint(step)` only checkpoints. The only host
     synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
-    `step_flops(B, S, T)` (model FLOPs of a step) and `peak_flops` (this device's FLOP/s) give perf/mfu.
     """
-    dist = dist or Dist()
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=device)  # summed on the device; read back only every log_every steps
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step whose loss was not finite
-    tokens, real_tokens, padded_tokens, window, skipped, t0 = 0, 0, 0, 0, 0, time.perf_counter()
-    flops = 0  # model FLOPs of this process's steps in the log window
+    model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    window, nonfinite = LogWindow(run), NonFinite(run, settings.on_nonfinite)
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not dist.is_main)
-
-    def check_finite():
-        bad = int(first_bad)
-        if bad >= 0:
-            lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](bad - 1)
-            raise UserError(f"train/loss is not finite at step {bad} (lr {lr:.3g}): lower optimizer.lr, raise "
-                            f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")
-
-    def stop_requested(step):
-        wanted = stop is not None and stop.signal is not None
-        if not dist.enabled:
-            return wanted
-        if step % settings.log_every:  # every process must stop at the same step: agree at log steps
-            return False
-        votes = sum_across(dist, torch.tensor(float(wanted), device=device))  # on the GPU for NCCL
-        return bool(votes > 0)
-
+               disable=not run.dist.is_main)
     model.train()
     step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
         rows = next(batches)
-        src, tgt = train_data.batch(rows)  # an index into tensors padded once at load: no loader workers needed
-        if device.type == "cuda":  # page-locked, so that the copies run asynchronously to the GPU's work
-            src, tgt = src.pin_memory(), tgt.pin_memory()
-        src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
-        tgt_real = int(train_data.tgt_lengths[rows].sum())  # lengths live on the host: no device sync
-        real_tokens += int(train_data.src_lengths[rows].sum()) + tgt_real
-        padded_tokens += src.numel() + tgt.numel()
+        src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
-        if step_flops is not None:
-            flops += step_flops(src.size(0), src.size(1), tgt_in.size(1))
-        with autocast():
+        with run.autocast():
             logits = model(src, tgt_in)  # (B, T, V)
-        loss = sequence_loss(logits, tgt_out, settings.label_smoothing)
+        loss = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
         optimizer.zero_grad(set_to_none=True)
-        if settings.on_nonfinite == "skip":
-            finite = sum_across(dist, torch.isfinite(loss).float()) == dist.world_size  # a host sync per step
-            if not finite:
-                skipped += 1
-                tracker.scalars({"train/skipped_steps": skipped}, step)
-                bar.update(1)
-                continue
-        else:
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if nonfinite.skip(loss, step):  # on_nonfinite=skip and the loss is not finite: no update
+            tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)
+            bar.update(1)
+            continue
         scaler.scale(loss).backward()
-        if settings.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        grad_norm = _clip_gradients(run, settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += loss.detach()
-        window += 1
-        tokens += tgt_real - len(rows)  # real target tokens (tgt_out has one fewer per row)
+        window.add(loss, data, rows, src, tgt_in)
         bar.update(1)
-        if step % settings.log_every == 0 or step == settings.max_steps:
-            check_finite()
-            sum_across(dist, loss_sum)
-            loss_value = loss_sum.item()  # waits for the device: the window's work is done before it is timed
-            elapsed = time.perf_counter() - t0
-            values = {"train/loss": loss_value / max(window, 1) / dist.world_size, "train/lr": scheduler.get_last_lr()[0],
-                      "train/padding_fraction": 1 - real_tokens / padded_tokens,
-                      "perf/tokens_per_sec": tokens * dist.world_size / elapsed}  # real target tokens, all processes
-            if step_flops is not None and peak_flops:
-                values["perf/mfu"] = flops / elapsed / peak_flops  # this process on its device
-            if settings.grad_clip > 0:
-                values["train/grad_norm"] = grad_norm.item()
+        last = step == settings.max_steps
+        if step % settings.log_every == 0 or last:
+            nonfinite.check()
+            values = window.report(grad_norm)
             tracker.scalars(values, step)
             bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
-            loss_sum.zero_()
-            tokens, real_tokens, padded_tokens, window, flops, t0 = 0, 0, 0, 0, 0, time.perf_counter()
-        if step % settings.eval_every == 0 or step == settings.max_steps:
-            check_finite()
-            paused = time.perf_counter()
-            on_eval(step)
+        if step % settings.eval_every == 0 or last:
+            nonfinite.check()
+            with window.paused():  # evaluation time is not training throughput
+                on_eval(step)
             bar.refresh()
-            t0 += time.perf_counter() - paused  # evaluation time is not training throughput
         elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
-            check_finite()
+            nonfinite.check()
             on_checkpoint(step)
-        if stop_requested(step):
-            check_finite()
+        if _stop_requested(run.dist, stop, step, settings.log_every, run.device):
+            nonfinite.check()
             if step % settings.eval_every:  # an evaluation step has just saved
                 on_checkpoint(step)
             break
     bar.close()
     return step
+
+
+def _to_device(batch, device):
+    src, tgt = batch
+    if device.type == "cuda":  # page-locked, so that the copies run asynchronously to the GPU's work
+        src, tgt = src.pin_memory(), tgt.pin_memory()
+    return src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+
+
+def _clip_gradients(run: Training, max_norm: float):
+    """Clip the global gradient norm to max_norm (0: off); returns the norm before clipping, a device tensor, or None."""
+    if max_norm <= 0:
+        return None
+    run.scaler.unscale_(run.optimizer)
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def _stop_requested(dist: Dist, stop, step: int, log_every: int, device) -> bool:
+    """Whether Ctrl-C or SIGTERM asked to stop; with several processes, all agree at log steps to stop together."""
+    wanted = stop is not None and stop.signal is not None
+    if not dist.enabled:
+        return wanted
+    if step % log_every:
+        return False
+    return bool(sum_across(dist, torch.tensor(float(wanted), device=device)) > 0)  # on the GPU for NCCL
+
+
+class LogWindow:
+    """The loss (summed on the device), tokens, FLOPs and time since the last log step: train/* and perf/* scalars."""
+
+    def __init__(self, run: Training):
+        self.run = run
+        self.loss_sum = torch.zeros((), device=run.device)  # read back only at log steps
+        self._reset()
+
+    def _reset(self):
+        self.loss_sum.zero_()
+        self.steps, self.tokens, self.real, self.padded, self.flops = 0, 0, 0, 0, 0
+        self.start = time.perf_counter()
+
+    def add(self, loss, data, rows, src, tgt_in):
+        """Count one step; token counts come from lengths kept on the host: no device sync."""
+        tgt_real = int(data.tgt_lengths[rows].sum())
+        self.loss_sum += loss.detach()
+        self.steps += 1
+        self.tokens += tgt_real - len(rows)  # real target tokens predicted (tgt_out has one fewer per row)
+        self.real += int(data.src_lengths[rows].sum()) + tgt_real
+        self.padded += src.numel() + tgt_in.numel() + len(rows)
+        if self.run.step_flops is not None:
+            self.flops += self.run.step_flops(src.size(0), src.size(1), tgt_in.size(1))
+
+    @contextlib.contextmanager
+    def paused(self):
+        paused = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - paused
+
+    def report(self, grad_norm) -> dict:
+        """The window's scalars (this waits for the device: its work is done before it is timed); starts a new one."""
+        run, world = self.run, self.run.dist.world_size
+        sum_across(run.dist, self.loss_sum)
+        loss = self.loss_sum.item()
+        elapsed = time.perf_counter() - self.start
+        values = {"train/loss": loss / max(self.steps, 1) / world, "train/lr": run.scheduler.get_last_lr()[0],
+                  "train/padding_fraction": 1 - self.real / max(self.padded, 1),
+                  "perf/tokens_per_sec": self.tokens * world / elapsed}  # real target tokens, all processes
+        if run.step_flops is not None and run.peak_flops:
+            values["perf/mfu"] = self.flops / elapsed / run.peak_flops  # this process on its device
+        if grad_norm is not None:
+            values["train/grad_norm"] = grad_norm.item()
+        self._reset()
+        return values
+
+
+class NonFinite:
+    """trainer.on_nonfinite: stop (remember the first bad step on the device; raise at the next check) or skip."""
+
+    def __init__(self, run: Training, mode: str):
+        self.run, self.mode, self.skipped = run, mode, 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
+
+    def skip(self, loss, step: int) -> bool:
+        """Whether to skip this step: only with on_nonfinite=skip, which waits for the device every step."""
+        if self.mode != "skip":
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
+            return False
+        finite = sum_across(self.run.dist, torch.isfinite(loss.detach()).float()) == self.run.dist.world_size
+        self.skipped += int(not finite)
+        return not finite
+
+    def check(self) -> None:
+        bad = int(self.first_bad)
+        if bad >= 0:
+            scheduler = self.run.scheduler
+            lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](bad - 1)
+            raise UserError(f"train/loss is not finite at step {bad} (lr {lr:.3g}): lower optimizer.lr, raise "
+                            f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")

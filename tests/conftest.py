@@ -9,9 +9,21 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import playground.kernels  # noqa: E402,F401  (registers build_model(..., kernels="fast"))
 from playground.config import ModelConfig, register_configs  # noqa: E402
+from playground.data import MODEL_IDS  # noqa: E402
+from playground.model import build_model  # noqa: E402
+from playground.setup import cpu_computes_bf16  # noqa: E402
 
 register_configs()
+
+# The dtypes this CPU computes natively: kernels are checked in each of them (bf16 only with AVX512-BF16 or AMX).
+NATIVE_DTYPES = [torch.float32] + ([torch.bfloat16] if cpu_computes_bf16() else [])
+
+
+def build(model_cfg, src_vocab_size, tgt_vocab_size, kernels="reference"):
+    """build_model with the data side's special ids, as the experiment calls it."""
+    return build_model(model_cfg, src_vocab_size, tgt_vocab_size, kernels, **MODEL_IDS)
 
 
 @pytest.fixture

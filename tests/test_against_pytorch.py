@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_model_config
-from playground.model import PAD, build_model
+from conftest import build
+from playground.data import PAD
 from playground.model.embeddings import sinusoid_table
 
 D, H, FF, V = 32, 4, 64, 30
@@ -46,13 +47,13 @@ def copy_torch_transformer_into(model, reference, src_embed, tgt_embed, generato
         model.decoder.norm.load_state_dict(reference.decoder.norm.state_dict())
 
 
-@pytest.mark.parametrize("attention", ["math", "sdpa"])
-def test_logits_equal_torch_nn_transformer_with_the_same_weights(attention, seeded):
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+def test_logits_equal_torch_nn_transformer_with_the_same_weights(kernels, seeded):
     reference = nn.Transformer(D, H, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=FF, dropout=0.1,
                                batch_first=True).eval()
     src_embed, tgt_embed, generator = nn.Embedding(V, D), nn.Embedding(V, D), nn.Linear(D, V)
-    model = build_model(tiny_model_config(d_model=D, heads=H, enc_layers=2, dec_layers=3, d_ff=FF, dropout=0.1,
-                                          final_norm=True, tie_embeddings="none", attention=attention), V, V).eval()
+    model = build(tiny_model_config(d_model=D, heads=H, enc_layers=2, dec_layers=3, d_ff=FF, dropout=0.1,
+                                          final_norm=True, tie_embeddings="none"), V, V, kernels).eval()
     copy_torch_transformer_into(model, reference, src_embed, tgt_embed, generator)
 
     src = torch.randint(4, V, (3, 9))
@@ -73,6 +74,6 @@ def test_logits_equal_torch_nn_transformer_with_the_same_weights(attention, seed
 def test_parameter_counts_match_the_paper_with_a_shared_37k_vocabulary(model_name, paper_millions, compose_config):
     cfg = compose_config(f"model={model_name}", "model.tie_embeddings=all")
     with torch.device("meta"):  # count without allocating 213M floats
-        model = build_model(cfg.model, 37000, 37000)
+        model = build(cfg.model, 37000, 37000)
     count = sum(p.numel() for p in model.parameters())
     assert abs(count / 1e6 - paper_millions) / paper_millions < 0.05, f"{count:,} parameters"

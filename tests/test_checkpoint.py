@@ -1,31 +1,34 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from conftest import build, tiny_model_config
 from playground.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from playground.errors import UserError
-from playground.model import build_model
+from test_cli import run
 
 
 def test_a_saved_checkpoint_loads_without_running_code_and_leaves_no_temporary_file(tmp_path):
-    state = {"model": build_model(tiny_model_config(), 20, 20).state_dict(), "config": {"seed": 1}, "step": 7}
+    state = {"model": build(tiny_model_config(), 20, 20).state_dict(), "config": {"seed": 1}, "step": 7}
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 7
 
 
 def test_a_checkpoint_of_another_shape_names_the_first_mismatched_parameter(tmp_path):
-    small = build_model(tiny_model_config(d_model=32), 20, 20).state_dict()
-    wider = build_model(tiny_model_config(d_model=64), 20, 20)
+    small = build(tiny_model_config(d_model=32), 20, 20).state_dict()
+    wider = build(tiny_model_config(d_model=64), 20, 20)
     with pytest.raises(UserError, match=r"parameter src_embed.embedding.weight has shape \(20, 32\) in the "
                                         r"checkpoint but \(20, 64\) in this model"):
         load_model_weights(wider, small, "last.pt")
 
 
 def test_a_checkpoint_missing_a_layer_says_which(tmp_path):
-    shallow = build_model(tiny_model_config(enc_layers=1), 20, 20).state_dict()
+    shallow = build(tiny_model_config(enc_layers=1), 20, 20).state_dict()
     with pytest.raises(UserError, match=r"parameter encoder.layers.1.\S+ of this model is missing"):
-        load_model_weights(build_model(tiny_model_config(enc_layers=2), 20, 20), shallow, "last.pt")
+        load_model_weights(build(tiny_model_config(enc_layers=2), 20, 20), shallow, "last.pt")
 
 
 @pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a checkpoint of this project"),
@@ -42,3 +45,36 @@ def test_a_pickled_object_is_not_loaded(tmp_path):
     torch.save({"model": {}, "config": {}, "payload": object()}, path)
     with pytest.raises(UserError, match="not a checkpoint of this project"):
         load_checkpoint(path)
+
+
+OLD = Path(__file__).resolve().parent / "data" / "checkpoint_6eeb92a"  # written by main at 6eeb92a (model.attention=sdpa)
+
+
+def test_a_checkpoint_from_before_trainer_kernels_evaluates_to_its_own_test_metrics(tmp_path):
+    expected = json.loads((OLD / "metrics.json").read_text())
+    for kernels in ("reference", "fast"):
+        result = run("mode=eval", f"ckpt_path={OLD / 'best.pt'}", f"trainer.kernels={kernels}", "trainer.precision=fp32",
+                     f"hydra.run.dir={tmp_path / kernels}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        got = json.loads((tmp_path / kernels / "metrics.json").read_text())
+        assert got["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-5)
+        for key in ("test/exact_match", "test/token_accuracy", "test/bleu", "test/chrf", "test/cer", "test/wer"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_a_checkpoint_from_before_trainer_kernels_resumes_and_translates(compose_config, tmp_path, capsys):
+    from playground import experiment
+
+    config = torch.load(OLD / "last.pt", weights_only=True)["config"]
+    overrides = [f"{group}.{key}={config[group][key]}" for group, keys in
+                 (("model", ("d_model", "d_ff", "heads", "enc_layers", "dec_layers")),
+                  ("dataset", ("num_train", "num_valid", "num_test")), ("trainer", ("batch_size", "precision")))
+                 for key in keys]
+    flat = experiment.run_train(compose_config(*overrides, "trainer.max_steps=45", "trainer.eval_every=20",
+                                               f"ckpt_path={OLD / 'last.pt'}"), tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 45
+    assert 0.0 <= flat["test/exact_match"] <= 1.0
+    capsys.readouterr()
+    experiment.run_translate(compose_config("mode=translate", f"ckpt_path={OLD / 'best.pt'}", "text=3 1 4"))
+    printed = capsys.readouterr().out.split()
+    assert printed and all(word.isdigit() for word in printed)

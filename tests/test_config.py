@@ -5,8 +5,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from playground.experiment import load_data
-from playground.model import build_model
-from playground.train import build_optimizer, build_scheduler
+from conftest import build
+from playground.setup import build_optimizer, build_scheduler
 
 import torch
 
@@ -39,7 +39,7 @@ def test_every_option_of_every_group_composes_and_builds(group, option, compose_
     cfg = compose_config(f"{group}={option}", "dataset.num_train=50", "dataset.num_valid=10", "dataset.num_test=10",
                          *text)
     data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_steps)
     src, tgt = data.splits["train"].batch(torch.arange(4))
@@ -78,32 +78,45 @@ def test_the_cluster_and_parallel_launchers_compose(launcher, target):
     assert target in cfg.hydra.launcher._target_.lower()
 
 
-def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key():
+def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key(monkeypatch):
+    from playground import setup
     from playground.errors import UserError
-    from playground.train import autocast_for, resolve_device
 
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert setup.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(UserError, match="trainer.device=tpu is not one of: auto, cpu, cuda, mps"):
-        resolve_device("tpu")
+        setup.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer.device=cuda but this machine has no cuda device"):
-            resolve_device("cuda")
+            setup.resolve_device("cuda")
     with pytest.raises(UserError, match="trainer.precision=fp16 needs trainer.device=cuda"):
-        autocast_for(torch.device("cpu"), "fp16")
+        setup.autocast_for(torch.device("cpu"), "fp16")
     with pytest.raises(UserError, match="trainer.precision=int8 is not one of"):
-        autocast_for(torch.device("cpu"), "int8")
-    with autocast_for(torch.device("cpu"), "bf16")():
+        setup.autocast_for(torch.device("cpu"), "int8")
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: True)  # the context itself, on any CPU
+    with setup.autocast_for(torch.device("cpu"), "bf16")():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
-    from playground import train
+    from playground import setup
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
-    assert train.resolve_precision(cpu, "auto") == "bf16"
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
-    assert train.resolve_precision(cpu, "auto") == "fp32"
-    assert train.resolve_precision(cpu, "bf16") == "bf16"  # asked for by name: honoured, even if emulated
-    with train.autocast_for(cpu, "auto")():
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: True)
+    assert setup.resolve_precision(cpu, "auto") == "bf16"
+    assert setup.resolve_precision(cpu, "bf16") == "bf16"
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: False)
+    assert setup.resolve_precision(cpu, "auto") == "fp32"
+    with setup.autocast_for(cpu, "auto")():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_refused_in_one_line_before_any_work(monkeypatch, compose_config, tmp_path):
+    from playground import experiment, setup
+    from playground.errors import UserError
+
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: False)  # what an AVX2-only CPU reports
+    monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("data was loaded before the refusal"))
+    with pytest.raises(UserError, match=r"^trainer.precision=bf16 but this CPU has no bf16 units .*many times slower "
+                                        r"than fp32 here \(use trainer.precision=fp32 or auto\)$"):
+        experiment.run_train(compose_config("trainer.precision=bf16"), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written

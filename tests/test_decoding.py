@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model_config
-from playground.model import BOS, EOS, PAD, build_model
+from conftest import build
+from playground.data import BOS, EOS, PAD
 from playground.model.decoding import beam_search, greedy_decode
 
 V = 24
@@ -19,7 +20,7 @@ def sequence_log_prob(model, src, ids):
 
 @pytest.fixture
 def model_and_source(seeded):
-    model = build_model(tiny_model_config(d_model=32, heads=2), V, V).eval()
+    model = build(tiny_model_config(d_model=32, heads=2), V, V).eval()
     with torch.no_grad():
         model.generator.bias[EOS] = 2.0  # some rows end early, others run to max_len
     src = torch.randint(4, V, (6, 9))
@@ -29,7 +30,7 @@ def model_and_source(seeded):
 
 @pytest.mark.parametrize("positional", ["sinusoidal", "learned", "rotary", "none"])
 def test_cached_greedy_decoding_equals_recomputing_the_prefix(positional, seeded):
-    model = build_model(tiny_model_config(positional=positional), V, V).eval()
+    model = build(tiny_model_config(positional=positional), V, V).eval()
     src = torch.randint(4, V, (5, 8))
     cached = model.generate(src, max_len=12)
     assert torch.equal(cached, model.generate(src, max_len=12, use_cache=False))
@@ -54,7 +55,7 @@ def test_beam_search_with_one_beam_is_greedy_decoding(model_and_source):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_beam_search_finds_a_sequence_the_model_scores_at_least_as_high_as_greedy(seed):
     torch.manual_seed(seed)
-    model = build_model(tiny_model_config(d_model=32, heads=2), V, V).eval()
+    model = build(tiny_model_config(d_model=32, heads=2), V, V).eval()
     src = torch.randint(4, V, (8, 7))
     with torch.no_grad():
         greedy = model.generate(src, max_len=10)

@@ -1,16 +1,17 @@
+"""The model's dropout: zero with probability p, scale the rest by 1 / (1 - p), in training only."""
+
 import pytest
 import torch
 
 from playground.model.dropout import Dropout, dropout
 
 
-def test_cpu_dropout_zeroes_about_p_of_the_elements_and_keeps_the_expected_value(seeded):
+def test_dropout_zeroes_about_p_of_the_elements_and_keeps_the_expected_value(seeded):
     x = torch.ones(1_000_000)
     y = dropout(x, 0.1, training=True)
-    dropped = (y == 0).float().mean().item()
-    assert dropped == pytest.approx(26 / 256, abs=0.002)  # p rounded to a multiple of 1/256
+    assert (y == 0).float().mean().item() == pytest.approx(0.1, abs=0.002)
     assert y.mean().item() == pytest.approx(1.0, abs=0.005)
-    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 256 / 230))
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
 
 
 def test_the_gradient_flows_only_through_the_kept_elements(seeded):
@@ -18,7 +19,7 @@ def test_the_gradient_flows_only_through_the_kept_elements(seeded):
     y = dropout(x, 0.3, training=True)
     y.sum().backward()
     kept = y != 0
-    torch.testing.assert_close(x.grad[kept], torch.full_like(x.grad[kept], 256 / (256 - 77)))
+    torch.testing.assert_close(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.7))
     assert (x.grad[~kept] == 0).all()
 
 
@@ -27,11 +28,3 @@ def test_dropout_is_the_identity_in_eval_mode_and_at_zero_probability():
     module = Dropout(0.5).eval()
     assert module(x) is x
     assert dropout(x, 0.0, training=True) is x
-
-
-def test_the_same_seed_gives_the_same_mask():
-    x = torch.randn(1000)
-    torch.manual_seed(3)
-    a = dropout(x, 0.2, True)
-    torch.manual_seed(3)
-    assert torch.equal(a, dropout(x, 0.2, True))

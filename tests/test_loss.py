@@ -1,12 +1,18 @@
-"""The training loss is torch's label-smoothed cross-entropy, computed block by block without its temporaries."""
+"""The training loss is torch's label-smoothed cross-entropy: the model's as written, and the fast kernel's, computed
+block by block without its temporaries."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from playground import loss as loss_module
-from playground.loss import sequence_loss
-from playground.model import PAD
+from playground.data import PAD
+from playground.kernels import loss as loss_module
+from playground.kernels.loss import blockwise_sequence_loss
+from playground.model import sequence_loss as model_sequence_loss
+
+
+def sequence_loss(logits, target, smoothing):
+    return blockwise_sequence_loss(logits, target, smoothing, PAD)
 
 
 def reference_loss(logits, target, smoothing):
@@ -15,7 +21,7 @@ def reference_loss(logits, target, smoothing):
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sequence_loss_and_its_gradient_equal_torch_cross_entropy_with_padding(dtype, smoothing, monkeypatch):
+def test_blockwise_loss_and_its_gradient_equal_torch_cross_entropy_with_padding(dtype, smoothing, monkeypatch):
     monkeypatch.setattr(loss_module, "BLOCK_ELEMENTS", 3 * 50)  # blocks of 3 rows: the last one is short
     torch.manual_seed(0)
     logits = (torch.randn(4, 7, 50) * 3).to(dtype).requires_grad_()
@@ -67,3 +73,13 @@ def test_without_gradients_the_loss_is_still_computed():
     with torch.no_grad():
         loss = sequence_loss(logits, target, 0.1)
     torch.testing.assert_close(loss, reference_loss(logits, target, 0.1).detach())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_models_loss_is_the_mean_over_real_tokens_and_zero_for_padding_only(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 17, requires_grad=True)
+    target = torch.randint(4, 17, (3, 5))
+    target[1, 2:] = PAD
+    torch.testing.assert_close(model_sequence_loss(logits, target, smoothing, PAD), reference_loss(logits, target, smoothing))
+    assert model_sequence_loss(logits, torch.full_like(target, PAD), smoothing, PAD).item() == 0.0  # not 0/0

@@ -3,10 +3,12 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model_config
 
+from playground.config import check_model
 from playground.errors import UserError
-from playground.model import BOS, EOS, PAD, build_model
+from conftest import build
+from playground.data import BOS, EOS, PAD
 from playground.model.attention import causal_mask, padding_mask, scaled_dot_product_attention
-from playground.train import sequence_loss
+from playground.model import sequence_loss
 
 V = 20
 
@@ -19,13 +21,13 @@ def random_batch(B=3, S=7, T=6):
 
 
 def test_logits_have_one_row_per_target_position_and_one_column_per_vocabulary_entry(seeded):
-    model = build_model(tiny_model_config(), src_vocab_size=V, tgt_vocab_size=V + 5)
+    model = build(tiny_model_config(), src_vocab_size=V, tgt_vocab_size=V + 5)
     src, tgt = random_batch(B=3, S=7, T=6)
     assert model(src, tgt).shape == (3, 6, V + 5)
 
 
 def test_changing_a_later_target_token_leaves_earlier_logits_unchanged(seeded):
-    model = build_model(tiny_model_config(), V, V).eval()
+    model = build(tiny_model_config(), V, V).eval()
     src, tgt = random_batch(T=8)
     changed = tgt.clone()
     changed[:, 5] = (changed[:, 5] + 1 - 4) % (V - 4) + 4
@@ -35,19 +37,19 @@ def test_changing_a_later_target_token_leaves_earlier_logits_unchanged(seeded):
 
 
 def test_padding_the_source_changes_nothing(seeded):
-    model = build_model(tiny_model_config(), V, V).eval()
+    model = build(tiny_model_config(), V, V).eval()
     src, tgt = random_batch(S=5)
     padded = torch.cat([src, torch.full((src.size(0), 4), PAD)], dim=1)
     torch.testing.assert_close(model(src, tgt), model(padded, tgt), rtol=1e-5, atol=1e-5)
 
 
 def test_a_tiny_model_overfits_one_small_batch(seeded):
-    model = build_model(tiny_model_config(d_model=64, d_ff=128), V, V)
+    model = build(tiny_model_config(d_model=64, d_ff=128), V, V)
     src = torch.randint(4, V, (8, 6))
     tgt = torch.cat([torch.full((8, 1), BOS), src.flip(1), torch.full((8, 1), EOS)], dim=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
-        loss = sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:], label_smoothing=0.0)
+        loss = sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:], label_smoothing=0.0, pad_id=PAD)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -72,17 +74,25 @@ def test_causal_mask_keeps_each_position_and_the_ones_before_it():
 
 
 def test_heads_that_do_not_divide_d_model_are_refused_naming_both_keys():
-    with pytest.raises(UserError, match=r"model.heads=7 does not divide model.d_model=32"):
-        build_model(tiny_model_config(heads=7), V, V)
+    message = r"model.heads=7 does not divide model.d_model=32"
+    with pytest.raises(UserError, match=message):  # at the config edge: the user's one-line error
+        check_model(tiny_model_config(heads=7))
+    with pytest.raises(ValueError, match=message):  # inside the model, which knows nothing of UserError
+        build(tiny_model_config(heads=7), V, V)
 
 
 def test_tying_all_embeddings_needs_one_shared_vocabulary():
     with pytest.raises(UserError, match="tie_embeddings=all"):
-        build_model(tiny_model_config(tie_embeddings="all"), V, V + 1)
-    model = build_model(tiny_model_config(tie_embeddings="all"), V, V)
+        check_model(tiny_model_config(tie_embeddings="all"), V, V + 1)
+    model = build(tiny_model_config(tie_embeddings="all"), V, V)
     assert model.src_embed.weight is model.tgt_embed.weight is model.generator.weight
 
 
 def test_an_unknown_variant_name_is_refused_with_the_choices():
     with pytest.raises(UserError, match="model.activation=tanh is not one of: relu, gelu, swiglu"):
-        build_model(tiny_model_config(activation="tanh"), V, V)
+        check_model(tiny_model_config(activation="tanh"))
+
+
+def test_the_retired_attention_key_is_refused_naming_trainer_kernels():
+    with pytest.raises(UserError, match=r"model.attention=math is retired.*trainer.kernels=reference"):
+        check_model(tiny_model_config(attention="math"))

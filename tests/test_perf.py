@@ -5,15 +5,15 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from playground.model import build_model
+from conftest import build
 from playground.perf import matmul_peak, training_flops
 
 
 def test_training_flops_are_three_times_two_flops_per_linear_weight_per_token_plus_attention():
     cfg = SimpleNamespace(d_model=64, heads=4, enc_layers=2, dec_layers=3, d_ff=96, dropout=0.0, norm_position="post",
                           norm="layernorm", final_norm=False, positional="sinusoidal", activation="relu",
-                          attention="sdpa", tie_embeddings="none", max_len=64)
-    model = build_model(cfg, 50, 70)
+                          tie_embeddings="none", max_len=64)
+    model = build(cfg, 50, 70)
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     B, L = 5, 12  # with equal source and target lengths every linear weight meets every token once
     attention_modules = cfg.enc_layers + 2 * cfg.dec_layers

@@ -16,7 +16,7 @@ from playground.data.tokenizers import tokenizer_from_dict, train_tokenizer
 from playground.data.toy_corpus import make_pairs, write
 from playground.errors import UserError
 from playground.config import DatasetConfig
-from playground.model import BOS, EOS, PAD, UNK
+from playground.data import BOS, EOS, PAD, UNK
 from test_cli import ENTRY, ROOT, run
 
 BAD_FILES = [

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_model_config
-from playground.model import BOS, build_model
-from playground.train import sequence_loss
+from conftest import build
+from playground.data import BOS, PAD
+from playground.model import sequence_loss
 
 VARIANTS = [
     {},
@@ -16,21 +17,21 @@ VARIANTS = [
     {"positional": "none"},
     {"activation": "gelu"},
     {"activation": "swiglu"},
-    {"attention": "math"},
     {"tie_embeddings": "none"},
     {"tie_embeddings": "all"},
 ]
 
 
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "paper")
-def test_each_variant_learns_from_a_step_and_decodes_consistently(variant, seeded):
-    model = build_model(tiny_model_config(**variant), 20, 20)
+def test_each_variant_learns_from_a_step_and_decodes_consistently(variant, kernels, seeded):
+    model = build(tiny_model_config(**variant, dropout=0.1), 20, 20, kernels)
     src = torch.randint(4, 20, (4, 6))
     tgt = torch.cat([torch.full((4, 1), BOS), src.flip(1)], dim=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        loss = sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:], 0.0)
+        loss = sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:], 0.0, PAD)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -41,11 +42,11 @@ def test_each_variant_learns_from_a_step_and_decodes_consistently(variant, seede
 
 
 def test_the_variants_change_the_model_they_say_they_change():
-    base = build_model(tiny_model_config(), 20, 20)
-    assert isinstance(build_model(tiny_model_config(norm="rmsnorm"), 20, 20).encoder.layers[0].ff_residual.norm,
+    base = build(tiny_model_config(), 20, 20)
+    assert isinstance(build(tiny_model_config(norm="rmsnorm"), 20, 20).encoder.layers[0].ff_residual.norm,
                       torch.nn.RMSNorm)
-    assert build_model(tiny_model_config(activation="swiglu"), 20, 20).encoder.layers[0].feed_forward.w1.out_features \
+    assert build(tiny_model_config(activation="swiglu"), 20, 20).encoder.layers[0].feed_forward.w1.out_features \
         == 2 * base.encoder.layers[0].feed_forward.w1.out_features
-    assert build_model(tiny_model_config(positional="rotary"), 20, 20).positional.rotary is not None
+    assert build(tiny_model_config(positional="rotary"), 20, 20).positional.rotary is not None
     assert base.generator.weight is base.tgt_embed.weight  # the paper's tying is the default
-    assert build_model(tiny_model_config(tie_embeddings="none"), 20, 20).generator.weight is not base.tgt_embed.weight
+    assert build(tiny_model_config(tie_embeddings="none"), 20, 20).generator.weight is not base.tgt_embed.weight

@@ -3,7 +3,7 @@
 from .batching import PaddedPairs
 from .loading import Data, load_data
 from .synthetic import TASKS, make_synthetic_splits
-from .tokenizers import SymbolTokenizer, tokenizer_from_dict
+from .tokenizers import BOS, EOS, MODEL_IDS, PAD, UNK, SymbolTokenizer, tokenizer_from_dict
 
-__all__ = ["PaddedPairs", "Data", "load_data", "TASKS", "make_synthetic_splits", "SymbolTokenizer",
-           "tokenizer_from_dict"]
+__all__ = ["PAD", "BOS", "EOS", "UNK", "MODEL_IDS", "PaddedPairs", "Data", "load_data", "TASKS",
+           "make_synthetic_splits", "SymbolTokenizer", "tokenizer_from_dict"]

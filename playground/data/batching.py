@@ -2,7 +2,7 @@
 
 import torch
 
-from ..model import BOS, EOS, PAD
+from .tokenizers import BOS, EOS, PAD
 
 
 class PaddedPairs:

@@ -11,7 +11,11 @@ piece(id) -> its text, vocab_size, and to_dict() -> plain values that travel ins
 from collections import Counter
 
 from ..errors import UserError
-from ..model import BOS, EOS, PAD, UNK
+
+# The special ids, the same for every tokenizer. They belong to the vocabulary: the model is handed the ones it
+# needs (padding, BOS, EOS) by whoever builds it, and never imports them.
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+MODEL_IDS = {"pad_id": PAD, "bos_id": BOS, "eos_id": EOS}  # the ones build_model takes: build_model(..., **MODEL_IDS)
 
 SPECIALS = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": UNK}
 SPECIAL_TOKENS = sorted(SPECIALS, key=SPECIALS.get)  # in id order: a trainer given this list assigns 0..3

@@ -6,13 +6,11 @@ source, and each step feeds only the newest token, appending its self-attention 
 
 import torch
 
-from .transformer import BOS, EOS, PAD
 
-
-def _never_generate_specials(logits):
+def _never_generate_specials(model, logits):
     """PAD and BOS are never outputs: PAD marks the space after EOS, BOS only starts the decoder input."""
-    logits[:, PAD] = float("-inf")
-    logits[:, BOS] = float("-inf")
+    logits[:, model.pad_id] = float("-inf")
+    logits[:, model.bos_id] = float("-inf")
     return logits
 
 
@@ -29,6 +27,7 @@ def greedy_decode(model, src, max_len, use_cache=True):
     """Pick the most likely token at each step; each row stops at its EOS. Returns (B, L) ids after BOS."""
     B = src.size(0)
     memory, src_mask = model.encode(src)
+    PAD, BOS, EOS = model.pad_id, model.bos_id, model.eos_id
     ys = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
     cache = {} if use_cache else None
@@ -37,17 +36,17 @@ def greedy_decode(model, src, max_len, use_cache=True):
             logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1]  # (B, V)
         else:  # recompute the whole prefix every step: the slow baseline, kept for tests and the benchmark
             logits = model.decode(ys, memory, src_mask)[:, -1]  # (B, V)
-        next_token = _never_generate_specials(logits).argmax(-1).masked_fill(finished, PAD)  # (B,)
+        next_token = _never_generate_specials(model, logits).argmax(-1).masked_fill(finished, PAD)  # (B,)
         ys = torch.cat([ys, next_token[:, None]], dim=1)
         finished |= next_token == EOS
         if (t + 1) % 8 == 0 and finished.all():  # check for the end now and then: each check waits for the device
             break
-    return _trim(ys[:, 1:])
+    return _trim(ys[:, 1:], PAD)
 
 
-def _trim(ids):
+def _trim(ids, pad_id):
     """Drop trailing columns that are PAD in every row."""
-    keep = (ids != PAD).any(0).nonzero()
+    keep = (ids != pad_id).any(0).nonzero()
     return ids[:, : int(keep[-1]) + 1] if len(keep) else ids[:, :1]
 
 
@@ -60,6 +59,7 @@ def length_penalty_factor(lengths, alpha):
 def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
     """Keep the beam_size best partial sequences per source; return the best finished one by score / lp (B, L)."""
     B, K = src.size(0), beam_size
+    PAD, BOS, EOS = model.pad_id, model.bos_id, model.eos_id
     device = src.device
     memory, src_mask = model.encode(src)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
@@ -72,7 +72,7 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
     cache = {}
     for t in range(max_len):
         logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float()
-        logp = _never_generate_specials(logits).log_softmax(-1)  # (B*K, V)
+        logp = _never_generate_specials(model, logits).log_softmax(-1)  # (B*K, V)
         V = logp.size(-1)
         # a finished beam can only extend with PAD, at no cost, so its score stays what it was
         logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
@@ -90,4 +90,4 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
             break
     normalized = scores / length_penalty_factor(lengths.view(B, K), length_penalty)
     best = normalized.argmax(-1) + torch.arange(B, device=device) * K  # (B,)
-    return _trim(ys.index_select(0, best)[:, 1:])
+    return _trim(ys.index_select(0, best)[:, 1:], PAD)

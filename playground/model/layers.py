@@ -1,32 +1,26 @@
 """The encoder and decoder layers (Section 3.1) and their parts: feed-forward, residual, normalisation."""
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
 from .dropout import Dropout
-from .fused import feed_forward_relu
-from .linear import Linear
 
 
 class PositionwiseFeedForward(nn.Module):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, Equation (2), with the activation as a variant."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
+    def __init__(self, d_model: int, d_ff: int, dropout_p: float, activation: str = "relu"):
         super().__init__()
         self.activation = activation
         gated = activation == "swiglu"  # SwiGLU (Shazeer 2020): silu(x W1) * (x W3), W1 and W3 fused
-        self.w1 = Linear(d_model, 2 * d_ff if gated else d_ff)
-        self.w2 = Linear(d_ff, d_model)
-        self.dropout = Dropout(dropout)
+        self.w1 = nn.Linear(d_model, 2 * d_ff if gated else d_ff)
+        self.w2 = nn.Linear(d_ff, d_model)
+        self.dropout = Dropout(dropout_p)  # on the hidden layer
 
     def forward(self, x):
-        if self.activation == "relu" and self.training and x.device.type == "cpu" and torch.is_grad_enabled():
-            # the same maths with a hand-written backward: half the passes over the (B, L, d_ff) tensor (fused.py)
-            return feed_forward_relu(x, self.w1.weight, self.w1.bias, self.w2.weight, self.w2.bias, self.dropout.p)
         h = self.w1(x)  # (B, L, d_ff) or (B, L, 2 d_ff)
-        h = ACTIVATIONS[self.activation](h)  # (B, L, d_ff)
+        h = ACTIVATIONS[self.activation](h)  # (B, L, d_ff): max(0, x W1 + b1) for relu
         return self.w2(self.dropout(h))  # (B, L, D)
 
 
@@ -43,10 +37,10 @@ NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 class _Residual(nn.Module):
     """A residual connection around a sublayer, with its norm and dropout; subclasses say where the norm goes."""
 
-    def __init__(self, d_model: int, dropout: float, norm: str):
+    def __init__(self, d_model: int, dropout_p: float, norm: str):
         super().__init__()
         self.norm = NORMS[norm](d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout_p)
 
 
 class PostNormResidual(_Residual):
@@ -69,14 +63,13 @@ NORM_PLACEMENTS = {"post": PostNormResidual, "pre": PreNormResidual}
 class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward, each wrapped in a residual connection and normalisation (Section 3.1)."""
 
-    def __init__(self, d_model, heads, d_ff, dropout, norm_position="post", norm="layernorm",
-                 activation="relu", attention="sdpa"):
+    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu"):
         super().__init__()
         residual = NORM_PLACEMENTS[norm_position]
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=True, implementation=attention)
-        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
-        self.attn_residual = residual(d_model, dropout, norm)
-        self.ff_residual = residual(d_model, dropout, norm)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
+        self.attn_residual = residual(d_model, dropout_p, norm)
+        self.ff_residual = residual(d_model, dropout_p, norm)
 
     def forward(self, x, src_mask, rotary=None):
         x = self.attn_residual(x, lambda h: self.self_attn(h, mask=src_mask, rotary=rotary))  # (B, S, D)
@@ -86,16 +79,15 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, then feed-forward (Section 3.1)."""
 
-    def __init__(self, d_model, heads, d_ff, dropout, norm_position="post", norm="layernorm",
-                 activation="relu", attention="sdpa"):
+    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu"):
         super().__init__()
         residual = NORM_PLACEMENTS[norm_position]
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=True, implementation=attention)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout, self_attention=False, implementation=attention)
-        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
-        self.self_residual = residual(d_model, dropout, norm)
-        self.cross_residual = residual(d_model, dropout, norm)
-        self.ff_residual = residual(d_model, dropout, norm)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
+        self.self_residual = residual(d_model, dropout_p, norm)
+        self.cross_residual = residual(d_model, dropout_p, norm)
+        self.ff_residual = residual(d_model, dropout_p, norm)
 
     def forward(self, y, memory, src_mask, tgt_mask, rotary=None, cache=None):
         self_cache = cross_cache = None

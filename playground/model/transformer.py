@@ -3,14 +3,11 @@
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .attention import ATTENTION_IMPLEMENTATIONS, causal_mask, padding_mask
+from .attention import causal_mask, padding_mask
+from .decoding import beam_search, greedy_decode
 from .dropout import Dropout
 from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
 from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
-from .linear import Linear
-
-PAD, BOS, EOS, UNK = 0, 1, 2, 3  # the same ids for every tokenizer
 
 TIE_EMBEDDINGS = ("none", "decoder", "all")
 
@@ -46,20 +43,21 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
     """Embeddings + positional encoding -> encoder; embeddings -> decoder over the encoder output -> linear to logits."""
 
-    def __init__(self, src_vocab_size, tgt_vocab_size, d_model=512, heads=8, enc_layers=6, dec_layers=6, d_ff=2048,
-                 dropout=0.1, norm_position="post", norm="layernorm", final_norm=False, positional="sinusoidal",
-                 activation="relu", attention="sdpa", tie_embeddings="decoder", max_len=1024):
+    def __init__(self, src_vocab_size, tgt_vocab_size, *, pad_id, bos_id, eos_id, d_model=512, heads=8, enc_layers=6,
+                 dec_layers=6, d_ff=2048, dropout_p=0.1, norm_position="post", norm="layernorm", final_norm=False,
+                 positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
-        layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout=dropout, norm_position=norm_position,
-                          norm=norm, activation=activation, attention=attention)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id  # the vocabulary's, handed in by the builder
+        layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout_p=dropout_p, norm_position=norm_position,
+                          norm=norm, activation=activation)
         self.src_embed = TokenEmbedding(src_vocab_size, d_model)
         self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model)
         self.positional = POSITIONAL_ENCODINGS[positional](d_model, heads, max_len)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout_p)  # on the sums of embeddings and positional encodings (Section 5.4)
         self.encoder = Encoder([EncoderLayer(**layer_args) for _ in range(enc_layers)], d_model, final_norm, norm)
         self.decoder = Decoder([DecoderLayer(**layer_args) for _ in range(dec_layers)], d_model, final_norm, norm)
-        self.generator = Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
+        self.generator = nn.Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
         for name, p in self.named_parameters():
             if p.dim() > 1 and "embed" not in name and "positional" not in name:
                 nn.init.xavier_uniform_(p)
@@ -70,7 +68,7 @@ class Transformer(nn.Module):
 
     def encode(self, src):
         """src (B, S) ids -> encoder output (B, S, D) and the source padding mask (B, 1, 1, S)."""
-        src_mask = padding_mask(src, PAD)
+        src_mask = padding_mask(src, self.pad_id)
         x = self.dropout(self.positional(self.src_embed(src)))  # (B, S, D)
         return self.encoder(x, src_mask, self.positional.rotary), src_mask
 
@@ -90,8 +88,6 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, src, max_len, beam_size=1, length_penalty=0.6, use_cache=True):
         """Decode target ids for src (B, S): LongTensor (B, L) starting after BOS, EOS included, PAD after it."""
-        from .decoding import beam_search, greedy_decode
-
         if beam_size == 1:
             return greedy_decode(self, src, max_len, use_cache=use_cache)
         return beam_search(self, src, max_len, beam_size, length_penalty)
@@ -113,33 +109,54 @@ class Transformer(nn.Module):
 def _choice(cfg, key, options):
     value = getattr(cfg, key)
     if value not in options:
-        raise UserError(f"model.{key}={value} is not one of: {', '.join(options)}")
+        raise ValueError(f"model.{key}={value} is not one of: {', '.join(options)}")
     return value
 
 
-def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
-    """Build the Transformer a model config describes (any object with the fields of playground.config.ModelConfig)."""
-    c = model_cfg
+def check_model_config(c, src_vocab_size=None, tgt_vocab_size=None) -> None:
+    """Raise ValueError, naming the key, for a model config that describes no Transformer (heads not dividing
+    d_model, an unknown variant, ...). The config edge calls this first to turn it into the user's one-line error."""
     for key in ("d_model", "heads", "enc_layers", "dec_layers", "d_ff", "max_len"):
         if getattr(c, key) <= 0:
-            raise UserError(f"model.{key}={getattr(c, key)} must be positive")
+            raise ValueError(f"model.{key}={getattr(c, key)} must be positive")
     if not 0.0 <= c.dropout < 1.0:
-        raise UserError(f"model.dropout={c.dropout} must be in [0, 1)")
+        raise ValueError(f"model.dropout={c.dropout} must be in [0, 1)")
     if c.d_model % c.heads:
         divisors = [h for h in range(1, c.d_model + 1) if c.d_model % h == 0 and h <= 64]
-        raise UserError(f"model.heads={c.heads} does not divide model.d_model={c.d_model} "
-                        f"(try {', '.join(map(str, divisors))})")
-    tie = _choice(c, "tie_embeddings", TIE_EMBEDDINGS)
-    positional = _choice(c, "positional", POSITIONAL_ENCODINGS)
-    if positional == "rotary" and (c.d_model // c.heads) % 2:
-        raise UserError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
-    if tie == "all" and src_vocab_size != tgt_vocab_size:
-        raise UserError(f"model.tie_embeddings=all needs one shared vocabulary, but the source has {src_vocab_size} "
-                        f"tokens and the target {tgt_vocab_size} (use a shared vocabulary or tie_embeddings=decoder)")
-    return Transformer(
-        src_vocab_size, tgt_vocab_size, d_model=c.d_model, heads=c.heads, enc_layers=c.enc_layers,
-        dec_layers=c.dec_layers, d_ff=c.d_ff, dropout=c.dropout,
-        norm_position=_choice(c, "norm_position", NORM_PLACEMENTS), norm=_choice(c, "norm", NORMS),
-        final_norm=c.final_norm, positional=positional, activation=_choice(c, "activation", ACTIVATIONS),
-        attention=_choice(c, "attention", ATTENTION_IMPLEMENTATIONS), tie_embeddings=tie, max_len=c.max_len,
+        raise ValueError(f"model.heads={c.heads} does not divide model.d_model={c.d_model} "
+                         f"(try {', '.join(map(str, divisors))})")
+    for key, options in (("tie_embeddings", TIE_EMBEDDINGS), ("positional", POSITIONAL_ENCODINGS),
+                         ("norm_position", NORM_PLACEMENTS), ("norm", NORMS), ("activation", ACTIVATIONS)):
+        _choice(c, key, options)
+    if c.positional == "rotary" and (c.d_model // c.heads) % 2:
+        raise ValueError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
+    if c.tie_embeddings == "all" and src_vocab_size != tgt_vocab_size and None not in (src_vocab_size, tgt_vocab_size):
+        raise ValueError(f"model.tie_embeddings=all needs one shared vocabulary, but the source has {src_vocab_size} "
+                         f"tokens and the target {tgt_vocab_size} (use a shared vocabulary or tie_embeddings=decoder)")
+
+
+# Faster drop-in versions of the model's pieces register themselves here by name (playground/kernels registers
+# "fast" when imported): each is a function that takes the built reference model and returns the model to use.
+# The model never imports them; "reference" is the code in this package, as written.
+KERNELS = {"reference": lambda model: model}
+
+
+def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int, kernels: str = "reference", *,
+                pad_id: int, bos_id: int, eos_id: int) -> Transformer:
+    """Build the Transformer a model config describes (any object with the fields of playground.config.ModelConfig).
+
+    The special ids come from the vocabulary (playground.data.MODEL_IDS). kernels="fast" swaps in the faster
+    drop-in pieces of playground/kernels (import it first); the weights and their names are the same either way.
+    """
+    if kernels not in KERNELS:
+        hint = " (import playground.kernels first: it registers them)" if kernels == "fast" else ""
+        raise ValueError(f"kernels={kernels!r} is not one of: {', '.join(KERNELS)}{hint}")
+    c = model_cfg
+    check_model_config(c, src_vocab_size, tgt_vocab_size)
+    model = Transformer(
+        src_vocab_size, tgt_vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, d_model=c.d_model,
+        heads=c.heads, enc_layers=c.enc_layers, dec_layers=c.dec_layers, d_ff=c.d_ff, dropout_p=c.dropout,
+        norm_position=c.norm_position, norm=c.norm, final_norm=c.final_norm, positional=c.positional,
+        activation=c.activation, tie_embeddings=c.tie_embeddings, max_len=c.max_len,
     )
+    return KERNELS[kernels](model)

@@ -1,9 +1,9 @@
-"""nn.Linear, with its CPU matrix products sent to oneDNN rather than MKL where that is the faster of the two.
+"""A drop-in for nn.Linear whose CPU products go to oneDNN rather than MKL, where that is the faster of the two.
 
 torch multiplies fp32 matrices on the CPU with MKL. On an AMD EPYC (Zen 4) with torch 2.13, oneDNN, which
 torch also ships, computes x W^T + b 10-40% faster for this model's shapes (the bias is added inside the
 product instead of copied into the output first), and g W (the gradient of the input) 5-20% faster; for
-the gradient of the weight, g^T x, MKL is as fast or faster. So `Linear` computes the first two with oneDNN
+the gradient of the weight, g^T x, MKL is as fast or faster. So `OneDNNLinear` computes the first two with oneDNN
 and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN) it is
 nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together).
 """
@@ -12,32 +12,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _probe_onednn() -> bool:
-    """Whether this torch has oneDNN's fused linear operator and it computes x W^T correctly here."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        x, w = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3)
-        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), x @ w.t())
-    except (AttributeError, RuntimeError):
-        return False
+from .support import assert_close_in, check, works
 
 
-ONEDNN = _probe_onednn()  # once, at import: a few microseconds
+def _onednn_linear(x, w, bias=None):
+    """x W^T + bias through oneDNN's fused linear operator (a private torch op: only here, behind its check)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
-def onednn_available() -> bool:
-    return ONEDNN
+@check("onednn_linear", "the oneDNN linear layer")
+def _check_onednn_linear(device, dtype):
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        raise RuntimeError("oneDNN runs on the CPU only, and this torch has none" if device.type == "cpu" else
+                           f"oneDNN runs on the CPU only, not on {device.type}")
+    x, w, b = (torch.randn(*shape).to(dtype) for shape in ((6, 24), (40, 24), (40,)))
+    with torch.autocast("cpu", enabled=False):
+        assert_close_in(dtype, [_onednn_linear(x, w, b), _onednn_linear(x, w)], [F.linear(x, w, b), F.linear(x, w)],
+                        "x W^T + b")
 
 
 def matmul_t(x, w, bias=None):
-    """x (..., K) @ w^T + bias for w (N, K): oneDNN on the CPU where available, else torch.nn.functional.linear."""
+    """x (..., K) @ w^T + bias for w (N, K): oneDNN on the CPU where it passed its check, else F.linear."""
     # oneDNN's operator has no derivative of its own: where autograd is recording (a backward pass taken with
     # create_graph=True, for a second derivative), the differentiable torch op computes it instead
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, bias))
-    if x.device.type == "cpu" and onednn_available() and not tracked and not torch.compiler.is_compiling():
-        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    if (x.device.type == "cpu" and not tracked and not torch.compiler.is_compiling()
+            and works("onednn_linear", "cpu", x.dtype)):
+        return _onednn_linear(x, w, bias)
     return F.linear(x, w, bias)
 
 
@@ -58,12 +59,13 @@ class _Linear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-class Linear(nn.Linear):
+class OneDNNLinear(nn.Linear):
     """nn.Linear (same parameters, same state_dict) whose fp32 CPU products go through oneDNN (see above)."""
 
     def forward(self, x):
-        if (x.device.type == "cpu" and x.dim() >= 2 and x.dtype == self.weight.dtype == torch.float32 and onednn_available()
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        if (x.device.type == "cpu" and x.dim() >= 2 and x.dtype == self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+                and works("onednn_linear", "cpu", torch.float32)):
             if torch.is_grad_enabled():
                 return _Linear.apply(x, self.weight, self.bias)
             return matmul_t(x, self.weight, self.bias)

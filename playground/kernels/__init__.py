@@ -1,0 +1,61 @@
+"""Fast drop-ins for the reference model's pieces, chosen by trainer.kernels=fast (build_model(..., kernels="fast")).
+
+playground/model/ is the Transformer as the paper writes it, and what trains by default. The files here
+compute the same things faster, one file per piece, each a subclass of the reference piece that replaces
+only its forward (so the weights, their names and checkpoints are the same whichever runs):
+
+| reference piece (playground/model/)      | fast drop-in (playground/kernels/)                           |
+|------------------------------------------|--------------------------------------------------------------|
+| attention.py: MultiHeadAttention         | attention.py: FastMultiHeadAttention (cpu_attention, SDPA)   |
+| layers.py: PositionwiseFeedForward       | feed_forward.py: FusedFeedForward (ReLU, CPU training)       |
+| torch.nn.Linear                          | linear.py: OneDNNLinear (fp32, CPU)                          |
+| dropout.py: Dropout                      | dropout.py: MaskDropout (16-bit mask, CPU)                   |
+| loss.py: sequence_loss                   | loss.py: blockwise_sequence_loss                             |
+
+Each one checks once, on first use, that it computes what the reference piece computes on this machine,
+device and dtype (support.py), and where it does not, that piece runs the reference code, with one log
+line saying so. A module is swapped only when it is exactly the reference class: a subclass of your own
+keeps its code.
+"""
+
+from torch import nn
+
+from ..model import KERNELS
+from ..model import loss as model_loss
+from ..model.attention import MultiHeadAttention
+from ..model.dropout import Dropout
+from ..model.layers import PositionwiseFeedForward
+from .attention import FastMultiHeadAttention
+from .dropout import MaskDropout
+from .feed_forward import FusedFeedForward
+from .linear import OneDNNLinear
+from .loss import blockwise_sequence_loss
+from .support import CHECKS, check_all, works
+
+FAST_PIECES = {
+    MultiHeadAttention: FastMultiHeadAttention,
+    PositionwiseFeedForward: FusedFeedForward,
+    nn.Linear: OneDNNLinear,
+    Dropout: MaskDropout,
+}
+
+
+def use_fast_kernels(model: nn.Module) -> nn.Module:
+    """Give every reference piece of `model` its fast forward, in place: the fast classes add no parameters or
+    buffers, so changing a module's class keeps its weights, its state_dict and anything that points at them."""
+    for module in model.modules():
+        fast = FAST_PIECES.get(type(module))
+        if fast is not None:
+            module.__class__ = fast
+    return model
+
+
+KERNELS["fast"] = use_fast_kernels  # build_model(..., kernels="fast")
+
+def loss_function(kernels: str):
+    """The training loss for trainer.kernels: the model's `sequence_loss` (looked up when asked, so that an edit
+    to it, or a test's monkeypatch, is what trains) or the blockwise one."""
+    return model_loss.sequence_loss if kernels == "reference" else blockwise_sequence_loss
+
+
+__all__ = ["use_fast_kernels", "loss_function", "check_all", "works", "CHECKS", "FAST_PIECES"]

@@ -1,0 +1,228 @@
+"""Each fast kernel (playground/kernels/) computes what the reference piece it replaces computes, forward and
+backward, in every dtype this CPU computes natively; and a kernel that fails its check leaves the reference."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import NATIVE_DTYPES, build, tiny_model_config
+from playground.data import PAD
+from playground.kernels import FAST_PIECES, support, use_fast_kernels
+from playground.kernels.attention import FastMultiHeadAttention
+from playground.kernels.dropout import MaskDropout, keep_mask, mask_dropout
+from playground.kernels.feed_forward import FusedFeedForward
+from playground.kernels.linear import OneDNNLinear
+from playground.model.attention import MultiHeadAttention, causal_mask, padding_mask
+from playground.model.layers import PositionwiseFeedForward
+
+DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def outputs_and_gradients(module, inputs, forward, dtype):
+    """forward(module, *inputs) and the gradients of a scalar of it, under autocast to dtype (or none for fp32)."""
+    torch.manual_seed(1)  # the same dropout mask for both sides: they draw the same random numbers
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        y = forward(module, *inputs)
+    grads = torch.autograd.grad((y.float() ** 2).sum(), [*inputs, *module.parameters()])
+    return [y, *grads]
+
+
+def assert_as_close_as_reference(fast, reference, exact, dtype):
+    """fp32: equal to float rounding. Lower precision: no further from the fp32 result than the reference is."""
+    if dtype == torch.float32:
+        for ours, theirs in zip(fast, reference):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        return
+    for ours, theirs, truth in zip(fast, reference, exact):
+        error = lambda t: ((t.float() - truth).norm() / truth.norm()).item()
+        assert error(ours) < max(2 * error(theirs), 0.01)
+
+
+def fast_copy(module):
+    """The same module (same parameters) with its fast class: what build_model(kernels="fast") does to it."""
+    module.__class__ = FAST_PIECES[type(module)]
+    for child in module.modules():
+        if type(child) in FAST_PIECES:
+            child.__class__ = FAST_PIECES[type(child)]
+    return module
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_the_fused_feed_forward_gives_the_reference_outputs_and_gradients(p, dtype):
+    torch.manual_seed(0)
+    ff = fast_copy(PositionwiseFeedForward(16, 64, p).train())
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    reference = lambda m, t: PositionwiseFeedForward.forward(m, t)  # the textbook forward, with the same dropout mask
+    fast = outputs_and_gradients(ff, [x], lambda m, t: m(t), dtype)
+    assert fast[0].shape == (3, 5, 16) and all(g.dtype == torch.float32 for g in fast[1:])
+    assert_as_close_as_reference(fast, outputs_and_gradients(ff, [x], reference, dtype),
+                                 outputs_and_gradients(ff, [x], reference, torch.float32), dtype)
+
+
+def attention_case(self_attention, p):
+    torch.manual_seed(0)
+    attn = fast_copy(MultiHeadAttention(32, 4, p, self_attention=self_attention).train())
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    if self_attention:
+        return attn, [x], causal_mask(5)
+    src = torch.tensor([[5] * 7, [5] * 4 + [PAD] * 3, [5] * 2 + [PAD] * 5])
+    return attn, [x, torch.randn(3, 7, 32, requires_grad=True)], padding_mask(src, PAD)
+
+
+def attend(mask, reference=False):
+    def forward(attn, x, memory=None):
+        if reference:
+            return MultiHeadAttention.forward(attn, x, memory=memory, mask=mask)
+        return attn(x, memory=memory, mask=mask)
+    return forward
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("self_attention", [True, False], ids=["self", "cross"])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_the_cpu_attention_kernel_gives_the_reference_outputs_and_gradients(p, self_attention, dtype):
+    attn, inputs, mask = attention_case(self_attention, p)
+    fast = outputs_and_gradients(attn, inputs, attend(mask), dtype)
+    assert fast[0].shape == (3, 5, 32)
+    assert_as_close_as_reference(fast, outputs_and_gradients(attn, inputs, attend(mask, reference=True), dtype),
+                                 outputs_and_gradients(attn, inputs, attend(mask, reference=True), torch.float32), dtype)
+
+
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("self_attention", [True, False], ids=["self", "cross"])
+def test_torch_sdpa_in_evaluation_gives_the_reference_outputs(self_attention, dtype):
+    attn, inputs, mask = attention_case(self_attention, 0.1)
+    attn.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        fast, reference = attend(mask)(attn, *inputs), attend(mask, reference=True)(attn, *inputs)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fast.float(), reference.float(), **tol)
+
+
+def test_the_cpu_attention_kernel_keeps_padded_source_positions_out_of_the_gradient():
+    attn, inputs, mask = attention_case(self_attention=False, p=0.1)
+    grad_memory = outputs_and_gradients(attn, inputs, attend(mask), torch.float32)[2]
+    assert grad_memory[1, 4:].abs().max() == 0 and grad_memory[2, 2:].abs().max() == 0
+    assert grad_memory[0].abs().min() > 0
+
+
+def test_the_onednn_linear_gives_nn_linear_outputs_and_gradients():
+    torch.manual_seed(0)
+    ours, theirs = OneDNNLinear(24, 40), nn.Linear(24, 40)
+    theirs.load_state_dict(ours.state_dict())  # the same parameters under the same names
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    results = []
+    for layer in (ours, theirs):
+        y = layer(x)
+        results.append([y, *torch.autograd.grad((y**2).sum(), [x, *layer.parameters()])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_the_fast_dropout_drops_the_configured_fraction_and_scales_what_it_keeps(p, seeded):
+    x = torch.ones(4_000_000, requires_grad=True)
+    y = mask_dropout(x, p)
+    kept = y != 0
+    assert abs((1 - kept.float().mean().item()) - p) < 1e-3  # within 1e-3 of p (the old 8-bit mask: 0.1016)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4, atol=0)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad, y.detach())  # the gradient flows through the kept elements only, scaled the same
+
+
+def test_the_fast_dropout_is_the_identity_in_evaluation_and_the_same_for_the_same_seed():
+    x = torch.randn(1000)
+    assert MaskDropout(0.5).eval()(x) is x
+    torch.manual_seed(3)
+    a = mask_dropout(x, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, mask_dropout(x, 0.2))
+    keep, scale = keep_mask((10,), 1.0, "cpu")
+    assert keep.sum() == 0 and scale == 0.0
+
+
+def test_the_fast_kernels_take_any_incoming_gradient_layout_and_a_single_vector():
+    attn, (x,), mask = attention_case(self_attention=True, p=0.1)
+    attn(x, mask=mask).sum().backward()  # the incoming gradient is one value broadcast: a stride-0 tensor
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    x.grad = None
+    weights = torch.randn(3, 32, 5)
+    (attn(x, mask=mask).transpose(1, 2) * weights).sum().backward()  # a transposed, non-contiguous gradient
+    assert torch.isfinite(x.grad).all()
+    layer = OneDNNLinear(4, 3, bias=False)
+    vector = torch.randn(4, requires_grad=True)
+    layer(vector).sum().backward()  # nn.Linear takes a single (K,) vector too
+    torch.testing.assert_close(vector.grad, layer.weight.sum(0).detach())
+
+
+def test_a_second_derivative_through_linear_is_nn_linears_and_through_the_fused_layers_is_refused():
+    torch.manual_seed(0)
+    ours, theirs = OneDNNLinear(6, 4), nn.Linear(6, 4)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, requires_grad=True)
+    second = []
+    for layer in (ours, theirs):
+        (grad_x,) = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad((grad_x**2).sum(), layer.weight)[0])
+    assert second[1].abs().sum() > 0
+    torch.testing.assert_close(second[0], second[1])
+    attn, (x,), mask = attention_case(self_attention=True, p=0.1)
+    ff = fast_copy(PositionwiseFeedForward(32, 64, 0.1).train())
+    for layer in (lambda t: attn(t, mask=mask), ff):
+        with pytest.raises(RuntimeError, match="no second derivative"):
+            torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+
+
+def test_the_fused_feed_forward_with_everything_dropped_gives_the_output_bias():
+    ff = FusedFeedForward(8, 16, 1.0).train()
+    torch.testing.assert_close(ff(torch.randn(2, 3, 8)), ff.w2.bias.detach().expand(2, 3, 8))
+
+
+def test_fast_kernels_keep_the_weights_and_their_names_and_swap_only_the_reference_classes():
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(), 20, 20)
+    torch.manual_seed(0)
+    fast = build(tiny_model_config(), 20, 20, kernels="fast")
+    assert reference.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), fast.state_dict().values()))
+    assert isinstance(fast.encoder.layers[0].self_attn, FastMultiHeadAttention)
+    assert type(reference.encoder.layers[0].self_attn) is MultiHeadAttention
+
+    class MyFeedForward(PositionwiseFeedForward):  # a learner's own subclass keeps its own code
+        pass
+
+    model = build(tiny_model_config(), 20, 20)
+    model.encoder.layers[0].feed_forward.__class__ = MyFeedForward
+    assert type(use_fast_kernels(model).encoder.layers[0].feed_forward) is MyFeedForward
+
+
+def test_a_kernel_that_fails_its_check_leaves_its_piece_to_the_reference_with_one_log_line(monkeypatch, caplog):
+    def broken(device, dtype):
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setitem(support.CHECKS, "fused_feed_forward", ("the fused CPU feed-forward", broken))
+    support.works.cache_clear()
+    try:
+        torch.manual_seed(0)
+        ff = fast_copy(PositionwiseFeedForward(16, 32, 0.0).train())
+        x = torch.randn(2, 3, 16, requires_grad=True)
+        with caplog.at_level(logging.WARNING, logger="playground.kernels"):
+            y = ff(x)
+            ff(x)
+        lines = [r.getMessage() for r in caplog.records if "feed-forward" in r.getMessage()]
+        assert len(lines) == 1 and "runs the reference code" in lines[0] and "primitive descriptor" in lines[0]
+        assert y.grad_fn.name() != "_FeedForwardReLUBackward"  # autograd's graph of the reference forward
+        torch.testing.assert_close(y, PositionwiseFeedForward.forward(ff, x))
+    finally:
+        support.works.cache_clear()
+
+
+def test_every_kernel_passes_its_check_in_fp32_on_this_cpu():
+    """fp32 on a CPU is what every machine this project runs on has: there, every CPU kernel must work."""
+    results = support.check_all(torch.device("cpu"), torch.float32)
+    assert results == {name: True for name in support.CHECKS}
