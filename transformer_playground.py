@@ -27,12 +27,15 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         if cfg.mode == "train":
-            return experiment.run_train(cfg, run_dir)["valid/exact_match"]  # what sweepers optimise
+            flat = experiment.run_train(cfg, run_dir)
+            return flat.get(flat["monitor"])  # what sweepers optimise: the best value of trainer.monitor
         if cfg.mode == "eval":
             return experiment.run_eval(cfg, run_dir)["test/exact_match"]
         if cfg.mode == "translate":
             return experiment.run_translate(cfg)
-        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate")
+        if cfg.mode == "average":
+            return experiment.run_average(cfg, run_dir)
+        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, average")
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

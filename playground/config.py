@@ -68,7 +68,7 @@ class DatasetConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adam"  # adam | adamw | sgd
-    lr: float = 2e-3  # peak learning rate (the schedule scales it)
+    lr: Optional[float] = None  # peak learning rate (the schedule scales it); null: 2e-3 * sqrt(128 / model.d_model)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam's beta1, beta2 (Section 5.3)
     eps: float = 1e-9  # Adam's epsilon (Section 5.3)
     weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
@@ -78,7 +78,7 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     name: str = "cosine"  # noam (paper: linear warmup, then 1/sqrt(step)) | cosine | constant
-    warmup_steps: int = 200  # steps of linear warmup to the peak learning rate
+    warmup_steps: Optional[int] = None  # steps of linear warmup to the peak lr; null: max_steps / 7.5, at most 4000
     min_lr_ratio: float = 0.0  # cosine only: the final learning rate as a fraction of the peak
 
 
@@ -92,7 +92,12 @@ class TrainerConfig:
     label_smoothing: float = 0.1  # epsilon_ls (Section 5.4)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     log_every: int = 50  # steps between train/* scalars (and the only host syncs of the loop)
+    accumulate: int = 1  # batches whose gradients add up to one optimiser step (the loss is over all their tokens)
     eval_every: int = 250  # steps between evaluations on the validation split (each saves last.pt)
+    monitor: Optional[str] = None  # the valid/* metric that picks best.pt; null: valid/bleu (text), valid/exact_match
+    monitor_mode: Optional[str] = None  # max | min; null: from the metric (min for loss, nll, ppl, cer, wer)
+    patience: int = 0  # stop after this many evaluations without a better monitor value (0 = off)
+    keep_last: int = 0  # keep the last K evaluations' checkpoints (checkpoints/step_N.pt) for mode=average
     checkpoint_every: int = 0  # also save last.pt every this many steps (0 = only at evaluations)
     on_nonfinite: str = "stop"  # a NaN/inf loss: stop (with the step and lr) | skip (that step; syncs every step)
     kernels: str = "reference"  # reference (playground/model/ as written) | fast (playground/kernels/ drop-ins)
@@ -112,9 +117,9 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    mode: str = "train"  # train | eval | translate
+    mode: str = "train"  # train | eval | translate | average
     seed: int = 1234  # model initialisation, dropout and batch order
-    ckpt_path: Optional[str] = None  # a checkpoint for eval and translate
+    ckpt_path: Optional[str] = None  # a checkpoint for eval and translate (mode=average: a checkpoints folder)
     text: Optional[str] = None  # translate this (otherwise one input a line on standard input)
 
 

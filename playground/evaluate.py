@@ -1,4 +1,6 @@
-"""Metrics on a held-out split: teacher-forced loss and token accuracy, and exact match of decoded outputs."""
+"""Metrics on a held-out split: teacher-forced loss, NLL and token accuracy, and exact match of decoded outputs."""
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,24 +19,28 @@ def exact_matches(pred, ref):
 @torch.no_grad()
 def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, beam_size=1, length_penalty=0.6,
              max_len_a=1.2, max_len_b=10, max_len=None, rows=None, reduce=None):
-    """Return ({loss, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
+    """Return ({loss, nll, ppl, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
 
-    predictions are the decoded ids, one list per evaluated row. With several processes each evaluates
+    loss is the label-smoothed training objective (never below about 0.6 with epsilon 0.1 and a 16-symbol
+    vocabulary, however good the model); nll is the plain negative log-likelihood per target token, in nats,
+    and ppl = exp(nll) the perplexity. predictions are the decoded ids, one list per evaluated row. With several processes each evaluates
     its own rows and `reduce` sums the totals across them before the metrics are computed.
     """
     was_training = model.training
     model.eval()
     rows = torch.arange(len(data)) if rows is None else rows
-    # loss sum, correct tokens, tokens, exactly matched sequences, sequences
-    totals = torch.zeros(5, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    # loss sum, NLL sum, correct tokens, tokens, exactly matched sequences, sequences
+    totals = torch.zeros(6, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     predictions = []
     for index in rows.split(batch_size):
         src, tgt = (t.to(device, non_blocking=True) for t in data.batch(index))
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
         with autocast():
             logits = model(src, tgt_in)  # (B, T, V)
-        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
-                                   label_smoothing=label_smoothing, reduction="sum")
+        flat_logits, flat_targets = logits.float().flatten(0, 1), tgt_out.flatten()
+        nll_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=PAD, reduction="sum")
+        loss_sum = nll_sum if label_smoothing == 0 else F.cross_entropy(
+            flat_logits, flat_targets, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
         real = tgt_out != PAD
         correct = ((logits.argmax(-1) == tgt_out) & real).sum()
         limit = int(max_len_a * src.size(1) + max_len_b)
@@ -43,13 +49,15 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, bea
         with autocast():
             pred = model.generate(src, limit, beam_size=beam_size, length_penalty=length_penalty)  # (B, L)
         exact = exact_matches(pred, tgt_out).sum()
-        totals += torch.stack([loss_sum, correct, real.sum(), exact, torch.tensor(len(index), device=device)]).to(totals)
+        totals += torch.stack([loss_sum, nll_sum, correct, real.sum(), exact, torch.tensor(len(index), device=device)]).to(totals)
         predictions.extend(pred.cpu().tolist())
     model.train(was_training)
     if reduce is not None:
         reduce(totals)
-    loss_sum, correct, tokens, exact, sequences = totals.tolist()
-    metrics = {"loss": loss_sum / tokens, "token_accuracy": correct / tokens, "exact_match": exact / sequences}
+    loss_sum, nll_sum, correct, tokens, exact, sequences = totals.tolist()
+    nll = nll_sum / tokens
+    metrics = {"loss": loss_sum / tokens, "nll": nll, "ppl": math.exp(min(nll, 700.0)),  # exp overflows past 709
+               "token_accuracy": correct / tokens, "exact_match": exact / sequences}
     return metrics, predictions
 
 

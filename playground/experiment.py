@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import signal
 import sys
 from functools import partial
@@ -16,15 +17,16 @@ from . import distributed, kernels  # kernels: registers build_model(..., kernel
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from .config import Config, check_model
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
+from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
 from .errors import UserError
 from .evaluate import evaluate, text_metrics
 from .model import KERNELS, build_model
 from .perf import matmul_peak, training_flops
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile, resolve_device,
-                    resolve_precision)
+                    resolve_precision, resolve_recipe)
 from .tracking import Tracker
-from .train import BatchStream, StopRequest, Training, train
+from .train import BatchStream, Monitor, StopRequest, Training, resolve_monitor, train
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,12 @@ def check_trainer(t) -> None:
     """Trainer values a type cannot check, each refused with the key's name."""
     if t.max_tokens < 0:
         raise UserError(f"trainer.max_tokens={t.max_tokens} must be 0 (use batch_size) or positive")
-    for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "beam_size"):
+    for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "beam_size", "accumulate"):
         if getattr(t, key) <= 0:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be positive")
+    for key, meaning in (("patience", "0 (no early stopping)"), ("keep_last", "0 (keep only last.pt and best.pt)")):
+        if getattr(t, key) < 0:
+            raise UserError(f"trainer.{key}={getattr(t, key)} must be {meaning} or positive")
     if not 0.0 <= t.label_smoothing < 1.0:
         raise UserError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
     if t.grad_clip < 0:
@@ -98,8 +103,8 @@ def _flops_counters(model_cfg, tgt_vocab, device, precision, d):
 
 
 HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
-HPARAM_METRICS = ("test/exact_match", "test/bleu", "test/token_accuracy", "test/loss", "valid/exact_match",
-                  "valid/bleu", "valid/loss")
+HPARAM_METRICS = ("test/exact_match", "test/bleu", "test/token_accuracy", "test/loss", "test/nll",
+                  "valid/exact_match", "valid/bleu", "valid/loss", "valid/nll")
 
 
 def flat_hparams(cfg) -> dict:
@@ -111,8 +116,9 @@ def flat_hparams(cfg) -> dict:
 
 
 def _evaluator(model, data: Data, t, device, autocast, d: Dist):
-    """evaluate(split) -> (metrics, predictions): model metrics summed over processes, then text metrics
-    (BLEU, chrF, CER, WER) of the decoded predictions against the reference text, gathered from all."""
+    """evaluate(split) -> (metrics, predictions, hypotheses): model metrics summed over processes, then text
+    metrics (BLEU, chrF, CER, WER) of the decoded predictions against the reference text, gathered from all.
+    predictions are this process's decoded ids; hypotheses the decoded text of every row, in the split's order."""
     def run(split):
         rows = torch.arange(len(data.splits[split])).tensor_split(d.world_size)[d.rank]  # rank 0 starts at row 0
         metrics, predictions = evaluate(model, data.splits[split], t.eval_batch_size, device, autocast,
@@ -121,8 +127,9 @@ def _evaluator(model, data: Data, t, device, autocast, d: Dist):
         hypotheses = [data.tgt_tokenizer.decode(ids) for ids in predictions]
         references = [data.texts[split][i][1] for i in rows.tolist()]
         gathered = distributed.gather_to_main(d, (hypotheses, references))
-        metrics.update(text_metrics([h for hs, _ in gathered for h in hs], [r for _, rs in gathered for r in rs]))
-        return metrics, predictions
+        hypotheses = [h for hs, _ in gathered for h in hs]  # rank 0 holds the first rows: the split's order
+        metrics.update(text_metrics(hypotheses, [r for _, rs in gathered for r in rs]))
+        return metrics, predictions, hypotheses
     return run
 
 
@@ -133,6 +140,45 @@ def _flat_metrics(split: str, metrics: dict, step: int, extra: dict = None) -> d
 
 def _write_metrics(run_dir: Path, flat: dict) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
+
+
+def _write_hypotheses(run_dir: Path, hypotheses) -> None:
+    """hypotheses.txt: the decoded output for each scored test pair, one a line, in the test split's order."""
+    (run_dir / "hypotheses.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+
+
+def _test_counts(data: Data) -> dict:
+    """How many test pairs were scored, and how many the length filter (dataset.too_long=filter) dropped."""
+    return {"test/pairs_scored": len(data.splits["test"]), "test/pairs_dropped": data.dropped.get("test", 0)}
+
+
+def _check_sweeper_direction(mode: str) -> None:
+    """A sweeper that optimises the returned monitor (Optuna) must look for it in the monitor's direction."""
+    if not HydraConfig.initialized():  # called from Python, not through the command line
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    wanted = {"max": "maximize", "min": "minimize"}[mode]
+    if isinstance(direction, str) and direction != wanted:
+        raise UserError(f"hydra.sweeper.direction={direction} but trainer.monitor_mode={mode}: the sweeper would "
+                        f"look for the worst runs (set hydra.sweeper.direction={wanted})")
+
+
+def _keep_last(ckpt_dir: Path, step: int, keep: int) -> None:
+    """Keep last.pt as it is now as step_<step>.pt (a hard link: no copy), and only the `keep` latest of them."""
+    kept = ckpt_dir / f"step_{step}.pt"
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(ckpt_dir / "last.pt", kept)
+    except OSError:  # a file system without hard links
+        save_checkpoint(kept, torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True))
+    for old in step_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink()
+
+
+def step_checkpoints(ckpt_dir: Path) -> list:
+    """The step_N.pt files of a checkpoints folder, oldest step first."""
+    found = [(int(f.stem.split("_")[1]), f) for f in ckpt_dir.glob("step_*.pt") if f.stem.split("_")[1].isdigit()]
+    return [f for _, f in sorted(found)]
 
 
 class Interrupted(Exception):
@@ -155,6 +201,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
     check_model(cfg.model)
+    monitor = Monitor(*resolve_monitor(t.monitor, t.monitor_mode, cfg.dataset.name not in TASKS), t.patience)
+    _check_sweeper_direction(monitor.mode)
+    cfg.trainer.monitor, cfg.trainer.monitor_mode = monitor.metric, monitor.mode  # recorded in the checkpoints
     if d.is_main:
         log.info(_kernels_line(t.kernels))
     device = distributed.init(d, resolve_device(t.device))
@@ -166,6 +215,9 @@ def run_train(cfg, run_dir: Path) -> dict:
                         f"(give this run its own directory with hydra.run.dir=...)")
     autocast = autocast_for(device, t.precision)
     resume = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    recipe = resolve_recipe(cfg, t.max_steps, resume["config"] if resume else None)
+    if d.is_main:
+        log.info(recipe)
     data = load_data(cfg.dataset)
     torch.manual_seed(cfg.seed)
     check_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
@@ -175,10 +227,11 @@ def run_train(cfg, run_dir: Path) -> dict:
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
-    start_step, position, best, best_weights = 0, 0, {"exact_match": -1.0}, None
+    start_step, position, best, best_weights = 0, 0, {}, None  # best: the valid metrics of the best evaluation
     if resume is not None:
         start_step, position = _restore(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d)
         best = dict(resume.get("best", best))
+        _restore_monitor(monitor, resume, best)
         best_file = Path(cfg.ckpt_path).with_name("best.pt")
         if best_file.is_file():
             best_weights = load_checkpoint(best_file)["model"]
@@ -196,6 +249,7 @@ def run_train(cfg, run_dir: Path) -> dict:
             config["dataset"][key] = str(Path(config["dataset"][key]).resolve())
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
+    tracker.layout()
     evaluate_split = _evaluator(model, data, t, device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
@@ -212,22 +266,27 @@ def run_train(cfg, run_dir: Path) -> dict:
             save_checkpoint(ckpt_dir / name, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "data_position": batches.position, "rng": rngs,
-                "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best)})
+                "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best),
+                "monitor": monitor.state_dict()})
 
-    def on_eval(step):
+    def on_eval(step) -> bool:
         nonlocal best_weights
-        metrics, predictions = evaluate_split("valid")
+        metrics, predictions, _ = evaluate_split("valid")
         tracker.scalars({f"valid/{k}": v for k, v in metrics.items()}, step)
         if d.is_main:
             tracker.text("valid/samples", _sample_table(data.texts["valid"], predictions, data.tgt_tokenizer,
                                                         t.num_samples), step)
             _log_attention(tracker, model, data, device, step)
             log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
-        if metrics["exact_match"] > best["exact_match"]:
+        if monitor.update({f"valid/{k}": v for k, v in metrics.items()}, step):
+            best.clear()
             best.update(metrics, step=step)
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             save(step, metrics, "best.pt")
         save(step, metrics)
+        if t.keep_last and d.is_main:
+            _keep_last(ckpt_dir, step, t.keep_last)
+        return monitor.exhausted
 
     step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
     run = Training(model=maybe_compile(DistributedDataParallel(model) if d.enabled else model, t.compile, device,
@@ -237,7 +296,10 @@ def run_train(cfg, run_dir: Path) -> dict:
                    peak_flops=peak_flops)
     with StopRequest() as stop:
         last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop)
-    if last < t.max_steps:
+    if monitor.exhausted:
+        if d.is_main:
+            log.info(f"{monitor.reason()}; testing best.pt")
+    elif last < t.max_steps:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()
         raise Interrupted(f"stopped at step {last} by {signal.Signals(stop.signal).name}; saved {ckpt}\n"
@@ -245,13 +307,16 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
-    metrics, _ = evaluate_split("test")
-    tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, t.max_steps)
+    metrics, _, hypotheses = evaluate_split("test")
+    tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, last)
     tracker.close()
     valid = {f"valid/{k}": v for k, v in best.items() if k != "step"}  # the chosen weights' validation scores
-    flat = _flat_metrics("test", metrics, best.get("step", last), valid)
+    flat = _flat_metrics("test", metrics, best.get("step", last), {
+        **_test_counts(data), **valid, "monitor": monitor.metric, "monitor_mode": monitor.mode,
+        "last_step": last})
     if d.is_main:
         _write_metrics(run_dir, flat)
+        _write_hypotheses(run_dir, hypotheses)
         _report(flat, run_dir)
     distributed.shutdown(d)
     return flat
@@ -276,6 +341,15 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist):
     rngs = state["rng"]
     set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
     return state["step"], state["data_position"]
+
+
+def _restore_monitor(monitor: Monitor, state: dict, best: dict) -> None:
+    """The monitor's record from a checkpoint; one written before trainer.monitor chose best.pt by exact match."""
+    if "monitor" in state:
+        monitor.load_state_dict(state["monitor"])
+    name = monitor.metric.removeprefix("valid/")
+    if monitor.best is None and name in best and "step" in best:
+        monitor.best, monitor.best_step = best[name], best["step"]
 
 
 def _report(flat: dict, run_dir: Path) -> None:
@@ -319,12 +393,61 @@ def run_eval(cfg, run_dir: Path) -> dict:
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
     given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
-    data = load_data(dataset, tokenizers=(src_tok, tgt_tok))
-    metrics, _ = _evaluator(model, data, t, device, autocast, Dist())("test")
-    flat = _flat_metrics("test", metrics, state["step"])
+    data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
+    metrics, _, hypotheses = _evaluator(model, data, t, device, autocast, Dist())("test")
+    flat = _flat_metrics("test", metrics, state["step"], _test_counts(data))
     _write_metrics(Path(run_dir), flat)
+    _write_hypotheses(Path(run_dir), hypotheses)
     _report(flat, Path(run_dir))
     return flat
+
+
+def run_average(cfg, run_dir: Path) -> Path:
+    """Average the weights of the step_N.pt checkpoints in ckpt_path (a run's checkpoints folder, or the run
+    directory) into checkpoints/averaged.pt of this run directory: a weights-only checkpoint for eval and translate.
+
+    Averaging the last few checkpoints of a run smooths out the noise of the last updates (the paper averaged the
+    last 5 checkpoints of its base models, Section 6.1); train with trainer.keep_last=K to keep K of them."""
+    if cfg.ckpt_path is None:
+        raise UserError("mode=average needs ckpt_path=FOLDER (a run's checkpoints folder, trained with trainer.keep_last=K)")
+    folder = Path(cfg.ckpt_path)
+    if (folder / "checkpoints").is_dir():
+        folder = folder / "checkpoints"
+    if not folder.is_dir():
+        raise UserError(f"ckpt_path={folder}: not a folder (mode=average reads the step_N.pt files of a checkpoints folder)")
+    files = step_checkpoints(folder)
+    if len(files) < 2:
+        raise UserError(f"ckpt_path={folder} holds {len(files)} step_N.pt checkpoint{'s' * (len(files) != 1)}, and "
+                        f"averaging needs at least 2 (train with trainer.keep_last=5 to keep the last 5 evaluations)")
+    states = [load_checkpoint(f) for f in files]
+    first = states[-1]
+    for f, state in zip(files, states):
+        if state["config"]["model"] != first["config"]["model"] or state["tokenizers"] != first["tokenizers"]:
+            raise UserError(f"{f}: another model or vocabulary than {files[-1]}: only checkpoints of one run average")
+        load_model_weights_like(first["model"], state["model"], f)
+    averaged = {name: _mean([state["model"][name] for state in states]) for name in first["model"]}
+    out = Path(run_dir) / "checkpoints" / "averaged.pt"
+    save_checkpoint(out, {"model": averaged, "config": first["config"], "tokenizers": first["tokenizers"],
+                          "step": first["step"], "averaged_steps": [state["step"] for state in states]})
+    steps = ", ".join(str(state["step"]) for state in states)
+    print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
+          f"evaluate it with: python transformer_playground.py mode=eval ckpt_path={out.resolve()}")
+    return out
+
+
+def _mean(tensors):
+    """The element-wise mean of floating-point tensors (summed in float64, returned in their dtype); any other
+    tensor (an integer buffer) is taken from the last checkpoint."""
+    if not tensors[-1].is_floating_point():
+        return tensors[-1]
+    return (sum(t.double() for t in tensors) / len(tensors)).to(tensors[-1].dtype)
+
+
+def load_model_weights_like(reference: dict, state_dict: dict, path) -> None:
+    """Refuse a state dict whose parameter names or shapes differ from `reference`'s, naming the first."""
+    for name in reference.keys() | state_dict.keys():
+        if name not in reference or name not in state_dict or reference[name].shape != state_dict[name].shape:
+            raise UserError(f"{path}: parameter {name} differs from the other checkpoints (name or shape)")
 
 
 def run_translate(cfg) -> None:

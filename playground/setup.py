@@ -98,7 +98,7 @@ def build_optimizer(opt_cfg, params, device: torch.device) -> torch.optim.Optimi
     torch has fused Adam on the CPU and CUDA: on the CPU it is 4x faster than the default per-tensor loop and 6x
     faster than foreach, which allocates a temporary per tensor and step (78M parameters: 24 vs 97 vs 157 ms).
     """
-    if opt_cfg.lr <= 0:
+    if opt_cfg.lr is None or opt_cfg.lr <= 0:  # null is filled in by resolve_recipe first
         raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive")
     fused = device.type in ("cpu", "cuda")
     if opt_cfg.name in ("adam", "adamw"):
@@ -110,6 +110,52 @@ def build_optimizer(opt_cfg, params, device: torch.device) -> torch.optim.Optimi
     if opt_cfg.name == "sgd":
         return torch.optim.SGD(params, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
     raise UserError(f"optimizer.name={opt_cfg.name} is not one of: adam, adamw, sgd")
+
+
+TINY_LR, TINY_D_MODEL = 2e-3, 128  # the default experiment's tuned peak learning rate, and its model's width
+PAPER_WARMUP = 4000  # Section 5.3
+
+
+def auto_lr(d_model: int) -> float:
+    """optimizer.lr=null: the tiny model's 2e-3, scaled by d_model^-0.5 as the paper's schedule scales it
+    (Section 5.3: lrate = d_model^-0.5 * ...): d_model 256 gets 1.4e-3, 512 gets 1e-3, 1024 gets 7.1e-4."""
+    return TINY_LR * math.sqrt(TINY_D_MODEL / d_model)
+
+
+def auto_warmup(max_steps: int) -> int:
+    """scheduler.warmup_steps=null: the first 2/15 of the run (200 of the default 1500 steps), at most the
+    paper's 4000 (reached by runs of 30,000 steps or more)."""
+    return max(1, min(PAPER_WARMUP, round(max_steps / 7.5)))
+
+
+def resolve_recipe(cfg, max_steps: int, saved: dict = None) -> str:
+    """Fill in optimizer.lr and scheduler.warmup_steps left null (in place, so that checkpoints and the HParams
+    tab record the values used); return the log line saying what the run trains with and where it came from.
+
+    A resumed run keeps the values its checkpoint's run chose (`saved`: that config), so that raising
+    trainer.max_steps to train further does not change the warmup already done."""
+    lr, warmup = cfg.optimizer.lr, cfg.scheduler.warmup_steps
+    resumed = saved is not None and (lr is None or warmup is None)
+    if saved is not None:
+        if lr is None:
+            cfg.optimizer.lr = saved["optimizer"]["lr"]
+        if warmup is None:
+            cfg.scheduler.warmup_steps = saved["scheduler"]["warmup_steps"]
+    if cfg.optimizer.lr is None:
+        if cfg.optimizer.name == "sgd":
+            raise UserError("optimizer.lr is not set, and the automatic one is for Adam: give optimizer=sgd a "
+                            "learning rate (optimizer.lr=0.1)")
+        cfg.optimizer.lr = auto_lr(cfg.model.d_model)
+    if cfg.scheduler.warmup_steps is None:
+        cfg.scheduler.warmup_steps = auto_warmup(max_steps) if cfg.scheduler.name != "constant" else 0
+    lr_from = "optimizer.lr" if lr is not None else "the checkpoint's" if resumed else \
+        f"automatic: {TINY_LR:g} * sqrt({TINY_D_MODEL} / d_model {cfg.model.d_model})"
+    warmup_from = "scheduler.warmup_steps" if warmup is not None else "the checkpoint's" if resumed else \
+        f"automatic: max_steps {max_steps} / 7.5, at most {PAPER_WARMUP}"
+    line = f"optimizer: {cfg.optimizer.name}, peak lr {cfg.optimizer.lr:.3g} ({lr_from}); schedule: {cfg.scheduler.name}"
+    if cfg.scheduler.name != "constant":
+        line += f", warmup {cfg.scheduler.warmup_steps} steps ({warmup_from})"
+    return line
 
 
 def noam(step, warmup, max_steps, min_ratio):
@@ -139,7 +185,7 @@ def build_scheduler(sched_cfg, optimizer, max_steps: int):
     """scheduler.name picks the multiplier of optimizer.lr at each step."""
     if sched_cfg.name not in SCHEDULES:
         raise UserError(f"scheduler.name={sched_cfg.name} is not one of: {', '.join(SCHEDULES)}")
-    if sched_cfg.warmup_steps <= 0 and sched_cfg.name != "constant":
+    if sched_cfg.warmup_steps is None or (sched_cfg.warmup_steps <= 0 and sched_cfg.name != "constant"):
         raise UserError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be positive")
     fn = SCHEDULES[sched_cfg.name]
     warmup, min_ratio = sched_cfg.warmup_steps, sched_cfg.min_lr_ratio

@@ -38,6 +38,15 @@ class Tracker:
             for summary in summaries:
                 file_writer.add_summary(summary)
 
+    def layout(self) -> None:
+        """TensorBoard's CUSTOM SCALARS tab: train and valid loss on one chart (both label-smoothed), and the
+        validation NLL and perplexity (unsmoothed) beside it."""
+        if self.writer:
+            self.writer.add_custom_scalars({"loss": {
+                "train/loss and valid/loss (label-smoothed)": ["Multiline", ["train/loss", "valid/loss"]],
+                "valid/nll (nats per target token)": ["Multiline", ["valid/nll"]],
+                "valid/ppl": ["Multiline", ["valid/ppl"]]}})
+
     def attention(self, tag: str, weights, queries, keys, step: int) -> None:
         """One heatmap per head of weights (H, T, S), queries down the side and keys along the bottom."""
         if self.writer:

@@ -99,6 +99,71 @@ class BatchStream:
         return self._batches[step_in_epoch * self.world_size + self.rank]
 
 
+VALID_METRICS = ("loss", "nll", "ppl", "token_accuracy", "exact_match", "bleu", "chrf", "cer", "wer")
+LOWER_IS_BETTER = ("loss", "nll", "ppl", "cer", "wer")
+MONITOR_MODES = ("max", "min")
+
+
+def resolve_monitor(metric, mode, text_data: bool) -> tuple[str, str]:
+    """trainer.monitor and trainer.monitor_mode, defaults filled in: BLEU on text data (exact match stays near 0
+    there), exact match on the synthetic tasks; min for losses and error rates, max for the rest."""
+    metric = metric or ("valid/bleu" if text_data else "valid/exact_match")
+    name = metric.removeprefix("valid/")
+    if not metric.startswith("valid/") or name not in VALID_METRICS:
+        raise UserError(f"trainer.monitor={metric} is not a metric of the validation runs: one of "
+                        f"{', '.join('valid/' + m for m in VALID_METRICS)}")
+    mode = mode or ("min" if name in LOWER_IS_BETTER else "max")
+    if mode not in MONITOR_MODES:
+        raise UserError(f"trainer.monitor_mode={mode} is not one of: {', '.join(MONITOR_MODES)}")
+    return metric, mode
+
+
+class Monitor:
+    """The metric that picks the best evaluation (best.pt) and, with patience, ends a run that stopped improving.
+
+    Strictly better only: a tie keeps the earlier weights. A NaN is never better.
+    """
+
+    def __init__(self, metric: str, mode: str, patience: int = 0):
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.best, self.best_step, self.evals_since_best = None, None, 0
+
+    def better(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def update(self, metrics: dict, step: int) -> bool:
+        """Record one evaluation's `split/metric` values; return whether it is the best so far."""
+        value = metrics[self.metric]
+        if self.better(value):
+            self.best, self.best_step, self.evals_since_best = value, step, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        """patience evaluations in a row without improvement (never with patience 0)."""
+        return self.patience > 0 and self.evals_since_best >= self.patience
+
+    def reason(self) -> str:
+        return (f"early stop: {self.metric} has not improved on {self.best:.4f} (step {self.best_step}) for "
+                f"{self.evals_since_best} evaluations (trainer.patience={self.patience})")
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "best": self.best, "best_step": self.best_step,
+                "evals_since_best": self.evals_since_best}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a checkpoint's count; a checkpoint that monitored another metric gives only its best step."""
+        if state.get("metric") == self.metric and state.get("mode") == self.mode:
+            self.best, self.best_step = state["best"], state["best_step"]
+            self.evals_since_best = state["evals_since_best"]
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM asks the loop to finish its step, save a checkpoint and stop; a second Ctrl-C stops now."""
 
@@ -127,34 +192,46 @@ class StopRequest:
 def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoint, start_step=0, stop=None) -> int:
     """Teacher-forced training from start_step to settings.max_steps; returns the last step done (less if stopped).
 
-    `data` is the training split (PaddedPairs), `batches` yields its rows step by step (BatchStream).
-    `on_eval(step)` evaluates and checkpoints, `on_checkpoint(step)` only checkpoints. The only host
-    synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
+    `data` is the training split (PaddedPairs), `batches` yields its rows batch by batch (BatchStream); a step
+    takes settings.accumulate of them. `on_eval(step)` evaluates and checkpoints, and returns True to end the
+    run there (early stopping); `on_checkpoint(step)` only checkpoints. The only host synchronisations are at
+    log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
     """
     model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
     window, nonfinite = LogWindow(run), NonFinite(run, settings.on_nonfinite)
+    accumulate = settings.accumulate
     bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                disable=not run.dist.is_main)
     model.train()
     step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
-        rows = next(batches)
-        src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
-        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
-        with run.autocast():
-            logits = model(src, tgt_in)  # (B, T, V)
-        loss = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
         optimizer.zero_grad(set_to_none=True)
+        micro = [next(batches) for _ in range(accumulate)]
+        # the loss of a step is the mean over every target token of its batches: each batch's mean, weighted by
+        # its share of the tokens (counted from lengths kept on the host: no device sync)
+        tokens = [int(data.tgt_lengths[rows].sum()) - len(rows) for rows in micro]
+        loss = None
+        for i, rows in enumerate(micro):
+            src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
+            tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
+            with _gradients_stay_local(model, i < accumulate - 1):  # DDP averages across processes once, at the last
+                with run.autocast():
+                    logits = model(src, tgt_in)  # (B, T, V)
+                part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
+                if accumulate > 1:
+                    part = part * (tokens[i] / sum(tokens))
+                scaler.scale(part).backward()
+            loss = part.detach() if loss is None else loss + part.detach()
+            window.count(data, rows, src, tgt_in)
         if nonfinite.skip(loss, step):  # on_nonfinite=skip and the loss is not finite: no update
             tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)
             bar.update(1)
             continue
-        scaler.scale(loss).backward()
         grad_norm = _clip_gradients(run, settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        window.add(loss, data, rows, src, tgt_in)
+        window.add(loss)
         bar.update(1)
         last = step == settings.max_steps
         if step % settings.log_every == 0 or last:
@@ -165,8 +242,10 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
         if step % settings.eval_every == 0 or last:
             nonfinite.check()
             with window.paused():  # evaluation time is not training throughput
-                on_eval(step)
+                ended = on_eval(step)
             bar.refresh()
+            if ended:
+                break
         elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
             nonfinite.check()
             on_checkpoint(step)
@@ -177,6 +256,13 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             break
     bar.close()
     return step
+
+
+def _gradients_stay_local(model, local: bool):
+    """Under DistributedDataParallel, skip the gradient all-reduce of a backward pass (all but the last batch of
+    an accumulated step: the sum is averaged once); otherwise nothing."""
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if local and no_sync is not None else contextlib.nullcontext()
 
 
 def _to_device(batch, device):
@@ -218,11 +304,14 @@ class LogWindow:
         self.steps, self.tokens, self.real, self.padded, self.flops = 0, 0, 0, 0, 0
         self.start = time.perf_counter()
 
-    def add(self, loss, data, rows, src, tgt_in):
-        """Count one step; token counts come from lengths kept on the host: no device sync."""
-        tgt_real = int(data.tgt_lengths[rows].sum())
+    def add(self, loss):
+        """Count one step of the given loss (a device tensor: no sync)."""
         self.loss_sum += loss.detach()
         self.steps += 1
+
+    def count(self, data, rows, src, tgt_in):
+        """Count one batch's tokens and FLOPs; token counts come from lengths kept on the host: no device sync."""
+        tgt_real = int(data.tgt_lengths[rows].sum())
         self.tokens += tgt_real - len(rows)  # real target tokens predicted (tgt_out has one fewer per row)
         self.real += int(data.src_lengths[rows].sum()) + tgt_real
         self.padded += src.numel() + tgt_in.numel() + len(rows)

@@ -6,7 +6,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from playground.experiment import load_data
 from conftest import build
-from playground.setup import build_optimizer, build_scheduler
+from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 
 import torch
 
@@ -40,6 +40,7 @@ def test_every_option_of_every_group_composes_and_builds(group, option, compose_
                          *text)
     data = load_data(cfg.dataset)
     model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    resolve_recipe(cfg, cfg.trainer.max_steps)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_steps)
     src, tgt = data.splits["train"].batch(torch.arange(4))

@@ -1,6 +1,10 @@
 """A sweep leaves one readable run per job, and a summary table of all of them."""
 
 import csv
+import json
+
+import pytest
+from omegaconf import OmegaConf
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -32,17 +36,24 @@ def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(r["model.heads"] for r in rows) == ["1", "2", "4"]
     assert all(0.0 <= float(r["test/exact_match"]) <= 1.0 for r in rows)
-    assert (sweep / "summary.md").read_text().count("\n") == 5  # header, rule, three jobs
+    assert (sweep / "summary.md").read_text().count("\n") == 7  # sorted by, blank, header, rule, three jobs
     assert "sweep summary" in result.stdout
 
 
-def test_the_summary_puts_the_best_job_first(tmp_path):
-    for name, em in [("0_a=1", 0.5), ("1_a=2", 0.9), ("2_a=3", 0.7)]:
+@pytest.mark.parametrize("monitor, mode, order", [("valid/nll", "min", ["1", "3", "2"]),
+                                                  ("valid/bleu", "max", ["2", "3", "1"]),
+                                                  (None, None, ["2", "3", "1"])])  # written before trainer.monitor
+def test_the_summary_puts_the_best_job_by_the_runs_monitor_first(tmp_path, monitor, mode, order):
+    for name, value in [("0_a=1", 0.5), ("1_a=2", 0.9), ("2_a=3", 0.7)]:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- a={name[-1]}\n")
-        (tmp_path / name / "metrics.json").write_text(f'{{"test/exact_match": {em}, "step": 3}}')
+        metrics = {"valid/nll": value, "valid/bleu": value, "valid/exact_match": value, "step": 3}
+        if monitor:
+            metrics.update(monitor=monitor, monitor_mode=mode)
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     table = summarize(tmp_path)
-    assert [line.split(" | ")[1] for line in table.splitlines()[2:]] == ["2", "3", "1"]
+    assert table.startswith(f"sorted by {monitor or 'valid/exact_match'} ({mode or 'max'})")
+    assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == order
 
 
 def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
@@ -55,14 +66,17 @@ def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
     assert finished == presets
 
 
-def test_a_three_trial_optuna_study_runs_and_reports_the_best_parameters(tmp_path):
+def test_a_three_trial_optuna_study_minimises_the_monitor_and_reports_the_best_parameters(tmp_path):
     sweep = tmp_path / "optuna"
-    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *SMALL, "trainer.max_steps=10",
-                 "trainer.eval_every=10", f"hydra.sweep.dir={sweep}")
+    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=minimize",
+                 "trainer.monitor=valid/nll", *SMALL, "trainer.max_steps=10", "trainer.eval_every=10",
+                 f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
-    assert len(list(sweep.glob("*/metrics.json"))) == 3
-    best = (sweep / "optimization_results.yaml").read_text()
-    assert "optimizer.lr" in best and "model.dropout" in best and "best_value" in best
+    runs = [json.loads(f.read_text()) for f in sweep.glob("*/metrics.json")]
+    assert len(runs) == 3
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(r["valid/nll"] for r in runs))  # each trial returned its monitor
+    assert {"optimizer.lr", "model.dropout"} <= set(best.best_params)
 
 
 def test_long_override_lists_still_make_a_valid_and_distinct_folder_name():

@@ -1,0 +1,217 @@
+"""Training the NMT way: the monitor picks best.pt, patience ends a run, accumulation, averaging, hypotheses."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.util import tensor_util
+
+from conftest import build
+from playground.checkpoint import save_checkpoint
+from playground.config import DatasetConfig
+from playground.data import MODEL_IDS, load_data
+from playground.data.toy_corpus import make_pairs, write
+from playground.errors import UserError
+from playground.experiment import check_trainer, run_average
+from playground.kernels import loss_function
+from playground.setup import build_optimizer, build_scheduler, resolve_recipe
+from playground.tracking import Tracker
+from playground.train import BatchStream, Monitor, Training, resolve_monitor, train
+from test_cli import SMALL, run
+
+
+@pytest.mark.parametrize("metric, mode, values, best_steps", [
+    ("valid/bleu", "max", [3.0, 7.5, 7.5, 6.0, 9.1, 2.0], [1, 2, 2, 2, 5, 5]),  # a tie keeps the earlier weights
+    ("valid/nll", "min", [2.0, 1.4, 1.6, 1.4, 1.1, float("nan")], [1, 2, 2, 2, 5, 5]),
+])
+def test_the_monitor_keeps_the_best_evaluation_in_its_direction(metric, mode, values, best_steps):
+    monitor = Monitor(metric, mode)
+    chosen = []
+    for step, value in enumerate(values, start=1):
+        monitor.update({metric: value, "valid/other": -value}, step)
+        chosen.append(monitor.best_step)
+    assert chosen == best_steps
+    assert not monitor.exhausted  # patience 0: never stops
+
+
+def test_patience_counts_evaluations_without_improvement_and_survives_a_checkpoint():
+    monitor = Monitor("valid/exact_match", "max", patience=2)
+    for step, value in [(10, 0.2), (20, 0.5), (30, 0.5)]:
+        monitor.update({"valid/exact_match": value}, step)
+    assert not monitor.exhausted
+    resumed = Monitor("valid/exact_match", "max", patience=2)
+    resumed.load_state_dict(monitor.state_dict())
+    resumed.update({"valid/exact_match": 0.4}, 40)
+    assert resumed.exhausted and resumed.best_step == 20
+    assert "valid/exact_match has not improved on 0.5000 (step 20) for 2 evaluations" in resumed.reason()
+
+
+def test_the_monitor_defaults_to_bleu_on_text_and_exact_match_on_synthetic_tasks():
+    assert resolve_monitor(None, None, text_data=True) == ("valid/bleu", "max")
+    assert resolve_monitor(None, None, text_data=False) == ("valid/exact_match", "max")
+    assert resolve_monitor("valid/wer", None, text_data=True) == ("valid/wer", "min")
+    assert resolve_monitor("valid/loss", "max", text_data=False) == ("valid/loss", "max")
+
+
+BAD_TRAINER = [
+    ("trainer.patience=-1", "trainer.patience=-1 must be 0 (no early stopping) or positive"),
+    ("trainer.accumulate=0", "trainer.accumulate=0 must be positive"),
+    ("trainer.keep_last=-2", "trainer.keep_last=-2 must be 0 (keep only last.pt and best.pt) or positive"),
+    ("trainer.monitor=test/bleu", "trainer.monitor=test/bleu is not a metric of the validation runs: one of valid/loss"),
+    ("trainer.monitor=valid/blue", "trainer.monitor=valid/blue is not a metric of the validation runs"),
+    ("trainer.monitor_mode=up", "trainer.monitor_mode=up is not one of: max, min"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_TRAINER, ids=[b[0] for b in BAD_TRAINER])
+def test_a_bad_trainer_value_is_refused_naming_the_key(compose_config, override, message):
+    t = OmegaConf.to_object(compose_config(override).trainer)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_trainer(t)
+        resolve_monitor(t.monitor, t.monitor_mode, text_data=False)
+
+
+def test_the_learning_rate_and_warmup_follow_the_model_and_run_unless_given(compose_config):
+    cfg = compose_config("model=small", "trainer.max_steps=3000")
+    line = resolve_recipe(cfg, cfg.trainer.max_steps)
+    assert cfg.optimizer.lr == pytest.approx(2e-3 * (128 / 256) ** 0.5) and cfg.scheduler.warmup_steps == 400
+    assert "peak lr 0.00141 (automatic" in line and "warmup 400 steps (automatic" in line
+    cfg = compose_config("model=small", "optimizer.lr=5e-4", "scheduler.warmup_steps=4000", "trainer.max_steps=100000")
+    assert "(optimizer.lr)" in resolve_recipe(cfg, 100000) and (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (5e-4, 4000)
+    cfg = compose_config()  # the default experiment keeps its tuned 2e-3 and 200 warmup steps
+    resolve_recipe(cfg, cfg.trainer.max_steps)
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-3, 200)
+    with pytest.raises(UserError, match="give optimizer=sgd a learning rate"):
+        resolve_recipe(compose_config("optimizer=sgd", "optimizer.lr=null"), 100)
+
+
+def _train_steps(compose_config, tmp_path, batch_size, accumulate, steps=3):
+    cfg = compose_config("dataset.num_train=256", "dataset.num_valid=8", "dataset.num_test=8", "model.d_model=32",
+                         "model.d_ff=64", "model.dropout=0.0", f"trainer.batch_size={batch_size}",
+                         # plain SGD: the update is the gradient itself (Adam would blow up the rounding noise of
+                         # gradients that are zero in exact arithmetic, such as the key projection's bias)
+                         "optimizer=sgd", "optimizer.lr=0.5", "optimizer.momentum=0.0", "scheduler=constant",
+                         f"trainer.accumulate={accumulate}", f"trainer.max_steps={steps}", "trainer.precision=fp32")
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    resolve_recipe(cfg, steps)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
+    run_ = Training(model=model, optimizer=optimizer, scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
+                    scaler=torch.amp.GradScaler("cpu", enabled=False), loss_fn=loss_function("reference"),
+                    pad_id=MODEL_IDS["pad_id"], device=torch.device("cpu"))
+    settings = OmegaConf.to_object(cfg.trainer)
+    batches = BatchStream(data.splits["train"], batch_size, cfg.seed)
+    train(run_, settings, data.splits["train"], batches, Tracker(tmp_path, enabled=False), lambda step: False,
+          lambda step: None)
+    return model.state_dict()
+
+
+def test_accumulating_two_batches_gives_the_update_of_the_doubled_batch(compose_config, tmp_path):
+    doubled = _train_steps(compose_config, tmp_path, batch_size=32, accumulate=1)
+    accumulated = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=2)
+    single = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=1)
+    for name, weights in doubled.items():
+        torch.testing.assert_close(accumulated[name], weights, rtol=1e-5, atol=1e-5, msg=name)
+    assert any(not torch.allclose(single[n], w, atol=1e-5) for n, w in doubled.items())  # the test can tell
+
+
+def test_the_averaged_checkpoint_holds_the_mean_of_the_weights_and_needs_two(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    weights = [{"w": torch.randn(3, 4), "b": torch.randn(4)} for _ in range(3)]
+    for step, w in zip((30, 10, 20), weights):
+        save_checkpoint(folder / f"step_{step}.pt", {"model": w, "config": {"model": {"d_model": 4}},
+                                                     "tokenizers": {"src": {}, "tgt": {}}, "step": step})
+    out = run_average(OmegaConf.create({"ckpt_path": str(tmp_path / "run")}), tmp_path / "avg")
+    averaged = torch.load(out, weights_only=True)
+    torch.testing.assert_close(averaged["model"]["w"], sum(w["w"] for w in weights) / 3)
+    torch.testing.assert_close(averaged["model"]["b"], sum(w["b"] for w in weights) / 3)
+    assert averaged["averaged_steps"] == [10, 20, 30] and averaged["step"] == 30 and "optimizer" not in averaged
+    for f in list(folder.glob("step_*.pt"))[1:]:
+        f.unlink()
+    with pytest.raises(UserError, match=r"holds 1 step_N.pt checkpoint, and averaging needs at least 2"):
+        run_average(OmegaConf.create({"ckpt_path": str(folder)}), tmp_path / "avg2")
+
+
+@pytest.mark.slow
+def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints_and_averages_them(tmp_path):
+    # valid/loss falls while the model learns, so with mode=max no evaluation after the first is better
+    result = run(*SMALL, "trainer.max_steps=100", "trainer.eval_every=10", "trainer.patience=2",
+                 "trainer.monitor=valid/loss", "trainer.monitor_mode=max", "trainer.keep_last=2",
+                 f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr
+    assert "early stop: valid/loss has not improved" in result.stderr + result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["step"], metrics["last_step"], metrics["monitor"]) == (10, 30, "valid/loss")
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 10 and metrics["valid/loss"] == pytest.approx(best["metrics"]["loss"])
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt")) == ["step_20.pt", "step_30.pt"]
+    hypotheses = (tmp_path / "run" / "hypotheses.txt").read_text().split("\n")
+    assert len(hypotheses) == 60 + 1 and hypotheses[-1] == ""  # one line per test example of SMALL
+    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    assert {"valid/nll", "valid/ppl", "test/nll"} <= set(events.Tags()["scalars"])
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(events.Tensors("custom_scalars__config__")[0].tensor_proto).item())
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert ["train/loss", "valid/loss"] in charts.values()
+
+    averaged = run("mode=average", f"ckpt_path={tmp_path}/run", f"hydra.run.dir={tmp_path}/avg")
+    assert averaged.returncode == 0, averaged.stderr
+    assert "averaged the weights of steps 20, 30" in averaged.stdout
+    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/avg/checkpoints/averaged.pt", f"hydra.run.dir={tmp_path}/eval")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert len((tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()) == 60
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/pairs_scored"] == 60
+
+
+def test_a_sweeper_looking_the_other_way_is_refused(tmp_path):
+    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.monitor=valid/loss", *SMALL,
+                 f"hydra.sweep.dir={tmp_path}/s")
+    assert result.returncode == 2
+    assert "error: hydra.sweeper.direction=maximize but trainer.monitor_mode=min" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    pairs = make_pairs(400, seed=3)
+    write(pairs[:360], tmp_path / "train.tsv", "tsv")
+    write(pairs[360:], tmp_path / "test.tsv", "tsv")
+    return tmp_path
+
+
+def test_the_held_out_test_split_is_found_again_from_the_training_file_or_named_when_it_is_gone(text_corpus):
+    config = OmegaConf.structured(DatasetConfig(name="text_pairs", train_file=str(text_corpus / "train.tsv"),
+                                                tokenizer="word", vocab_size=200, min_frequency=1))
+    full = load_data(config)
+    alone = load_data(config, tokenizers=(full.src_tokenizer, full.tgt_tokenizer), splits=("test",))
+    assert set(alone.splits) == {"test"} and alone.texts["test"] == full.texts["test"]
+    (text_corpus / "train.tsv").rename(text_corpus / "moved.tsv")
+    with pytest.raises(UserError, match=r"the test pairs were held out of dataset.train_file=.*train.tsv "
+                                        r"\(dataset.test_fraction\), which is not there any more: give them with "
+                                        r"dataset.test_file=PATH"):
+        load_data(config, tokenizers=(full.src_tokenizer, full.tgt_tokenizer), splits=("test",))
+
+
+@pytest.mark.slow
+def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(text_corpus, tmp_path):
+    result = run("dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
+                 f"dataset.test_file={text_corpus}/test.tsv", "dataset.tokenizer=word", "dataset.vocab_size=200",
+                 "dataset.max_tgt_len=5", "model.d_model=32", "model.d_ff=64", "trainer.max_steps=10",
+                 "trainer.eval_every=10", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert trained["monitor"] == "valid/bleu" and trained["test/pairs_dropped"] > 0
+    shutil.move(text_corpus / "train.tsv", tmp_path / "elsewhere.tsv")
+    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/run/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/bleu"] == pytest.approx(trained["test/bleu"])
+    assert metrics["test/pairs_scored"] == trained["test/pairs_scored"] == 40 - trained["test/pairs_dropped"]
+    hypotheses = (tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()
+    assert hypotheses == (tmp_path / "run" / "hypotheses.txt").read_text().splitlines()
+    assert len(hypotheses) == metrics["test/pairs_scored"]
