@@ -37,13 +37,17 @@ SIZES = {
 class TorchTransformer(nn.Module):
     """torch.nn.Transformer with what a translation model needs around it: embeddings, positions, output layer."""
 
-    def __init__(self, vocab, d_model, heads, layers, d_ff):
+    def __init__(self, vocab, d_model, heads, layers, d_ff, dropout=0.1, tgt_vocab=None, dec_layers=None,
+                 tie_output=False, max_len=1024):
         super().__init__()
-        self.d_model = d_model
-        self.src_embed, self.tgt_embed = nn.Embedding(vocab, d_model), nn.Embedding(vocab, d_model)
-        self.register_buffer("pe", sinusoid_table(1024, d_model), persistent=False)
-        self.transformer = nn.Transformer(d_model, heads, layers, layers, d_ff, dropout=0.1, batch_first=True)
-        self.generator = nn.Linear(d_model, vocab)
+        tgt_vocab, dec_layers = tgt_vocab or vocab, dec_layers or layers
+        self.d_model, self.max_len = d_model, max_len
+        self.src_embed, self.tgt_embed = nn.Embedding(vocab, d_model), nn.Embedding(tgt_vocab, d_model)
+        self.register_buffer("pe", sinusoid_table(max_len, d_model), persistent=False)
+        self.transformer = nn.Transformer(d_model, heads, layers, dec_layers, d_ff, dropout=dropout, batch_first=True)
+        self.generator = nn.Linear(d_model, tgt_vocab)
+        if tie_output:  # the output layer shares the target embedding, as model.tie_embeddings=decoder does
+            self.generator.weight = self.tgt_embed.weight
 
     def embed(self, embedding, ids):
         return embedding(ids) * math.sqrt(self.d_model) + self.pe[: ids.size(1)]
@@ -67,6 +71,22 @@ class TorchTransformer(nn.Module):
         ys = torch.ones(src.size(0), 1, dtype=torch.long, device=src.device)
         for _ in range(max_len):
             ys = torch.cat([ys, self.decode(ys, memory, src)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return ys[:, 1:]
+
+    @torch.no_grad()
+    def generate(self, src, max_len, beam_size=1, length_penalty=0.6):
+        """Greedy decoding for evaluate(): the recomputing loop, stopped once every row has ended, PAD after EOS."""
+        if beam_size != 1:
+            raise ValueError("nn.Transformer is decoded greedily here (trainer.beam_size=1)")
+        memory = self.encode(src)
+        ys = torch.ones(src.size(0), 1, dtype=torch.long, device=src.device)
+        done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        for _ in range(max_len):
+            next_ids = self.decode(ys, memory, src)[:, -1].argmax(-1)
+            ys = torch.cat([ys, torch.where(done, PAD, next_ids)[:, None]], dim=1)
+            done |= next_ids == EOS
+            if bool(done.all()):
+                break
         return ys[:, 1:]
 
 

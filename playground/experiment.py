@@ -1,11 +1,11 @@
 """What each mode does, from a composed config to files in the run directory: train, eval and translate."""
 
+import functools
 import json
 import logging
 import os
 import signal
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -97,9 +97,15 @@ def _flops_counters(model_cfg, tgt_vocab, device, precision, d):
     which logs; half a second spent once) in the precision the matrix products run in: what perf/mfu divides."""
     m = model_cfg
     d_ff = m.d_ff * 3 // 2 if m.activation == "swiglu" else m.d_ff  # SwiGLU's W1 is twice as wide
-    step_flops = partial(training_flops, m.d_model, d_ff, m.enc_layers, m.dec_layers, tgt_vocab)
+    step_flops = functools.partial(training_flops, m.d_model, d_ff, m.enc_layers, m.dec_layers, tgt_vocab)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return step_flops, matmul_peak(device, dtype, seconds=0.5) if d.is_main else None
+    return step_flops, _peak(device, dtype) if d.is_main else None
+
+
+@functools.cache
+def _peak(device, dtype) -> float:
+    """matmul_peak, measured once per process: the jobs of a sweep run in one process and share it."""
+    return matmul_peak(device, dtype, seconds=0.5)
 
 
 HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")

@@ -215,3 +215,14 @@ def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(text_cor
     hypotheses = (tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()
     assert hypotheses == (tmp_path / "run" / "hypotheses.txt").read_text().splitlines()
     assert len(hypotheses) == metrics["test/pairs_scored"]
+
+
+def test_the_nn_transformer_baseline_trains_on_the_same_settings_and_reports_test_scores(capsys):
+    from playground import baseline
+
+    flat = baseline.run(["trainer.max_steps=4", "trainer.eval_every=2", "dataset.num_train=200", "dataset.num_valid=8",
+                         "dataset.num_test=8", "model.d_model=16", "model.d_ff=32", "model.heads=2",
+                         "trainer.precision=fp32"])
+    printed = capsys.readouterr().out
+    assert "nn.Transformer:" in printed and "step 4: valid/loss" in printed
+    assert {"test/bleu", "test/exact_match", "test/nll"} <= set(flat) and flat["step"] in (2, 4)
