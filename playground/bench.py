@@ -43,6 +43,8 @@ class TorchTransformer(nn.Module):
         tgt_vocab, dec_layers = tgt_vocab or vocab, dec_layers or layers
         self.d_model, self.max_len = d_model, max_len
         self.src_embed, self.tgt_embed = nn.Embedding(vocab, d_model), nn.Embedding(tgt_vocab, d_model)
+        for embedding in (self.src_embed, self.tgt_embed):  # as playground/model/embeddings.py: the embeddings
+            nn.init.normal_(embedding.weight, std=d_model**-0.5)  # scaled by sqrt(d_model) start at unit variance
         self.register_buffer("pe", sinusoid_table(max_len, d_model), persistent=False)
         self.transformer = nn.Transformer(d_model, heads, layers, dec_layers, d_ff, dropout=dropout, batch_first=True)
         self.generator = nn.Linear(d_model, tgt_vocab)
