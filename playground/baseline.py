@@ -55,7 +55,8 @@ def run(overrides) -> dict:
     m = cfg.model
     model = TorchTransformer(data.src_tokenizer.vocab_size, m.d_model, m.heads, m.enc_layers, m.d_ff, m.dropout,
                              tgt_vocab=data.tgt_tokenizer.vocab_size, dec_layers=m.dec_layers,
-                             tie_output=m.tie_embeddings != "none", max_len=m.max_len).to(device)
+                             tie_output=m.tie_embeddings != "none", max_len=m.max_len,
+                             embedding_dropout=True).to(device)
     print(f"nn.Transformer: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, {t.precision}",
           flush=True)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)

@@ -38,7 +38,7 @@ class TorchTransformer(nn.Module):
     """torch.nn.Transformer with what a translation model needs around it: embeddings, positions, output layer."""
 
     def __init__(self, vocab, d_model, heads, layers, d_ff, dropout=0.1, tgt_vocab=None, dec_layers=None,
-                 tie_output=False, max_len=1024):
+                 tie_output=False, max_len=1024, embedding_dropout=False):
         super().__init__()
         tgt_vocab, dec_layers = tgt_vocab or vocab, dec_layers or layers
         self.d_model, self.max_len = d_model, max_len
@@ -48,11 +48,14 @@ class TorchTransformer(nn.Module):
         self.register_buffer("pe", sinusoid_table(max_len, d_model), persistent=False)
         self.transformer = nn.Transformer(d_model, heads, layers, dec_layers, d_ff, dropout=dropout, batch_first=True)
         self.generator = nn.Linear(d_model, tgt_vocab)
+        # the paper's dropout on the sums of embeddings and positions (5.4), for baseline.py; the benchmark leaves it
+        # out, as its figures always have
+        self.embed_dropout = nn.Dropout(dropout) if embedding_dropout else nn.Identity()
         if tie_output:  # the output layer shares the target embedding, as model.tie_embeddings=decoder does
             self.generator.weight = self.tgt_embed.weight
 
     def embed(self, embedding, ids):
-        return embedding(ids) * math.sqrt(self.d_model) + self.pe[: ids.size(1)]
+        return self.embed_dropout(embedding(ids) * math.sqrt(self.d_model) + self.pe[: ids.size(1)])
 
     def encode(self, src):
         return self.transformer.encoder(self.embed(self.src_embed, src), src_key_padding_mask=src == PAD)
