@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -21,7 +23,7 @@ from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from playground.tracking import Tracker
 from playground.train import BatchStream, Monitor, Training, resolve_monitor, train
-from test_cli import SMALL, run
+from test_cli import ROOT, SMALL, run
 
 
 @pytest.mark.parametrize("metric, mode, values, best_steps", [
@@ -168,12 +170,20 @@ def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/pairs_scored"] == 60
 
 
-def test_a_sweeper_looking_the_other_way_is_refused(tmp_path):
-    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.monitor=valid/loss", *SMALL,
-                 f"hydra.sweep.dir={tmp_path}/s")
-    assert result.returncode == 2
-    assert "error: hydra.sweeper.direction=maximize but trainer.monitor_mode=min" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_a_sweeper_looking_the_other_way_is_refused_before_any_work(tmp_path):
+    from playground.experiment import run_train
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hparams_search=optuna", "trainer.monitor=valid/loss"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # as inside a job of `-m hparams_search=optuna trainer.monitor=valid/loss`
+    try:
+        with pytest.raises(UserError, match=r"^hydra.sweeper.direction=maximize but trainer.monitor_mode=min: the "
+                                            r"sweeper would look for the worst runs \(set hydra.sweeper.direction=minimize\)"):
+            run_train(cfg, tmp_path / "run")
+    finally:
+        HydraConfig.instance().cfg = None
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture
@@ -207,7 +217,8 @@ def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(text_cor
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert trained["monitor"] == "valid/bleu" and trained["test/pairs_dropped"] > 0
     shutil.move(text_corpus / "train.tsv", tmp_path / "elsewhere.tsv")
-    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/run/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval")
+    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/run/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval",
+                    cwd=tmp_path)  # from another folder: the checkpoint holds the test file's absolute path
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/bleu"] == pytest.approx(trained["test/bleu"])
