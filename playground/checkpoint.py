@@ -11,13 +11,47 @@ import torch
 from .errors import UserError
 
 
-def save_checkpoint(path, state: dict) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written checkpoint."""
+def atomic_write(path, write) -> None:
+    """Replace `path` whole or not at all: `write(file)` fills a temporary file beside it, which is flushed to
+    disk and renamed over `path`, and the folder's new entry is flushed too. A crash leaves the previous file; a
+    failed write (disk full, no permission) removes the temporary file and is one line naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+        raise UserError(f"{path}: could not be written ({reason}); {kept}")
+    except BaseException:  # Ctrl-C half-way: no temporary file left behind either
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk, where the system allows opening a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """torch.save through atomic_write: a crash never leaves a half-written checkpoint."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path) -> dict:

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (atomic_write, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import Config, check_model
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
@@ -145,12 +146,13 @@ def _flat_metrics(split: str, metrics: dict, step: int, extra: dict = None) -> d
 
 
 def _write_metrics(run_dir: Path, flat: dict) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(flat, indent=2) + "\n")
+    atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(flat, indent=2) + "\n").encode()))
 
 
 def _write_hypotheses(run_dir: Path, hypotheses) -> None:
     """hypotheses.txt: the decoded output for each scored test pair, one a line, in the test split's order."""
-    (run_dir / "hypotheses.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+    text = "".join(h.replace("\n", " ") + "\n" for h in hypotheses)
+    atomic_write(run_dir / "hypotheses.txt", lambda f: f.write(text.encode()))
 
 
 def _test_counts(data: Data) -> dict:

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,48 @@ def test_a_checkpoint_from_before_trainer_kernels_resumes_and_translates(compose
     experiment.run_translate(compose_config("mode=translate", f"ckpt_path={OLD / 'best.pt'}", "text=3 1 4"))
     printed = capsys.readouterr().out.split()
     assert printed and all(word.isdigit() for word in printed)
+
+
+def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    from playground import checkpoint
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "step": 1})
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")  # some bytes reach the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(UserError, match=rf"^{path}: could not be written \(No space left on device\); the previous "
+                                        rf"last.pt is unchanged"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_a_checkpoint_and_the_folder_it_is_renamed_in_are_flushed_to_disk(tmp_path, monkeypatch):
+    from playground import checkpoint
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"model": {}, "config": {}})
+    assert path.stat().st_ino in synced and path.parent.stat().st_ino in synced
+
+
+def test_metrics_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from playground import checkpoint
+    from playground.experiment import _write_metrics
+
+    _write_metrics(tmp_path, {"test/bleu": 1.0, "step": 1})
+
+    def fail(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fail)
+    with pytest.raises(UserError, match=rf"{tmp_path / 'metrics.json'}: could not be written \(Input/output error\)"):
+        _write_metrics(tmp_path, {"test/bleu": 2.0, "step": 2})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/bleu": 1.0, "step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
