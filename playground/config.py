@@ -138,6 +138,23 @@ def check_model(model_cfg, src_vocab_size=None, tgt_vocab_size=None) -> None:
         raise UserError(str(e)) from None
 
 
+def check_lengths(model_cfg, dataset_cfg) -> None:
+    """The longest sequences the data may hold must fit the positions the model has (model.max_len): checked
+    before any data is read or downloaded, rather than as a shape error part-way through training. The decoder
+    reads BOS and the target, one position more than the target's length."""
+    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
+
+    if dataset_cfg.name in TASKS:
+        needs = {"dataset.max_len": (dataset_cfg.max_len, dataset_cfg.max_len + 1)}  # targets as long as sources
+    else:
+        needs = {"dataset.max_src_len": (dataset_cfg.max_src_len, dataset_cfg.max_src_len),
+                 "dataset.max_tgt_len": (dataset_cfg.max_tgt_len, dataset_cfg.max_tgt_len + 1)}
+    for key, (value, positions) in needs.items():
+        if positions > model_cfg.max_len:
+            raise UserError(f"{key}={value} needs {positions} positions but model.max_len={model_cfg.max_len} "
+                            f"(raise model.max_len or lower {key})")
+
+
 def job_dirname(overrides: str, limit: int = 120) -> str:
     """A sweep job's folder name from its overrides: no '/', and at most `limit` characters.
 

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import Config, check_model
+from .config import Config, check_lengths, check_model
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
@@ -209,6 +209,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
     check_model(cfg.model)
+    check_lengths(cfg.model, cfg.dataset)
     monitor = Monitor(*resolve_monitor(t.monitor, t.monitor_mode, cfg.dataset.name not in TASKS), t.patience)
     _check_sweeper_direction(monitor.mode)
     cfg.trainer.monitor, cfg.trainer.monitor_mode = monitor.metric, monitor.mode  # recorded in the checkpoints

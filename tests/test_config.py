@@ -121,3 +121,20 @@ def test_bf16_on_a_cpu_without_bf16_units_is_refused_in_one_line_before_any_work
                                         r"than fp32 here \(use trainer.precision=fp32 or auto\)$"):
         experiment.run_train(compose_config("trainer.precision=bf16"), tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.max_len=8"], "dataset.max_len=10 needs 11 positions but model.max_len=8"),
+    (["dataset=text_pairs", "dataset.train_file=nowhere.tsv", "model.max_len=100"],
+     "dataset.max_src_len=128 needs 128 positions but model.max_len=100"),
+    (["dataset=text_pairs", "dataset.train_file=nowhere.tsv", "dataset.max_src_len=64", "dataset.max_tgt_len=64",
+      "model.max_len=64"], "dataset.max_tgt_len=64 needs 65 positions but model.max_len=64"),
+])
+def test_data_longer_than_the_model_positions_is_refused_before_any_data_is_read(compose_config, tmp_path, overrides,
+                                                                                 message):
+    from playground.errors import UserError
+    from playground.experiment import run_train
+
+    with pytest.raises(UserError, match=rf"^{message} \(raise model.max_len or lower dataset"):
+        run_train(compose_config(*overrides), tmp_path / "run")  # nowhere.tsv would be "no such file"
+    assert not (tmp_path / "run").exists()
