@@ -381,12 +381,30 @@ def _model_from_checkpoint(cfg):
     except Exception as e:  # a key this version does not know, or a value of another type
         raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
                         f"({str(e).splitlines()[0]})")
+    _refuse_ignored_overrides(cfg, saved)
     src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
     tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
     check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
     model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, cfg.trainer.kernels, **MODEL_IDS)
     load_model_weights(model, state["model"], cfg.ckpt_path)
     return model, saved, src_tok, tgt_tok, state
+
+
+def _refuse_ignored_overrides(cfg, saved) -> None:
+    """eval and translate rebuild the model from the checkpoint: a command-line override they would not use
+    (model.d_model=256, optimizer.*, another dataset; any dataset.* for translate) is refused in one line rather
+    than dropped without a word."""
+    if not HydraConfig.initialized():  # called from Python: there is no command line
+        return
+    unused = {"model", "optimizer", "scheduler", "experiment"} | ({"dataset"} if cfg.mode == "translate" else set())
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.lstrip("+~").partition("=")
+        group = key.split(".")[0]
+        another_dataset = key == "dataset" and value != saved.dataset.name
+        if group in unused or another_dataset:
+            uses = "its dataset (dataset.* keys excepted)" if cfg.mode == "eval" else "no dataset"
+            raise UserError(f"{override}: mode={cfg.mode} rebuilds the model from ckpt_path={cfg.ckpt_path} and uses "
+                            f"{uses}, so this would have no effect: remove it")
 
 
 def run_eval(cfg, run_dir: Path) -> dict:

@@ -95,3 +95,14 @@ def test_the_default_command_learns_to_reverse_sequences(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
     assert metrics["test/exact_match"] >= 0.99
+
+
+def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "model.d_model=256",
+                 f"hydra.run.dir={tmp_path}/e")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: model.d_model=256: mode=eval rebuilds the model from ckpt_path={run_dir}"
+                                    f"/checkpoints/best.pt and uses its dataset (dataset.* keys excepted), so this "
+                                    f"would have no effect: remove it")
+    assert "Traceback" not in result.stderr and not (tmp_path / "e" / "metrics.json").exists()
