@@ -164,8 +164,12 @@ class Monitor:
             self.evals_since_best = state["evals_since_best"]
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name))
+
+
 class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to finish its step, save a checkpoint and stop; a second Ctrl-C stops now."""
+    """Ctrl-C, SIGTERM or SIGUSR2 (the warning a SLURM job launched by submitit gets before its time is up) asks
+    the loop to finish its step, save a checkpoint and stop; a second Ctrl-C stops now."""
 
     def __init__(self):
         self.signal = None
@@ -173,7 +177,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
