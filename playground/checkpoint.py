@@ -72,18 +72,22 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def load_model_weights(model, state_dict, path) -> None:
-    """Copy weights into `model`, naming the first parameter whose name or shape does not match."""
-    own = model.state_dict()
+def check_same_parameters(own: dict, state_dict: dict, path, what="this model") -> None:
+    """Refuse a state dict whose parameter names or shapes differ from `own`'s (those of `what`), naming the first."""
     for name, tensor in state_dict.items():
         if name not in own:
-            raise UserError(f"{path}: parameter {name} is in the checkpoint but not in this model")
+            raise UserError(f"{path}: parameter {name} is in the checkpoint but not in {what}")
         if own[name].shape != tensor.shape:
             raise UserError(f"{path}: parameter {name} has shape {tuple(tensor.shape)} in the checkpoint but "
-                            f"{tuple(own[name].shape)} in this model")
+                            f"{tuple(own[name].shape)} in {what}")
     missing = [name for name in own if name not in state_dict]
     if missing:
-        raise UserError(f"{path}: parameter {missing[0]} of this model is missing from the checkpoint")
+        raise UserError(f"{path}: parameter {missing[0]} of {what} is missing from the checkpoint")
+
+
+def load_model_weights(model, state_dict, path) -> None:
+    """Copy weights into `model`, naming the first parameter whose name or shape does not match."""
+    check_same_parameters(model.state_dict(), state_dict, path)
     model.load_state_dict(state_dict)
 
 

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, load_checkpoint, load_model_weights, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import Config, check_lengths, check_model
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
@@ -447,15 +447,15 @@ def run_average(cfg, run_dir: Path) -> Path:
         raise UserError(f"ckpt_path={folder} holds {len(files)} step_N.pt checkpoint{'s' * (len(files) != 1)}, and "
                         f"averaging needs at least 2 (train with trainer.keep_last=5 to keep the last 5 evaluations)")
     states = [load_checkpoint(f) for f in files]
-    first = states[-1]
+    latest = states[-1]  # its config, vocabulary and step describe the average
     for f, state in zip(files, states):
-        if state["config"]["model"] != first["config"]["model"] or state["tokenizers"] != first["tokenizers"]:
+        if state["config"]["model"] != latest["config"]["model"] or state["tokenizers"] != latest["tokenizers"]:
             raise UserError(f"{f}: another model or vocabulary than {files[-1]}: only checkpoints of one run average")
-        load_model_weights_like(first["model"], state["model"], f)
-    averaged = {name: _mean([state["model"][name] for state in states]) for name in first["model"]}
+        check_same_parameters(latest["model"], state["model"], f, what=files[-1].name)
+    averaged = {name: _mean([state["model"][name] for state in states]) for name in latest["model"]}
     out = Path(run_dir) / "checkpoints" / "averaged.pt"
-    save_checkpoint(out, {"model": averaged, "config": first["config"], "tokenizers": first["tokenizers"],
-                          "step": first["step"], "averaged_steps": [state["step"] for state in states]})
+    save_checkpoint(out, {"model": averaged, "config": latest["config"], "tokenizers": latest["tokenizers"],
+                          "step": latest["step"], "averaged_steps": [state["step"] for state in states]})
     steps = ", ".join(str(state["step"]) for state in states)
     print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
           f"evaluate it with: python transformer_playground.py mode=eval ckpt_path={out.resolve()}")
@@ -469,12 +469,6 @@ def _mean(tensors):
         return tensors[-1]
     return (sum(t.double() for t in tensors) / len(tensors)).to(tensors[-1].dtype)
 
-
-def load_model_weights_like(reference: dict, state_dict: dict, path) -> None:
-    """Refuse a state dict whose parameter names or shapes differ from `reference`'s, naming the first."""
-    for name in reference.keys() | state_dict.keys():
-        if name not in reference or name not in state_dict or reference[name].shape != state_dict[name].shape:
-            raise UserError(f"{path}: parameter {name} differs from the other checkpoints (name or shape)")
 
 
 def run_translate(cfg) -> None:

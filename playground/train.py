@@ -213,7 +213,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
         micro = [next(batches) for _ in range(accumulate)]
         # the loss of a step is the mean over every target token of its batches: each batch's mean, weighted by
         # its share of the tokens (counted from lengths kept on the host: no device sync)
-        tokens = [int(data.tgt_lengths[rows].sum()) - len(rows) for rows in micro]
+        tokens = [int(data.tgt_lengths[rows].sum()) - len(rows) for rows in micro] if accumulate > 1 else None
         loss = None
         for i, rows in enumerate(micro):
             src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
@@ -222,7 +222,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
                 with run.autocast():
                     logits = model(src, tgt_in)  # (B, T, V)
                 part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
-                if accumulate > 1:
+                if tokens:
                     part = part * (tokens[i] / sum(tokens))
                 scaler.scale(part).backward()
             loss = part.detach() if loss is None else loss + part.detach()
