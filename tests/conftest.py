@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,13 @@ from playground.model import build_model  # noqa: E402
 from playground.setup import cpu_computes_bf16  # noqa: E402
 
 register_configs()
+
+# Under pytest-xdist (pytest.ini runs 2 workers) each worker, and every command a test starts, computes on one
+# thread: two workers of two threads each would fight over 2 cores. The tiny test models gain nothing from a
+# second thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # The dtypes this CPU computes natively: kernels are checked in each of them (bf16 only with AVX512-BF16 or AMX).
 NATIVE_DTYPES = [torch.float32] + ([torch.bfloat16] if cpu_computes_bf16() else [])

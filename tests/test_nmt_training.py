@@ -1,6 +1,7 @@
 """Training the NMT way: the monitor picks best.pt, patience ends a run, accumulation, averaging, hypotheses."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -18,7 +19,7 @@ from playground.config import DatasetConfig
 from playground.data import MODEL_IDS, load_data
 from playground.data.toy_corpus import make_pairs, write
 from playground.errors import UserError
-from playground.experiment import check_trainer, run_average
+from playground.experiment import check_trainer, run_average, run_train
 from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from playground.tracking import Tracker
@@ -140,13 +141,14 @@ def test_the_averaged_checkpoint_holds_the_mean_of_the_weights_and_needs_two(tmp
 
 
 @pytest.mark.slow
-def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints_and_averages_them(tmp_path):
+def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints_and_averages_them(
+        compose_config, tmp_path, caplog, capsys):
     # valid/loss falls while the model learns, so with mode=max no evaluation after the first is better
-    result = run(*SMALL, "trainer.max_steps=100", "trainer.eval_every=10", "trainer.patience=2",
-                 "trainer.monitor=valid/loss", "trainer.monitor_mode=max", "trainer.keep_last=2",
-                 f"hydra.run.dir={tmp_path}/run")
-    assert result.returncode == 0, result.stderr
-    assert "early stop: valid/loss has not improved" in result.stderr + result.stdout
+    caplog.set_level(logging.INFO)
+    run_train(compose_config(*SMALL, "trainer.max_steps=100", "trainer.eval_every=10", "trainer.patience=2",
+                             "trainer.monitor=valid/loss", "trainer.monitor_mode=max", "trainer.keep_last=2"),
+              tmp_path / "run")  # in this process, as the command calls it; mode=eval below is the command
+    assert "early stop: valid/loss has not improved" in caplog.text
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["step"], metrics["last_step"], metrics["monitor"]) == (10, 30, "valid/loss")
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
@@ -161,9 +163,9 @@ def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert ["train/loss", "valid/loss"] in charts.values()
 
-    averaged = run("mode=average", f"ckpt_path={tmp_path}/run", f"hydra.run.dir={tmp_path}/avg")
-    assert averaged.returncode == 0, averaged.stderr
-    assert "averaged the weights of steps 20, 30" in averaged.stdout
+    capsys.readouterr()
+    run_average(compose_config("mode=average", f"ckpt_path={tmp_path}/run"), tmp_path / "avg")
+    assert "averaged the weights of steps 20, 30" in capsys.readouterr().out
     evaluated = run("mode=eval", f"ckpt_path={tmp_path}/avg/checkpoints/averaged.pt", f"hydra.run.dir={tmp_path}/eval")
     assert evaluated.returncode == 0, evaluated.stderr
     assert len((tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()) == 60
@@ -171,8 +173,6 @@ def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints
 
 
 def test_a_sweeper_looking_the_other_way_is_refused_before_any_work(tmp_path):
-    from playground.experiment import run_train
-
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hparams_search=optuna", "trainer.monitor=valid/loss"],
                       return_hydra_config=True)
@@ -208,12 +208,11 @@ def test_the_held_out_test_split_is_found_again_from_the_training_file_or_named_
 
 
 @pytest.mark.slow
-def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(text_corpus, tmp_path):
-    result = run("dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
-                 f"dataset.test_file={text_corpus}/test.tsv", "dataset.tokenizer=word", "dataset.vocab_size=200",
-                 "dataset.max_tgt_len=5", "model.d_model=32", "model.d_ff=64", "trainer.max_steps=10",
-                 "trainer.eval_every=10", f"hydra.run.dir={tmp_path}/run")
-    assert result.returncode == 0, result.stderr
+def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(compose_config, text_corpus, tmp_path):
+    run_train(compose_config("dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
+                             f"dataset.test_file={text_corpus}/test.tsv", "dataset.tokenizer=word",
+                             "dataset.vocab_size=200", "dataset.max_tgt_len=5", "model.d_model=32", "model.d_ff=64",
+                             "trainer.max_steps=10", "trainer.eval_every=10"), tmp_path / "run")
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert trained["monitor"] == "valid/bleu" and trained["test/pairs_dropped"] > 0
     shutil.move(text_corpus / "train.tsv", tmp_path / "elsewhere.tsv")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from playground import experiment
 from test_cli import ENTRY, ROOT, run
 
 FAST = ["model.d_model=16", "model.d_ff=32", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
@@ -35,16 +36,16 @@ def wait_for(path, process, timeout=120):
         time.sleep(0.05)
 
 
-def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_run(tmp_path):
+def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_run(compose_config, tmp_path):
     # the warmup is given: left automatic, it is sized to each run's max_steps, and 16 steps is not 24
     common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=4", "trainer.log_every=1",
               "trainer.eval_every=8"]
-    whole = run(*common, "trainer.max_steps=24", f"hydra.run.dir={tmp_path}/whole")
-    first = run(*common, "trainer.max_steps=16", f"hydra.run.dir={tmp_path}/first")
-    assert whole.returncode == 0 and first.returncode == 0, whole.stderr + first.stderr
-    resumed = run(*common, "trainer.max_steps=24", f"ckpt_path={tmp_path}/first/checkpoints/last.pt",
-                  f"hydra.run.dir={tmp_path}/resumed")
-    assert resumed.returncode == 0, resumed.stderr
+    # run_train in this process, as the command calls it: three new processes would add some 10 s of start-up
+    experiment.run_train(compose_config(*common, "trainer.max_steps=24"), tmp_path / "whole")
+    experiment.run_train(compose_config(*common, "trainer.max_steps=16"), tmp_path / "first")
+    torch.manual_seed(99)  # the resumed run must not depend on the random state it finds
+    experiment.run_train(compose_config(*common, "trainer.max_steps=24",
+                                        f"ckpt_path={tmp_path}/first/checkpoints/last.pt"), tmp_path / "resumed")
     expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
     assert sorted(got) == list(range(17, 25))
     assert [got[s] for s in range(17, 25)] == [expected[s] for s in range(17, 25)]  # bit for bit
@@ -83,10 +84,9 @@ def test_a_loss_that_blows_up_stops_the_run_naming_the_step_and_learning_rate(tm
     assert not (tmp_path / "nan" / "checkpoints").exists()  # nothing trained on garbage was saved
 
 
-def test_skipping_non_finite_steps_lets_the_run_finish_and_counts_them(tmp_path):
-    result = run(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0", "trainer.max_steps=30",
-                 "trainer.on_nonfinite=skip", f"hydra.run.dir={tmp_path}/skip")
-    assert result.returncode == 0, result.stderr
+def test_skipping_non_finite_steps_lets_the_run_finish_and_counts_them(compose_config, tmp_path):
+    experiment.run_train(compose_config(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0",
+                                        "trainer.max_steps=30", "trainer.on_nonfinite=skip"), tmp_path / "skip")
     skipped = EventAccumulator(str(tmp_path / "skip")).Reload().Scalars("train/skipped_steps")
     assert skipped[-1].value >= 1
 
