@@ -3,6 +3,8 @@
     python -m playground.bench                 # everything: training at two sizes, fp32 and bf16, and decoding
     python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
     python -m playground.bench --only train --device cuda
+    python -m playground.bench --size base --precision bf16 --compile   # the paper's base model, ~25k-token batches
+
 
 The playground model runs with trainer.kernels=fast (playground/kernels/). Prints target tokens per second,
 the ratio to nn.Transformer, and MFU: model FLOPs per second over the
@@ -26,11 +28,14 @@ from .data import EOS, MODEL_IDS, PAD
 from .model import build_model
 from .model.embeddings import sinusoid_table
 from .perf import matmul_peak, synchronize, training_flops
-from .setup import build_optimizer, cpu_computes_bf16
+from .setup import build_optimizer, cpu_computes_bf16, maybe_compile
 
 SIZES = {
     "d256": dict(d_model=256, heads=4, layers=3, d_ff=1024, vocab=8000, batch=32, length=64),
     "d512": dict(d_model=512, heads=8, layers=6, d_ff=2048, vocab=16000, batch=16, length=64),
+    # the paper's base model on its batches of about 25,000 target tokens and a 37,000-token shared vocabulary
+    # (Section 5.1): a GPU's size, measured by default there only
+    "base": dict(d_model=512, heads=8, layers=6, d_ff=2048, vocab=37000, batch=384, length=64),
 }
 
 
@@ -172,7 +177,7 @@ def train_step_fn(model, size, device, autocast, side):
     return step
 
 
-def bench_training(device, precisions, sizes):
+def bench_training(device, precisions, sizes, compile=False):
     rows = []
     peaks = {p: matmul_peak(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
     for p, peak in peaks.items():
@@ -188,11 +193,13 @@ def bench_training(device, precisions, sizes):
                 torch.manual_seed(0)
                 model = (playground_model(size) if side == "playground" else
                          TorchTransformer(size["vocab"], size["d_model"], size["heads"], size["layers"], size["d_ff"]))
-                steps.append(train_step_fn(model.to(device).train(), size, device, autocast, side))
+                model = model.to(device).train()
+                steps.append(train_step_fn(maybe_compile(model, compile, device) if compile else model, size, device,
+                                           autocast, side))
             theirs, theirs_fused, ours = (tokens / seconds for seconds in timed_alternating(steps, device))
             del steps
             mfu = ours * size_flops(size) / tokens / peaks[precision]
-            rows.append((f"train {name} {precision}", theirs, theirs_fused, ours, mfu))
+            rows.append((f"train {name} {precision}{' compiled' if compile else ''}", theirs, theirs_fused, ours, mfu))
     return rows
 
 
@@ -219,7 +226,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
                         help="training precisions to measure (default: both)")
-    parser.add_argument("--size", choices=list(SIZES), action="append", help="training sizes to measure (default: all)")
+    parser.add_argument("--size", choices=list(SIZES), action="append",
+                        help="training sizes to measure (default: d256 and d512, and base on a GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="both models under torch.compile (as trainer.compile=true), compiled during the warm-up")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
@@ -230,7 +240,8 @@ def main(argv=None):
         print("bf16: skipped, this CPU has no bf16 units (no AVX512-BF16 or AMX): emulated, it runs ~20x slower than fp32")
         precisions = [p for p in precisions if p != "bf16"]
     if args.only in (None, "train"):
-        rows += bench_training(device, precisions, args.size or list(SIZES))
+        sizes = args.size or ["d256", "d512"] + (["base"] if device.type == "cuda" else [])
+        rows += bench_training(device, precisions, sizes, args.compile)
     if args.only in (None, "decode"):
         rows += bench_decoding(device)
     header = ["measurement", "nn.Transformer tok/s", "+ fused Adam tok/s", "playground tok/s", "ratio", "ratio vs fused",
