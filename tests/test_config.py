@@ -119,7 +119,7 @@ def test_bf16_on_a_cpu_without_bf16_units_is_refused_in_one_line_before_any_work
     monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("data was loaded before the refusal"))
     with pytest.raises(UserError, match=r"^trainer.precision=bf16 but this CPU has no bf16 units .*many times slower "
                                         r"than fp32 here \(use trainer.precision=fp32 or auto\)$"):
-        experiment.run_train(compose_config("trainer.precision=bf16"), tmp_path)
+        experiment.run_train(compose_config("trainer.device=cpu", "trainer.precision=bf16"), tmp_path)  # GPU or not
     assert not any(tmp_path.iterdir())  # nothing written
 
 
