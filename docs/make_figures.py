@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from playground.experiment import _model_from_checkpoint  # noqa: E402
 from playground.data import load_data  # noqa: E402
 from playground.model.embeddings import sinusoid_table  # noqa: E402
-from playground.train import SCHEDULES  # noqa: E402
+from playground.config import TrainerConfig  # noqa: E402
+from playground.setup import SCHEDULES, auto_warmup  # noqa: E402
 
 FIGURES = ROOT / "docs" / "figures"
 
@@ -43,9 +44,11 @@ def warmup_schedule():
     steps = range(1, 20001)
     axes[0].plot(steps, [7e-4 * SCHEDULES["noam"](s, 4000, 20000, 0.0) for s in steps])
     axes[0].set(title="noam: the paper's base model (warmup 4000)", xlabel="step", ylabel="learning rate")
-    steps = range(1, 1501)
-    axes[1].plot(steps, [2e-3 * SCHEDULES["cosine"](s, 200, 1500, 0.0) for s in steps], color="tab:orange")
-    axes[1].set(title="cosine: the default experiment (warmup 200)", xlabel="step")
+    total = TrainerConfig().max_steps
+    warmup = auto_warmup(total)
+    steps = range(1, total + 1)
+    axes[1].plot(steps, [2e-3 * SCHEDULES["cosine"](s, warmup, total, 0.0) for s in steps], color="tab:orange")
+    axes[1].set(title=f"cosine: the default experiment (warmup {warmup})", xlabel="step")
     fig.tight_layout()
     fig.savefig(FIGURES / "warmup_schedule.png")
 

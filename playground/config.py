@@ -84,7 +84,7 @@ class SchedulerConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1500  # optimiser steps
+    max_steps: int = 500  # optimiser steps
     batch_size: int = 64  # sentence pairs per step (per process under torchrun)
     max_tokens: int = 0  # instead of batch_size: length-bucketed batches of at most this many padded tokens
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
@@ -93,7 +93,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     log_every: int = 50  # steps between train/* scalars (and the only host syncs of the loop)
     accumulate: int = 1  # batches whose gradients add up to one optimiser step (the loss is over all their tokens)
-    eval_every: int = 250  # steps between evaluations on the validation split (each saves last.pt)
+    eval_every: int = 100  # steps between evaluations on the validation split (each saves last.pt)
     monitor: Optional[str] = None  # the valid/* metric that picks best.pt; null: valid/bleu (text), valid/exact_match
     monitor_mode: Optional[str] = None  # max | min; null: from the metric (min for loss, nll, ppl, cer, wer)
     patience: int = 0  # stop after this many evaluations without a better monitor value (0 = off)

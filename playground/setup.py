@@ -123,7 +123,7 @@ def auto_lr(d_model: int) -> float:
 
 
 def auto_warmup(max_steps: int) -> int:
-    """scheduler.warmup_steps=null: the first 2/15 of the run (200 of the default 1500 steps), at most the
+    """scheduler.warmup_steps=null: the first 2/15 of the run (67 of the default 500 steps), at most the
     paper's 4000 (reached by runs of 30,000 steps or more)."""
     return max(1, min(PAPER_WARMUP, round(max_steps / 7.5)))
 

@@ -89,7 +89,7 @@ def test_starting_a_run_in_a_used_directory_leaves_its_checkpoints_alone(trained
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
 
 
-@pytest.mark.full  # 75 s alone: more than the suite's budget allows, so run on demand with `pytest -m full`
+@pytest.mark.full  # the whole default experiment: 25 s alone, 40 s beside the suite's other worker; `pytest -m full`
 def test_the_default_command_learns_to_reverse_sequences(tmp_path):
     result = run(f"hydra.run.dir={tmp_path}/default")
     assert result.returncode == 0, result.stderr

@@ -85,9 +85,9 @@ def test_the_learning_rate_and_warmup_follow_the_model_and_run_unless_given(comp
     assert "peak lr 0.00141 (automatic" in line and "warmup 400 steps (automatic" in line
     cfg = compose_config("model=small", "optimizer.lr=5e-4", "scheduler.warmup_steps=4000", "trainer.max_steps=100000")
     assert "(optimizer.lr)" in resolve_recipe(cfg, 100000) and (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (5e-4, 4000)
-    cfg = compose_config()  # the default experiment keeps its tuned 2e-3 and 200 warmup steps
+    cfg = compose_config()  # the default experiment: the tiny model's tuned 2e-3, warmup 500 / 7.5
     resolve_recipe(cfg, cfg.trainer.max_steps)
-    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-3, 200)
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-3, 67)
     with pytest.raises(UserError, match="give optimizer=sgd a learning rate"):
         resolve_recipe(compose_config("optimizer=sgd", "optimizer.lr=null"), 100)
 
