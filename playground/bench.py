@@ -4,6 +4,8 @@
     python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
     python -m playground.bench --only train --device cuda
     python -m playground.bench --size base --precision bf16 --compile   # the paper's base model, ~25k-token batches
+    python -m playground.bench --stack         # the fast pieces added one at a time: what each one is worth
+    python -m playground.bench --profile       # where the fast path's training step spends its time
 
 
 The playground model runs with trainer.kernels=fast (playground/kernels/). Prints target tokens per second,
@@ -26,6 +28,9 @@ from torch import nn
 from . import kernels
 from .data import EOS, MODEL_IDS, PAD
 from .model import build_model
+from .model.attention import MultiHeadAttention
+from .model.dropout import Dropout
+from .model.layers import PositionwiseFeedForward
 from .model.embeddings import sinusoid_table
 from .perf import matmul_peak, synchronize, training_flops
 from .setup import build_optimizer, cpu_computes_bf16, maybe_compile
@@ -150,13 +155,13 @@ def size_flops(size):
                           size["length"], size["length"])
 
 
-def train_step_fn(model, size, device, autocast, side):
+def train_step_fn(model, size, device, autocast, side, loss="fast"):
     """One training step as each side would write it. side "playground": its own optimizer (build_optimizer:
-    fused Adam) and the fast kernels' loss; "torch": torch.optim.Adam's defaults and F.cross_entropy; "torch-fused": the
+    fused Adam) and the loss of trainer.kernels=`loss`; "torch": torch.optim.Adam's defaults and F.cross_entropy; "torch-fused": the
     same with Adam(fused=True), nn.Transformer's best optimizer, so that the loss and the model are compared alone."""
     adam = SimpleNamespace(name="adam", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     if side == "playground":
-        optimizer, loss_fn = build_optimizer(adam, model.parameters(), device), kernels.loss_function("fast")
+        optimizer, loss_fn = build_optimizer(adam, model.parameters(), device), kernels.loss_function(loss)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=adam.lr, betas=adam.betas, eps=adam.eps,
                                      **({"fused": True} if side == "torch-fused" else {}))
@@ -203,6 +208,96 @@ def bench_training(device, precisions, sizes, compile=False):
     return rows
 
 
+# The fast pieces of playground/kernels/ added to the reference model one at a time (each rung keeps the ones
+# above it): the last rung is trainer.kernels=fast. The labels name what each piece replaces.
+STACK = [
+    ("reference model, fused Adam", None),
+    ("+ oneDNN linear (kernels/linear.py)", nn.Linear),
+    ("+ fused ReLU feed-forward (kernels/feed_forward.py)", PositionwiseFeedForward),
+    ("+ attention kernel (kernels/attention.py)", MultiHeadAttention),
+    ("+ 16-bit-mask dropout (kernels/dropout.py)", Dropout),
+    ("+ blockwise loss (kernels/loss.py) = fast", "loss"),
+]
+
+
+def stacked_model(size, pieces):
+    """The reference model with the fast class of each of `pieces` swapped in, as use_fast_kernels does for all."""
+    model = playground_model(size, kernels="reference")
+    for module in model.modules():
+        if type(module) in pieces:
+            module.__class__ = kernels.FAST_PIECES[type(module)]
+    return model
+
+
+def bench_stack(device, precisions, sizes):
+    """tokens/s of each rung of STACK beside nn.Transformer, timed in alternation."""
+    peaks = {p: matmul_peak(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in precisions}
+    for name in sizes:
+        size = SIZES[name]
+        tokens = size["batch"] * size["length"]
+        for precision in precisions:
+            autocast = (contextlib.nullcontext if precision == "fp32" else
+                        lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            torch.manual_seed(0)
+            torch_model = TorchTransformer(size["vocab"], size["d_model"], size["heads"], size["layers"], size["d_ff"])
+            steps = [train_step_fn(torch_model.to(device).train(), size, device, autocast, "torch")]
+            pieces = set()
+            for label, piece in STACK:
+                if piece is not None and piece != "loss":
+                    pieces.add(piece)
+                torch.manual_seed(0)
+                model = stacked_model(size, pieces).to(device).train()
+                steps.append(train_step_fn(model, size, device, autocast, "playground",
+                                           loss="fast" if piece == "loss" else "reference"))
+            rates = [tokens / seconds for seconds in timed_alternating(steps, device)]
+            del steps
+            print(f"\n{name} {precision}, {tokens} target tokens a step")
+            rows = [["", "tokens/s", "vs nn.Transformer", "MFU"],
+                    ["nn.Transformer, torch.optim.Adam", f"{rates[0]:,.0f}", "1.00x",
+                     f"{rates[0] * size_flops(size) / tokens / peaks[precision]:.1%}"]]
+            for (label, _), rate in zip(STACK, rates[1:]):
+                rows.append([label, f"{rate:,.0f}", f"{rate / rates[0]:.2f}x",
+                             f"{rate * size_flops(size) / tokens / peaks[precision]:.1%}"])
+            print_table(rows)
+
+
+MATRIX_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+
+
+def bench_profile(device, precisions, sizes, steps=3, top=12):
+    """The operations that take the fast path's training step's time (torch.profiler, self time, per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name in sizes:
+        size = SIZES[name]
+        for precision in precisions:
+            autocast = (contextlib.nullcontext if precision == "fp32" else
+                        lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            torch.manual_seed(0)
+            step = train_step_fn(playground_model(size).to(device).train(), size, device, autocast, "playground")
+            for _ in range(3):
+                step()
+            synchronize(device)
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    step()
+                synchronize(device)
+            events = prof.key_averages()
+            where = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            times = {e.key: getattr(e, where) / steps / 1e3 for e in events}  # ms per step
+            total = sum(times.values())
+            matrix = sum(t for key, t in times.items() if key in MATRIX_OPS)
+            print(f"\n{name} {precision}: {total:.1f} ms a step on the {'GPU' if device.type == 'cuda' else 'CPU'} "
+                  f"under the profiler; matrix products {matrix:.1f} ms ({matrix / total:.0%})")
+            rows = [["operation", "ms a step", "share", "calls a step"]]
+            counts = {e.key: e.count // steps for e in events}
+            for key, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+                rows.append([key[:60], f"{t:.1f}", f"{t / total:.1%}", str(counts[key])])
+            print_table(rows)
+            del step
+
+
 def bench_decoding(device, batch=32, src_len=32, new_tokens=64):
     size = dict(SIZES["d256"])
     torch.manual_seed(0)
@@ -228,6 +323,10 @@ def main(argv=None):
                         help="training precisions to measure (default: both)")
     parser.add_argument("--size", choices=list(SIZES), action="append",
                         help="training sizes to measure (default: d256 and d512, and base on a GPU)")
+    parser.add_argument("--stack", action="store_true",
+                        help="training with the fast pieces added one at a time (instead of the usual tables)")
+    parser.add_argument("--profile", action="store_true",
+                        help="the fast path's training step under torch.profiler: the operations its time goes to")
     parser.add_argument("--compile", action="store_true",
                         help="both models under torch.compile (as trainer.compile=true), compiled during the warm-up")
     args = parser.parse_args(argv)
@@ -239,6 +338,10 @@ def main(argv=None):
     if device.type == "cpu" and "bf16" in precisions and not cpu_computes_bf16():
         print("bf16: skipped, this CPU has no bf16 units (no AVX512-BF16 or AMX): emulated, it runs ~20x slower than fp32")
         precisions = [p for p in precisions if p != "bf16"]
+    if args.stack:
+        return bench_stack(device, precisions, args.size or ["d256", "d512"])
+    if args.profile:
+        return bench_profile(device, precisions, args.size or ["d256", "d512"])
     if args.only in (None, "train"):
         sizes = args.size or ["d256", "d512"] + (["base"] if device.type == "cuda" else [])
         rows += bench_training(device, precisions, sizes, args.compile)
@@ -250,8 +353,13 @@ def main(argv=None):
                          f"{ours / theirs:.2f}x", f"{ours / theirs_fused:.2f}x" if theirs_fused else "",
                          f"{mfu:.1%}" if mfu is not None else ""]
                         for label, theirs, theirs_fused, ours, mfu in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     print()
+    print_table(table)
+
+
+def print_table(table):
+    """A Markdown table: the first row the header, the first column left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for n, row in enumerate(table):
         print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |")
         if n == 0:

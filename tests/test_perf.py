@@ -28,3 +28,14 @@ def test_the_matmul_peak_is_a_positive_rate_and_leaves_the_random_stream_alone()
     peak = matmul_peak(torch.device("cpu"), torch.float32, seconds=0.05)
     assert peak > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_benchmark_stack_starts_at_the_reference_model_and_ends_at_the_fast_one():
+    from playground import bench
+
+    size = dict(d_model=16, heads=2, layers=1, d_ff=32, vocab=40, batch=2, length=4)
+    classes = lambda model: [type(module) for module in model.modules()]  # noqa: E731
+    assert classes(bench.stacked_model(size, set())) == classes(bench.playground_model(size, kernels="reference"))
+    every_piece = {piece for _, piece in bench.STACK if piece not in (None, "loss")}
+    assert classes(bench.stacked_model(size, every_piece)) == classes(bench.playground_model(size, kernels="fast"))
+    assert bench.STACK[-1][1] == "loss"  # the last rung adds the blockwise loss: trainer.kernels=fast in full
