@@ -24,6 +24,7 @@ from .errors import UserError
 from .evaluate import evaluate, text_metrics
 from .model import KERNELS, build_model
 from .perf import matmul_peak, training_flops
+from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile, resolve_device,
                     resolve_precision, resolve_recipe)
 from .tracking import Tracker
@@ -227,7 +228,15 @@ def run_train(cfg, run_dir: Path) -> dict:
     recipe = resolve_recipe(cfg, t.max_steps, resume["config"] if resume else None)
     if d.is_main:
         log.info(recipe)
-    data = load_data(cfg.dataset)
+    config = _saved_config(cfg)
+    fingerprint = data_fingerprint(config["dataset"])  # checkpoints record it: a resumed run reads the same data
+    if resume is not None:
+        changes = check_resume(cfg.ckpt_path, resume["config"], config, resume.get("data"), fingerprint,
+                               t.resume_override)
+        if changes and d.is_main:
+            log.warning(f"trainer.resume_override=true: resuming with {'; '.join(changes)}")
+    # a resumed run keeps its checkpoint's vocabularies, whatever the training file holds now
+    data = load_data(cfg.dataset, tokenizers=_checkpoint_tokenizers(resume) if resume else None)
     torch.manual_seed(cfg.seed)
     check_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     _prepare_kernels(t.kernels, device, t.precision)
@@ -238,7 +247,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
     start_step, position, best, best_weights = 0, 0, {}, None  # best: the valid metrics of the best evaluation
     if resume is not None:
-        start_step, position = _restore(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d)
+        start_step, position = _restore(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d, cfg.seed)
+        if cfg.optimizer.lr != resume["config"]["optimizer"]["lr"]:  # allowed by trainer.resume_override
+            apply_learning_rate(optimizer, scheduler, cfg.optimizer.lr)
         best = dict(resume.get("best", best))
         _restore_monitor(monitor, resume, best)
         best_file = Path(cfg.ckpt_path).with_name("best.pt")
@@ -252,10 +263,6 @@ def run_train(cfg, run_dir: Path) -> dict:
              f"{f'; resuming at step {start_step}' if resume else ''}")
 
     tracker = Tracker(run_dir, enabled=d.is_main)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("train_file", "valid_file", "test_file", "hub_name"):  # eval and translate run from anywhere
-        if config["dataset"].get(key) and Path(config["dataset"][key]).exists():
-            config["dataset"][key] = str(Path(config["dataset"][key]).resolve())
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()
@@ -276,7 +283,7 @@ def run_train(cfg, run_dir: Path) -> dict:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "data_position": batches.position, "rng": rngs,
                 "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best),
-                "monitor": monitor.state_dict()})
+                "monitor": monitor.state_dict(), "data": fingerprint})
 
     def on_eval(step) -> bool:
         nonlocal best_weights
@@ -331,7 +338,21 @@ def run_train(cfg, run_dir: Path) -> dict:
     return flat
 
 
-def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist):
+def _saved_config(cfg) -> dict:
+    """The run's config as checkpoints record it, with the data files' absolute paths: eval and translate run
+    from anywhere, and resume compares it with the new run's."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("train_file", "valid_file", "test_file", "hub_name"):
+        if config["dataset"].get(key) and Path(config["dataset"][key]).exists():
+            config["dataset"][key] = str(Path(config["dataset"][key]).resolve())
+    return config
+
+
+def _checkpoint_tokenizers(state) -> tuple:
+    return tuple(tokenizer_from_dict(state["tokenizers"][side]) for side in ("src", "tgt"))
+
+
+def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed: int):
     """Put a training checkpoint's weights, optimiser, schedule and random generators back; return (step, data position)."""
     if "optimizer" not in state or "data_position" not in state:
         raise UserError(f"ckpt_path={path} holds weights only, not a training state to resume from")
@@ -348,7 +369,10 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist):
         raise UserError(f"ckpt_path={path} is at step {state['step']}, and trainer.max_steps={t.max_steps}: "
                         f"raise trainer.max_steps to train further")
     rngs = state["rng"]
-    set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+    if check_world_size(path, len(rngs), d.world_size, t.resume_override):
+        set_rng_state(rngs[d.rank])  # each process its own generators back: the run continues exactly
+    else:
+        torch.manual_seed(seed + 1000 * state["step"] + d.rank)  # a fresh random state for each process
     return state["step"], state["data_position"]
 
 

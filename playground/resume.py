@@ -1,0 +1,98 @@
+"""Resuming safely: a run resumed from a checkpoint continues the checkpoint's experiment or says why not.
+
+A resumed run may change how long it trains, how often it logs, evaluates and saves, how it runs
+(kernels, device, precision, compile) and how it evaluates (RESUME_MAY_CHANGE). A change to anything else
+(the model, the data, the optimiser, the schedule, the batch, the seed), a data file whose content changed,
+or another number of processes is refused in one line naming it, unless trainer.resume_override=true,
+with which the run resumes and the log lists what changed.
+"""
+
+import hashlib
+from pathlib import Path
+
+from .errors import UserError
+
+# model.attention: the retired sdpa|math switch, now the execution setting trainer.kernels
+RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "model.attention"} | {f"trainer.{key}" for key in (
+    "max_steps", "log_every", "eval_every", "checkpoint_every", "kernels", "device", "precision", "compile",
+    "eval_batch_size", "beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples", "patience",
+    "keep_last", "on_nonfinite", "monitor", "monitor_mode", "resume_override")}
+DATA_FILES = ("train_file", "valid_file", "test_file")
+OVERRIDE = "trainer.resume_override=true resumes anyway"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"heads": 4}} -> {"model.heads": 4}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def data_fingerprint(dataset: dict) -> dict:
+    """The size and SHA-256 of each data file the dataset config names (what the run trains and evaluates on)."""
+    prints = {}
+    for key in DATA_FILES:
+        path = dataset.get(key)
+        if path and Path(path).is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            prints[key] = {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+    return prints
+
+
+def config_changes(saved: dict, config: dict) -> list:
+    """'key=new (the checkpoint: old)' for each key both configs hold whose value differs, except those in
+    RESUME_MAY_CHANGE (a key only one side holds belongs to another version of the playground: not compared)."""
+    before, now = _flat(saved), _flat(config)
+    return [f"{key}={now[key]} (the checkpoint: {before[key]})" for key in sorted(before.keys() & now.keys())
+            if key not in RESUME_MAY_CHANGE and before[key] != now[key]]
+
+
+def data_changes(saved: dict, now: dict) -> list:
+    """A line for each data file whose content differs from the checkpoint's record of it (none recorded: none)."""
+    changes = []
+    for key, record in (saved or {}).items():
+        current = now.get(key)
+        if current is None:
+            changes.append(f"dataset.{key}={record['path']} is not there any more")
+        elif current["sha256"] != record["sha256"]:
+            changes.append(f"dataset.{key}={current['path']} has changed since the checkpoint was written "
+                           f"({record['bytes']:,} bytes then, {current['bytes']:,} now; compared by SHA-256)")
+    return changes
+
+
+def check_resume(path, saved_config: dict, config: dict, saved_data: dict, data: dict, override: bool) -> list:
+    """Refuse to resume checkpoint `path` into a different experiment, in one line; with override, return the
+    changes for the log instead."""
+    changes = config_changes(saved_config, config) + data_changes(saved_data, data)
+    if changes and not override:
+        what = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise UserError(f"ckpt_path={path} was trained differently: {what}. Resuming would continue another "
+                        f"experiment than it began ({OVERRIDE}, or start a new run without ckpt_path)")
+    return changes
+
+
+def check_world_size(path, saved: int, world_size: int, override: bool) -> bool:
+    """Whether each process can take back its own random state: a checkpoint written by another number of
+    processes is refused, or with override resumed with fresh random states (returns False)."""
+    if saved == world_size:
+        return True
+    if not override:
+        raise UserError(f"ckpt_path={path} was written by {saved} process{'es' * (saved != 1)} and this run has "
+                        f"{world_size}: resume with {saved} (torchrun --nproc_per_node={saved}) to continue exactly "
+                        f"({OVERRIDE}, each process with a fresh random state)")
+    return False
+
+
+def apply_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """Make a changed optimizer.lr the schedule's peak: a restored LambdaLR would otherwise keep the old one."""
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)

@@ -1,0 +1,91 @@
+"""A resumed run continues the experiment its checkpoint began, or says in one line why it cannot."""
+
+import logging
+
+import pytest
+import torch
+
+from playground import experiment
+from playground.data.toy_corpus import make_pairs, write
+from playground.errors import UserError
+from playground.resume import check_world_size
+from test_reliability import FAST
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """last.pt of 8 steps of the small synthetic run, trained in this process."""
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*FAST, "trainer.max_steps=8", "trainer.eval_every=8"])
+    run_dir = tmp_path_factory.mktemp("first")
+    experiment.run_train(cfg, run_dir)
+    return run_dir / "checkpoints" / "last.pt"
+
+
+@pytest.mark.parametrize("override, saved", [
+    ("model.heads=1", "2"), ("model.norm_position=pre", "post"), ("model.activation=gelu", "relu"),
+    ("model.positional=learned", "sinusoidal"), ("model.dropout=0.3", "0.0"), ("trainer.batch_size=8", "16"),
+    ("trainer.label_smoothing=0.0", "0.1"), ("scheduler=noam", "cosine"), ("seed=7", "1234"),
+    ("dataset.num_train=200", "300")])
+def test_a_resume_into_another_experiment_is_refused_naming_what_differs(compose_config, checkpoint, tmp_path,
+                                                                         override, saved):
+    key, value = override.split("=")
+    key = {"scheduler": "scheduler.name"}.get(key, key)
+    with pytest.raises(UserError, match=rf"^ckpt_path=.*last.pt was trained differently: {key}={value} \(the "
+                                        rf"checkpoint: {saved}\)\. .*trainer.resume_override=true resumes anyway"):
+        experiment.run_train(compose_config(*FAST, override, "trainer.max_steps=16", f"ckpt_path={checkpoint}"),
+                             tmp_path / "resumed")
+    assert not (tmp_path / "resumed").exists()  # refused before anything was written
+
+
+def test_a_resume_may_train_longer_and_change_how_it_runs(compose_config, checkpoint, tmp_path):
+    flat = experiment.run_train(compose_config(*FAST, "trainer.max_steps=12", "trainer.eval_every=2",
+                                               "trainer.kernels=fast", "trainer.precision=fp32",
+                                               f"ckpt_path={checkpoint}"), tmp_path / "resumed")
+    assert flat["last_step"] == 12
+
+
+def test_resume_override_applies_a_new_learning_rate_and_logs_every_change(compose_config, checkpoint, tmp_path,
+                                                                          caplog):
+    caplog.set_level(logging.WARNING)
+    experiment.run_train(compose_config(*FAST, "optimizer.lr=0.01", "trainer.batch_size=8", "trainer.max_steps=12",
+                                        "trainer.resume_override=true", f"ckpt_path={checkpoint}"), tmp_path / "r")
+    assert "trainer.resume_override=true: resuming with optimizer.lr=0.01 (the checkpoint: 0.00565" in caplog.text
+    assert "trainer.batch_size=8 (the checkpoint: 16)" in caplog.text
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["scheduler"]["base_lrs"] == [0.01]  # the restored schedule peaks at the new rate, not the old
+
+
+def test_a_changed_training_file_is_refused_and_an_overridden_resume_keeps_the_checkpoints_vocabulary(
+        compose_config, tmp_path, caplog):
+    pairs = make_pairs(300, seed=5)
+    write(pairs[:260], tmp_path / "train.tsv", "tsv")
+    write(pairs[260:], tmp_path / "test.tsv", "tsv")
+    text = ["dataset=text_pairs", f"dataset.train_file={tmp_path}/train.tsv", f"dataset.test_file={tmp_path}/test.tsv",
+            "dataset.tokenizer=word", "dataset.vocab_size=300", "model.d_model=16", "model.d_ff=32", "model.heads=2",
+            "model.enc_layers=1", "model.dec_layers=1", "trainer.batch_size=16", "trainer.eval_every=4"]
+    experiment.run_train(compose_config(*text, "trainer.max_steps=4"), tmp_path / "first")
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    with open(tmp_path / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("zebras quietly juggle\tle zebre giocolano piano\n")  # words the checkpoint's vocabulary lacks
+    with pytest.raises(UserError, match=r"dataset.train_file=.*train.tsv has changed since the checkpoint was "
+                                        r"written \([0-9,]+ bytes then, [0-9,]+ now; compared by SHA-256\)"):
+        experiment.run_train(compose_config(*text, "trainer.max_steps=8", f"ckpt_path={last}"), tmp_path / "refused")
+    caplog.set_level(logging.WARNING)
+    experiment.run_train(compose_config(*text, "trainer.max_steps=8", "trainer.resume_override=true",
+                                        f"ckpt_path={last}"), tmp_path / "resumed")
+    assert "has changed since the checkpoint was written" in caplog.text
+    before = torch.load(last, weights_only=False)["tokenizers"]
+    after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["tokenizers"]
+    assert after == before  # not retrained on the changed file: the weights' rows still mean the same tokens
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused_or_resumed_with_fresh_random_states():
+    assert check_world_size("last.pt", 2, 2, override=False)
+    with pytest.raises(UserError, match=r"^ckpt_path=last.pt was written by 2 processes and this run has 1: resume "
+                                        r"with 2 \(torchrun --nproc_per_node=2\) to continue exactly"):
+        check_world_size("last.pt", 2, 1, override=False)
+    assert not check_world_size("last.pt", 1, 2, override=True)  # each process then seeds its own generators
