@@ -99,7 +99,7 @@ class TrainerConfig:
     patience: int = 0  # stop after this many evaluations without a better monitor value (0 = off)
     keep_last: int = 0  # keep the last K evaluations' checkpoints (checkpoints/step_N.pt) for mode=average
     checkpoint_every: int = 0  # also save last.pt every this many steps (0 = only at evaluations)
-    on_nonfinite: str = "stop"  # a NaN/inf loss: stop (with the step and lr) | skip (that step; syncs every step)
+    on_nonfinite: str = "stop"  # NaN/inf: stop (naming step and lr) | skip (the update; gradients too; syncs each step)
     kernels: str = "reference"  # reference (playground/model/ as written) | fast (playground/kernels/ drop-ins)
     compile: bool = False  # torch.compile the model for training (inductor); falls back to eager with a message
     eval_batch_size: int = 500  # sentence pairs per evaluation batch

@@ -323,7 +323,14 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
-    metrics, _, hypotheses = evaluate_split("test")
+    try:
+        metrics, _, hypotheses = evaluate_split("test")
+    except KeyboardInterrupt:  # training is over and saved: say where, and how to test it later
+        tracker.close()
+        best_file = (ckpt_dir / ("best.pt" if (ckpt_dir / "best.pt").exists() else "last.pt")).resolve()
+        raise Interrupted(f"stopped by SIGINT during the final test evaluation (no metrics.json); the checkpoints "
+                          f"are in {ckpt_dir.resolve()}\ntest them with: python transformer_playground.py mode=eval "
+                          f"ckpt_path={best_file}", 130) from None
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, last)
     tracker.close()
     valid = {f"valid/{k}": v for k, v in best.items() if k != "step"}  # the chosen weights' validation scores

@@ -227,15 +227,15 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
                 scaler.scale(part).backward()
             loss = part.detach() if loss is None else loss + part.detach()
             window.count(data, rows, src, tgt_in)
-        if nonfinite.skip(loss, step):  # on_nonfinite=skip and the loss is not finite: no update
-            tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)
-            bar.update(1)
-            continue
         grad_norm = _clip_gradients(run, settings.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        window.add(loss)
+        if nonfinite.skip(loss, grad_norm, step):  # on_nonfinite=skip: no update, but the step's evaluation,
+            tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)  # checkpoint and stop check happen
+            grad_norm = None
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            window.add(loss)
         bar.update(1)
         last = step == settings.max_steps
         if step % settings.log_every == 0 or last:
@@ -283,6 +283,13 @@ def _clip_gradients(run: Training, max_norm: float):
     run.scaler.unscale_(run.optimizer)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def _gradient_norm(run: Training):
+    """The global gradient norm, unscaled (fp16), without clipping: a device tensor."""
+    run.scaler.unscale_(run.optimizer)
+    grads = [p.grad for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 def _stop_requested(dist: Dist, stop, step: int, log_every: int, device) -> bool:
@@ -352,12 +359,16 @@ class NonFinite:
         self.run, self.mode, self.skipped = run, mode, 0
         self.first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
 
-    def skip(self, loss, step: int) -> bool:
-        """Whether to skip this step: only with on_nonfinite=skip, which waits for the device every step."""
+    def skip(self, loss, grad_norm, step: int) -> bool:
+        """Whether to skip this step's update: only with on_nonfinite=skip (which waits for the device every
+        step), when the loss or any gradient is not finite on any process (all of them skip together)."""
         if self.mode != "skip":
             self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
             return False
-        finite = sum_across(self.run.dist, torch.isfinite(loss.detach()).float()) == self.run.dist.world_size
+        if grad_norm is None:  # trainer.grad_clip=0: the norm was not needed for clipping
+            grad_norm = _gradient_norm(self.run)
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        finite = sum_across(self.run.dist, finite.float()) == self.run.dist.world_size
         self.skipped += int(not finite)
         return not finite
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from playground import experiment
@@ -106,3 +107,76 @@ def test_two_processes_under_torchrun_write_one_run_directory(tmp_path):
     assert not (tmp_path / "outputs").exists()  # the other rank made no run directory of its own
     assert "2 processes" in (run_dir / "transformer_playground.log").read_text()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["data_position"] == 20
+
+
+def test_a_skipped_step_is_still_evaluated_and_saved(compose_config, tmp_path):
+    # after the first update at lr 1e12 every loss is not finite: steps 3 and 6 are skipped, and still evaluated
+    experiment.run_train(compose_config(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0",
+                                        "trainer.max_steps=6", "trainer.eval_every=3", "trainer.on_nonfinite=skip"),
+                         tmp_path / "skip")
+    events = EventAccumulator(str(tmp_path / "skip")).Reload()
+    assert [e.step for e in events.Scalars("train/skipped_steps")][-2:] == [5, 6]
+    assert [e.step for e in events.Scalars("valid/loss")] == [3, 6]
+    assert torch.load(tmp_path / "skip" / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_skip_mode_skips_a_step_whose_gradients_are_not_finite_though_its_loss_is(compose_config, tmp_path):
+    from conftest import build
+    from playground.data import MODEL_IDS, load_data
+    from playground.kernels import loss_function
+    from playground.setup import build_optimizer, build_scheduler, resolve_recipe
+    from playground.tracking import Tracker
+    from playground.train import BatchStream, Training, train
+
+    cfg = compose_config(*FAST, "trainer.max_steps=3", "trainer.eval_every=1", "trainer.on_nonfinite=skip",
+                         "trainer.precision=fp32")
+    data = load_data(cfg.dataset)
+    model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    resolve_recipe(cfg, 3)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
+    run_ = Training(model=model, optimizer=optimizer, scheduler=build_scheduler(cfg.scheduler, optimizer, 3),
+                    scaler=torch.amp.GradScaler("cpu", enabled=False), loss_fn=loss_function("reference"),
+                    pad_id=MODEL_IDS["pad_id"], device=torch.device("cpu"))
+    backward_passes = []
+
+    def poison_the_second(grad):  # the second step's output-layer gradient turns NaN; its loss stays finite
+        backward_passes.append(step := len(backward_passes) + 1)
+        return grad * float("nan") if step == 2 else grad
+
+    model.generator.weight.register_hook(poison_the_second)
+    weights = []
+
+    def on_eval(step):
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        return False
+
+    settings = OmegaConf.to_object(cfg.trainer)
+    train(run_, settings, data.splits["train"], BatchStream(data.splits["train"], settings.batch_size, cfg.seed),
+          Tracker(tmp_path, enabled=False), on_eval, lambda step: None)
+    after_1, after_2, after_3 = weights
+    assert all(torch.equal(after_2[k], after_1[k]) for k in after_1)  # step 2 changed nothing
+    assert all(torch.isfinite(w).all() for w in after_3.values())
+    assert not all(torch.equal(after_3[k], after_2[k]) for k in after_2)  # step 3 trained again
+
+
+def test_ctrl_c_during_the_final_test_evaluation_exits_130_keeping_the_checkpoints(compose_config, tmp_path,
+                                                                                    monkeypatch):
+    evaluate = experiment.evaluate
+
+    calls = []
+
+    def interrupted_on_test(*args, **kwargs):  # the first call is the evaluation on valid at step 4; then the test
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate", interrupted_on_test)
+    with pytest.raises(experiment.Interrupted) as stopped:
+        experiment.run_train(compose_config(*FAST, "trainer.max_steps=4", "trainer.eval_every=4"), tmp_path / "r")
+    assert stopped.value.exit_code == 130
+    message = str(stopped.value)
+    assert message.startswith("stopped by SIGINT during the final test evaluation (no metrics.json)")
+    assert f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in message
+    assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "r" / "metrics.json").exists()
