@@ -72,6 +72,31 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def load_to_resume(path) -> dict:
+    """load_checkpoint for resuming: where the file is there but unreadable, the message names the newest
+    readable training checkpoint beside it (the step_N.pt kept by trainer.keep_last, best.pt) to resume from."""
+    try:
+        return load_checkpoint(path)
+    except UserError as e:
+        path = Path(path)
+        if not path.is_file():
+            raise
+        readable = []
+        for other in sorted(path.parent.glob("*.pt"), key=lambda p: (not p.name.startswith("step_"), p.name)):
+            if other.resolve() != path.resolve():
+                try:
+                    state = load_checkpoint(other)
+                except UserError:
+                    continue
+                if "optimizer" in state:  # a training state, not averaged weights
+                    readable.append((state["step"], other))
+        if not readable:
+            raise UserError(f"{e}, and no readable training checkpoint is beside it") from None
+        step, newest = max(readable, key=lambda found: found[0])  # the first of the newest: a step_N.pt
+        raise UserError(f"{e}; the newest readable checkpoint beside it is {newest.name} (step {step}): resume "
+                        f"from it with ckpt_path={newest.resolve()}") from None
+
+
 def check_same_parameters(own: dict, state_dict: dict, path, what="this model") -> None:
     """Refuse a state dict whose parameter names or shapes differ from `own`'s (those of `what`), naming the first."""
     for name, tensor in state_dict.items():

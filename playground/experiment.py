@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
+                         rng_state, save_checkpoint, set_rng_state)
 from .config import Config, check_lengths, check_model
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
@@ -224,7 +224,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         raise UserError(f"{run_dir} already holds a run's checkpoints: refusing to overwrite them "
                         f"(give this run its own directory with hydra.run.dir=...)")
     autocast = autocast_for(device, t.precision)
-    resume = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    resume = load_to_resume(cfg.ckpt_path) if cfg.ckpt_path else None
     recipe = resolve_recipe(cfg, t.max_steps, resume["config"] if resume else None)
     if d.is_main:
         log.info(recipe)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,14 @@ def test_data_longer_than_the_model_positions_is_refused_before_any_data_is_read
     with pytest.raises(UserError, match=rf"^{message} \(raise model.max_len or lower dataset"):
         run_train(compose_config(*overrides), tmp_path / "run")  # nowhere.tsv would be "no such file"
     assert not (tmp_path / "run").exists()
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_default_directories():
+    from hydra import compose, initialize_config_dir
+
+    dirs = []
+    for _ in range(2):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            dirs.append(compose(config_name="config", return_hydra_config=True).hydra.run.dir)
+    assert dirs[0] != dirs[1]
+    assert all(re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d\.\d{6}", d) for d in dirs), dirs

@@ -89,3 +89,21 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused_or_resumed_with_
                                         r"with 2 \(torchrun --nproc_per_node=2\) to continue exactly"):
         check_world_size("last.pt", 2, 1, override=False)
     assert not check_world_size("last.pt", 1, 2, override=True)  # each process then seeds its own generators
+
+
+def test_an_unreadable_last_checkpoint_names_the_newest_readable_one_beside_it(compose_config, tmp_path):
+    experiment.run_train(compose_config(*FAST, "trainer.max_steps=8", "trainer.eval_every=4", "trainer.keep_last=2"),
+                         tmp_path / "first")
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()  # a new file: step_8.pt, a hard link to the old last.pt, keeps its content
+    last.write_bytes(data[: len(data) // 2])  # as a crash or a full disk mid-copy would leave it
+    with pytest.raises(UserError) as refused:
+        experiment.run_train(compose_config(*FAST, "trainer.max_steps=12", f"ckpt_path={last}"), tmp_path / "r")
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={last}: not a readable checkpoint")
+    newest = tmp_path / "first" / "checkpoints" / "step_8.pt"
+    assert message.endswith(f"the newest readable checkpoint beside it is step_8.pt (step 8): resume from it with "
+                            f"ckpt_path={newest}")
+    flat = experiment.run_train(compose_config(*FAST, "trainer.max_steps=12", f"ckpt_path={newest}"), tmp_path / "r")
+    assert flat["last_step"] == 12
