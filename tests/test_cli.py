@@ -80,13 +80,18 @@ def test_an_unknown_key_is_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_starting_a_run_in_a_used_directory_leaves_its_checkpoints_alone(trained_run):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_starting_a_run_in_a_used_directory_changes_nothing_there(trained_run, mode):
     run_dir, _ = trained_run
-    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
-    result = run(*SMALL, f"hydra.run.dir={run_dir}")
+    files = [run_dir / "checkpoints" / "last.pt", run_dir / "metrics.json", run_dir / ".hydra" / "config.yaml",
+             run_dir / ".hydra" / "overrides.yaml"]
+    before = [f.read_bytes() for f in files]
+    ckpt = [f"ckpt_path={run_dir}/checkpoints/best.pt"] if mode == "eval" else []
+    result = run(*SMALL, f"mode={mode}", *ckpt, "trainer.max_steps=99", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
-    assert "refusing to overwrite" in result.stderr
-    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    assert result.stderr == (f"error: {run_dir} already holds a run (checkpoints): refusing to write into it (give "
+                             f"this run its own directory with hydra.run.dir=...)\n")
+    assert [f.read_bytes() for f in files] == before  # .hydra/ included: Hydra had not written it yet
 
 
 @pytest.mark.full  # the whole default experiment: 25 s alone, 40 s beside the suite's other worker; `pytest -m full`
