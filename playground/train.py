@@ -96,7 +96,8 @@ class BatchStream:
             self._end = start + len(batches) // self.world_size
         step_in_epoch = self.position - self._start
         self.position += 1
-        return self._batches[step_in_epoch * self.world_size + self.rank]
+        self.shards = self._batches[step_in_epoch * self.world_size:(step_in_epoch + 1) * self.world_size]
+        return self.shards[self.rank]  # shards: every process's rows of this batch, for the global token count
 
 
 VALID_METRICS = ("loss", "nll", "ppl", "token_accuracy", "exact_match", "bleu", "chrf", "cer", "wer")
@@ -210,10 +211,17 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
     step = start_step
     for step in range(start_step + 1, settings.max_steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        micro = [next(batches) for _ in range(accumulate)]
-        # the loss of a step is the mean over every target token of its batches: each batch's mean, weighted by
-        # its share of the tokens (counted from lengths kept on the host: no device sync)
-        tokens = [int(data.tgt_lengths[rows].sum()) - len(rows) for rows in micro] if accumulate > 1 else None
+        micro, shards = [], []
+        for _ in range(accumulate):
+            micro.append(next(batches))
+            shards += batches.shards
+        # the loss of a step is the mean over every target token of its batches in every process: each batch's
+        # mean, weighted by its share of those tokens (counted from lengths kept on the host: no device sync), times
+        # the number of processes, whose gradients DDP averages
+        weights = None
+        if accumulate > 1 or run.dist.world_size > 1:
+            total = sum(_target_tokens(data, rows) for rows in shards)
+            weights = [_target_tokens(data, rows) * run.dist.world_size / total for rows in micro]
         loss = None
         for i, rows in enumerate(micro):
             src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
@@ -222,8 +230,8 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
                 with run.autocast():
                     logits = model(src, tgt_in)  # (B, T, V)
                 part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
-                if tokens:
-                    part = part * (tokens[i] / sum(tokens))
+                if weights:
+                    part = part * weights[i]
                 scaler.scale(part).backward()
             loss = part.detach() if loss is None else loss + part.detach()
             window.count(data, rows, src, tgt_in)
@@ -260,6 +268,11 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             break
     bar.close()
     return step
+
+
+def _target_tokens(data, rows) -> int:
+    """The target tokens the loss counts in these rows (BOS is input only), from the lengths on the host."""
+    return int(data.tgt_lengths[rows].sum()) - len(rows)
 
 
 def _gradients_stay_local(model, local: bool):

@@ -180,3 +180,23 @@ def test_ctrl_c_during_the_final_test_evaluation_exits_130_keeping_the_checkpoin
     assert f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in message
     assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
+    # one thread everywhere (torchrun's own default): the sums are then ordered alike, the processes aside
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
+    common = [o for o in FAST if not o.startswith("trainer.batch_size")] + [
+        "model.dropout=0.0", "trainer.precision=fp32", "trainer.device=cpu", "trainer.log_every=1",
+        "trainer.max_steps=8", "trainer.eval_every=8"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", ENTRY, *common,
+                          "trainer.batch_size=8", f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, ENTRY, *common, "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/one"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    together, alone = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert sorted(together) == sorted(alone) == list(range(1, 9))
+    torch.testing.assert_close(torch.tensor([together[s] for s in range(1, 9)]),
+                               torch.tensor([alone[s] for s in range(1, 9)]), rtol=1e-5, atol=0)
