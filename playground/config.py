@@ -108,6 +108,7 @@ class TrainerConfig:
     max_len_a: float = 1.2  # decode at most a * source_length + b tokens
     max_len_b: int = 10
     num_samples: int = 4  # source / reference / prediction triples shown at each evaluation
+    auto_resume: bool = False  # resume from this run directory's own checkpoints/last.pt if it has one (a requeued job)
     resume_override: bool = False  # resume (ckpt_path) even with another model, data or recipe; the log lists the changes
 
 

@@ -198,8 +198,13 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-def _resume_command(ckpt: Path) -> str:
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+def _resume_command(ckpt: Path, auto_resume: bool) -> str:
+    overrides = HydraConfig.get().overrides.task
+    if auto_resume:  # the same command again, into the same directory (HydraConfig: this run's own)
+        run_dir = HydraConfig.get().runtime.output_dir
+        return " ".join(["python transformer_playground.py", *overrides] +
+                        ([] if any(o.startswith("hydra.run.dir=") for o in overrides) else [f"hydra.run.dir={run_dir}"]))
+    overrides = [o for o in overrides if not o.startswith("ckpt_path=")]
     return " ".join(["python transformer_playground.py", *overrides, f"ckpt_path={ckpt}"])
 
 
@@ -220,7 +225,12 @@ def run_train(cfg, run_dir: Path) -> dict:
     t.precision = cfg.trainer.precision = resolve_precision(device, t.precision)  # checkpoints record the one used
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
     ckpt_dir = run_dir / "checkpoints"
-    if (ckpt_dir / "last.pt").exists():
+    in_place = t.auto_resume and not cfg.ckpt_path and (ckpt_dir / "last.pt").exists()
+    if in_place:  # a requeued job: this run directory's own last checkpoint, continued where it is
+        cfg.ckpt_path = str((ckpt_dir / "last.pt").resolve())
+        if d.is_main:
+            log.info(f"trainer.auto_resume=true: resuming this run directory from {cfg.ckpt_path}")
+    elif (ckpt_dir / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run's checkpoints: refusing to overwrite them "
                         f"(give this run its own directory with hydra.run.dir=...)")
     autocast = autocast_for(device, t.precision)
@@ -273,7 +283,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         for side, tokenizer in (("src", data.src_tokenizer), ("tgt", data.tgt_tokenizer)):
             if hasattr(tokenizer, "tokenizer"):
                 tokenizer.tokenizer.save(str(run_dir / f"tokenizer_{side}.json"))
-    if d.is_main and best_weights is not None:  # the new run directory holds its own best weights too
+    if d.is_main and best_weights is not None and not in_place:  # the new run directory holds its own best weights
         save_checkpoint(ckpt_dir / "best.pt", {**resume, "model": best_weights})
 
     def save(step, metrics=None, name="last.pt"):
@@ -319,7 +329,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()
         raise Interrupted(f"stopped at step {last} by {signal.Signals(stop.signal).name}; saved {ckpt}\n"
-                          f"resume with: {_resume_command(ckpt)}", 128 + stop.signal)
+                          f"resume with: {_resume_command(ckpt, t.auto_resume)}", 128 + stop.signal)
 
     if best_weights is not None:
         model.load_state_dict(best_weights)

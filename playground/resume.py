@@ -16,7 +16,7 @@ from .errors import UserError
 RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "model.attention"} | {f"trainer.{key}" for key in (
     "max_steps", "log_every", "eval_every", "checkpoint_every", "kernels", "device", "precision", "compile",
     "eval_batch_size", "beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples", "patience",
-    "keep_last", "on_nonfinite", "monitor", "monitor_mode", "resume_override")}
+    "keep_last", "on_nonfinite", "monitor", "monitor_mode", "resume_override", "auto_resume")}
 DATA_FILES = ("train_file", "valid_file", "test_file")
 OVERRIDE = "trainer.resume_override=true resumes anyway"
 

@@ -23,6 +23,8 @@ class RunDirectoryGuard(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         folder = Path(config.hydra.run.dir)
+        if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
+            return  # a requeued job resuming itself: the one used directory a run may write into
         found = run_file_in(folder) if folder.is_dir() else None
         if found:
             print(f"error: {folder} already holds a run ({found}): refusing to write into it (give this run its own "

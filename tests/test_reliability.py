@@ -200,3 +200,26 @@ def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
     assert sorted(together) == sorted(alone) == list(range(1, 9))
     torch.testing.assert_close(torch.tensor([together[s] for s in range(1, 9)]),
                                torch.tensor([alone[s] for s in range(1, 9)]), rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(tmp_path):
+    common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=10", "trainer.log_every=1",
+              "trainer.max_steps=60", "trainer.eval_every=30", "trainer.checkpoint_every=5", "trainer.auto_resume=true"]
+    whole = run(*common, f"hydra.run.dir={tmp_path}/whole")
+    assert whole.returncode == 0, whole.stderr
+    job = tmp_path / "job"
+    process = start(*common, f"hydra.run.dir={job}")  # SLURM warns a job with SIGUSR2, then requeues it
+    wait_for(job / "checkpoints" / "last.pt", process)
+    process.send_signal(signal.SIGUSR2)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 140, stderr
+    stopped_at = torch.load(job / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert f"resume with: python transformer_playground.py {' '.join(common)} hydra.run.dir={job}" in stderr
+    requeued = run(*common, f"hydra.run.dir={job}")  # the same command, into the same directory
+    assert requeued.returncode == 0, requeued.stderr
+    assert f"trainer.auto_resume=true: resuming this run directory from {job / 'checkpoints' / 'last.pt'}" in \
+        requeued.stderr + requeued.stdout
+    expected, got = losses(tmp_path / "whole"), losses(job)
+    assert stopped_at < 60 and sorted(got) == list(range(1, 61))
+    assert [got[s] for s in range(1, 61)] == [expected[s] for s in range(1, 61)]  # bit for bit, both segments
