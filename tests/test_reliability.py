@@ -1,6 +1,5 @@
 """A run survives interruption, resumes exactly, refuses garbage, and scales to several processes."""
 
-import json
 import os
 import signal
 import subprocess
@@ -92,23 +91,6 @@ def test_skipping_non_finite_steps_lets_the_run_finish_and_counts_them(compose_c
     assert skipped[-1].value >= 1
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun_write_one_run_directory(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", ENTRY, *FAST,
-                             "trainer.max_steps=20", "trainer.eval_every=10", f"hydra.run.dir={tmp_path}/ddp"],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "ddp"
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # only rank 0 logs
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["step"] in (10, 20)
-    assert not (tmp_path / "outputs").exists()  # the other rank made no run directory of its own
-    assert "2 processes" in (run_dir / "transformer_playground.log").read_text()
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["data_position"] == 20
-
-
 def test_a_skipped_step_is_still_evaluated_and_saved(compose_config, tmp_path):
     # after the first update at lr 1e12 every loss is not finite: steps 3 and 6 are skipped, and still evaluated
     experiment.run_train(compose_config(*FAST, "optimizer.lr=1e12", "scheduler=constant", "trainer.grad_clip=0",
@@ -180,46 +162,3 @@ def test_ctrl_c_during_the_final_test_evaluation_exits_130_keeping_the_checkpoin
     assert f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in message
     assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     assert not (tmp_path / "r" / "metrics.json").exists()
-
-
-@pytest.mark.slow
-def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
-    # one thread everywhere (torchrun's own default): the sums are then ordered alike, the processes aside
-    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
-    common = [o for o in FAST if not o.startswith("trainer.batch_size")] + [
-        "model.dropout=0.0", "trainer.precision=fp32", "trainer.device=cpu", "trainer.log_every=1",
-        "trainer.max_steps=8", "trainer.eval_every=8"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", ENTRY, *common,
-                          "trainer.batch_size=8", f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, ENTRY, *common, "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/one"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    together, alone = losses(tmp_path / "two"), losses(tmp_path / "one")
-    assert sorted(together) == sorted(alone) == list(range(1, 9))
-    torch.testing.assert_close(torch.tensor([together[s] for s in range(1, 9)]),
-                               torch.tensor([alone[s] for s in range(1, 9)]), rtol=1e-5, atol=0)
-
-
-@pytest.mark.slow
-def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(tmp_path):
-    common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=10", "trainer.log_every=1",
-              "trainer.max_steps=60", "trainer.eval_every=30", "trainer.checkpoint_every=5", "trainer.auto_resume=true"]
-    whole = run(*common, f"hydra.run.dir={tmp_path}/whole")
-    assert whole.returncode == 0, whole.stderr
-    job = tmp_path / "job"
-    process = start(*common, f"hydra.run.dir={job}")  # SLURM warns a job with SIGUSR2, then requeues it
-    wait_for(job / "checkpoints" / "last.pt", process)
-    process.send_signal(signal.SIGUSR2)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 140, stderr
-    stopped_at = torch.load(job / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert f"resume with: python transformer_playground.py {' '.join(common)} hydra.run.dir={job}" in stderr
-    requeued = run(*common, f"hydra.run.dir={job}")  # the same command, into the same directory
-    assert requeued.returncode == 0, requeued.stderr
-    assert f"trainer.auto_resume=true: resuming this run directory from {job / 'checkpoints' / 'last.pt'}" in \
-        requeued.stderr + requeued.stdout
-    expected, got = losses(tmp_path / "whole"), losses(job)
-    assert stopped_at < 60 and sorted(got) == list(range(1, 61))
-    assert [got[s] for s in range(1, 61)] == [expected[s] for s in range(1, 61)]  # bit for bit, both segments
