@@ -238,6 +238,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
         grad_norm = _clip_gradients(run, settings.grad_clip)
         if nonfinite.skip(loss, grad_norm, step):  # on_nonfinite=skip: no update, but the step's evaluation,
             tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)  # checkpoint and stop check happen
+            scaler.update()  # fp16: the gradients were unscaled; an overflow lowers the scale, as GradScaler's skips do
             grad_norm = None
         else:
             scaler.step(optimizer)

@@ -102,7 +102,9 @@ def test_a_skipped_step_is_still_evaluated_and_saved(compose_config, tmp_path):
     assert torch.load(tmp_path / "skip" / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
 
 
-def test_skip_mode_skips_a_step_whose_gradients_are_not_finite_though_its_loss_is(compose_config, tmp_path):
+@pytest.mark.parametrize("loss_scaling", [False, True])  # True: fp16's GradScaler, which must see each step end
+def test_skip_mode_skips_a_step_whose_gradients_are_not_finite_though_its_loss_is(compose_config, tmp_path,
+                                                                                  loss_scaling):
     from conftest import build
     from playground.data import MODEL_IDS, load_data
     from playground.kernels import loss_function
@@ -117,7 +119,7 @@ def test_skip_mode_skips_a_step_whose_gradients_are_not_finite_though_its_loss_i
     resolve_recipe(cfg, 3)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
     run_ = Training(model=model, optimizer=optimizer, scheduler=build_scheduler(cfg.scheduler, optimizer, 3),
-                    scaler=torch.amp.GradScaler("cpu", enabled=False), loss_fn=loss_function("reference"),
+                    scaler=torch.amp.GradScaler("cpu", enabled=loss_scaling), loss_fn=loss_function("reference"),
                     pad_id=MODEL_IDS["pad_id"], device=torch.device("cpu"))
     backward_passes = []
 
