@@ -14,11 +14,10 @@ class PaddedPairs:
     def __init__(self, pairs):
         self.src_lengths = torch.tensor([len(s) for s, _ in pairs])
         self.tgt_lengths = torch.tensor([len(t) + 2 for _, t in pairs])
-        self.src = torch.full((len(pairs), int(self.src_lengths.max())), PAD, dtype=torch.long)
-        self.tgt = torch.full((len(pairs), int(self.tgt_lengths.max())), PAD, dtype=torch.long)
-        for i, (s, t) in enumerate(pairs):
-            self.src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            self.tgt[i, : len(t) + 2] = torch.tensor([BOS, *t, EOS], dtype=torch.long)
+        S, T = int(self.src_lengths.max()), int(self.tgt_lengths.max())
+        # padded as lists, then one tensor each: a tensor per pair costs seconds on a large corpus
+        self.src = torch.tensor([[*s, *[PAD] * (S - len(s))] for s, _ in pairs], dtype=torch.long)
+        self.tgt = torch.tensor([[BOS, *t, EOS, *[PAD] * (T - len(t) - 2)] for _, t in pairs], dtype=torch.long)
 
     def __len__(self):
         return len(self.src)
