@@ -222,11 +222,7 @@ STACK = [
 
 def stacked_model(size, pieces):
     """The reference model with the fast class of each of `pieces` swapped in, as use_fast_kernels does for all."""
-    model = playground_model(size, kernels="reference")
-    for module in model.modules():
-        if type(module) in pieces:
-            module.__class__ = kernels.FAST_PIECES[type(module)]
-    return model
+    return kernels.use_fast_kernels(playground_model(size, kernels="reference"), pieces)
 
 
 def bench_stack(device, precisions, sizes):

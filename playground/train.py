@@ -302,8 +302,8 @@ def _clip_gradients(run: Training, max_norm: float):
 def _gradient_norm(run: Training):
     """The global gradient norm, unscaled (fp16), without clipping: a device tensor."""
     run.scaler.unscale_(run.optimizer)
-    grads = [p.grad for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return torch.nn.utils.get_total_norm([p.grad for group in run.optimizer.param_groups for p in group["params"]
+                                          if p.grad is not None])
 
 
 def _stop_requested(dist: Dist, stop, step: int, log_every: int, device) -> bool:

@@ -40,12 +40,13 @@ FAST_PIECES = {
 }
 
 
-def use_fast_kernels(model: nn.Module) -> nn.Module:
-    """Give every reference piece of `model` its fast forward, in place: the fast classes add no parameters or
-    buffers, so changing a module's class keeps its weights, its state_dict and anything that points at them."""
+def use_fast_kernels(model: nn.Module, pieces=None) -> nn.Module:
+    """Give every reference piece of `model` (or only those of the classes in `pieces`) its fast forward, in
+    place: the fast classes add no parameters or buffers, so changing a module's class keeps its weights, its
+    state_dict and anything that points at them."""
     for module in model.modules():
         fast = FAST_PIECES.get(type(module))
-        if fast is not None:
+        if fast is not None and (pieces is None or type(module) in pieces):
             module.__class__ = fast
     return model
 
