@@ -1,6 +1,8 @@
 """Train, evaluate and use the Transformer of "Attention Is All You Need": `python transformer_playground.py --help`."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -13,18 +15,44 @@ from playground.errors import UserError
 
 register_configs()
 
-if int(os.environ.get("RANK", "0")) > 0:
-    # Under torchrun every process runs Hydra, and each would make its own run directory (their clocks
-    # need not agree on the second). Only rank 0's is used: the others write nowhere that lasts.
-    sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='playground-rank')}", "hydra.output_subdir=null",
-                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+def _take_text(argv) -> str | None:
+    """Take `text=...` off the command line before Hydra's parser sees it, so that any text passes as the shell
+    gives it: commas (which Hydra reads as a list), apostrophes, accents, `!`. One pair of quotes around the value
+    (Hydra's own quoting, text='"Hello, world!"') is removed."""
+    text = None
+    for arg in [a for a in argv[1:] if a.startswith("text=")]:
+        argv.remove(arg)
+        text = arg[len("text="):]
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+    return text
+
+
+def _writes_nothing_that_lasts(argv) -> bool:
+    """Other processes than rank 0 under torchrun (their run directories would go unused), and translate and score
+    unless given hydra.run.dir=...: Hydra's run directory goes to a temporary folder, removed at exit."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return True
+    asked = any(a.startswith(("hydra.run.dir=", "hydra/job_logging=")) or a in ("-m", "--multirun") for a in argv)
+    return not asked and any(a in ("mode=translate", "mode=score") for a in argv)
+
+
+TEXT = _take_text(sys.argv)
+if _writes_nothing_that_lasts(sys.argv):
+    scratch = tempfile.mkdtemp(prefix="playground-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                 "hydra/hydra_logging=disabled"]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from playground import experiment  # after Hydra has parsed the command line: --help stays fast
+    from playground import experiment, inference  # after Hydra has parsed the command line: --help stays fast
 
     run_dir = HydraConfig.get().runtime.output_dir
+    if TEXT is not None:
+        cfg.text = TEXT
     try:
         if cfg.mode == "train":
             flat = experiment.run_train(cfg, run_dir)
@@ -32,10 +60,12 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.mode == "eval":
             return experiment.run_eval(cfg, run_dir)["test/exact_match"]
         if cfg.mode == "translate":
-            return experiment.run_translate(cfg)
+            return inference.run_translate(cfg)
+        if cfg.mode == "score":
+            return inference.run_score(cfg)
         if cfg.mode == "average":
             return experiment.run_average(cfg, run_dir)
-        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, average")
+        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, score, average")
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -18,21 +18,20 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from .bench import TorchTransformer
-from .config import register_configs
+from .config import DecodeConfig, check_decode, check_trainer, register_configs
 from .data import MODEL_IDS, load_data
 from .data.synthetic import TASKS
 from .errors import UserError
 from .evaluate import evaluate, text_metrics
-from .experiment import check_trainer
 from .model import sequence_loss
 from .setup import autocast_for, build_optimizer, build_scheduler, resolve_device, resolve_precision, resolve_recipe
 from .tracking import Tracker
 from .train import BatchStream, Monitor, Training, resolve_monitor, train
 
 
-def scores(model, data, split, t, device, autocast) -> dict:
+def scores(model, data, split, t, decoding, device, autocast) -> dict:
     metrics, predictions = evaluate(model, data.splits[split], t.eval_batch_size, device, autocast,
-                                    t.label_smoothing, 1, t.length_penalty, t.max_len_a, t.max_len_b, model.max_len)
+                                    t.label_smoothing, decoding)
     hypotheses = [data.tgt_tokenizer.decode(ids) for ids in predictions]
     metrics.update(text_metrics(hypotheses, [reference for _, reference in data.texts[split]]))
     return metrics
@@ -44,6 +43,9 @@ def run(overrides) -> dict:
         cfg = compose(config_name="config", overrides=list(overrides))
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
+    check_decode(cfg.decode, t)
+    d = cfg.decode  # nn.Transformer is decoded greedily, within the decode group's lengths
+    decoding = DecodeConfig(max_len_a=d.max_len_a, max_len_b=d.max_len_b)
     device = resolve_device(t.device)
     t.precision = resolve_precision(device, t.precision)
     autocast = autocast_for(device, t.precision)
@@ -66,7 +68,7 @@ def run(overrides) -> dict:
     best = {}
 
     def on_eval(step) -> bool:
-        metrics = scores(model, data, "valid", t, device, autocast)
+        metrics = scores(model, data, "valid", t, decoding, device, autocast)
         print(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()), flush=True)
         if monitor.update({f"valid/{k}": v for k, v in metrics.items()}, step):
             best.update(step=step, weights={k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -75,7 +77,7 @@ def run(overrides) -> dict:
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, max_tokens=t.max_tokens)
     train(training, t, data.splits["train"], batches, Tracker(None, enabled=False), on_eval, lambda step: None)
     model.load_state_dict(best["weights"])
-    flat = {f"test/{k}": v for k, v in scores(model, data, "test", t, device, autocast).items()}
+    flat = {f"test/{k}": v for k, v in scores(model, data, "test", t, decoding, device, autocast).items()}
     flat.update({"step": best["step"], monitor.metric: monitor.best})
     print("\n".join(f"{k:<20}  {v:.4f}" for k, v in flat.items()))
     return flat

@@ -89,14 +89,17 @@ class TorchTransformer(nn.Module):
         return ys[:, 1:]
 
     @torch.no_grad()
-    def generate(self, src, max_len, beam_size=1, length_penalty=0.6):
-        """Greedy decoding for evaluate(): the recomputing loop, stopped once every row has ended, PAD after EOS."""
-        if beam_size != 1:
-            raise ValueError("nn.Transformer is decoded greedily here (trainer.beam_size=1)")
+    def generate(self, src, max_len, beam_size=1, length_penalty=0.6, sampling=False, **_):
+        """Greedy decoding for evaluate(): the recomputing loop, stopped once every row has ended (or reached its
+        limit: max_len is one number or one per row), PAD after EOS."""
+        if beam_size != 1 or sampling:
+            raise ValueError("nn.Transformer is decoded greedily here (decode.beam_size=1, decode.sampling=false)")
         memory = self.encode(src)
         ys = torch.ones(src.size(0), 1, dtype=torch.long, device=src.device)
         done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-        for _ in range(max_len):
+        limits = torch.as_tensor(max_len, device=src.device).expand(src.size(0))
+        for t in range(int(limits.max())):
+            done |= limits <= t
             next_ids = self.decode(ys, memory, src)[:, -1].argmax(-1)
             ys = torch.cat([ys, torch.where(done, PAD, next_ids)[:, None]], dim=1)
             done |= next_ids == EOS

@@ -102,14 +102,30 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # NaN/inf: stop (naming step and lr) | skip (the update; gradients too; syncs each step)
     kernels: str = "reference"  # reference (playground/model/ as written) | fast (playground/kernels/ drop-ins)
     compile: bool = False  # torch.compile the model for training (inductor); falls back to eager with a message
-    eval_batch_size: int = 500  # sentence pairs per evaluation batch
-    beam_size: int = 1  # 1 = greedy decoding
-    length_penalty: float = 0.6  # alpha of Wu et al. (2016) for beam search
-    max_len_a: float = 1.2  # decode at most a * source_length + b tokens
-    max_len_b: int = 10
+    eval_batch_size: int = 500  # sentence pairs per evaluation batch (how they are decoded: the decode group)
     num_samples: int = 4  # source / reference / prediction triples shown at each evaluation
     auto_resume: bool = False  # resume from this run directory's own checkpoints/last.pt if it has one (a requeued job)
     resume_override: bool = False  # resume (ckpt_path) even with another model, data or recipe; the log lists the changes
+    # retired: the decoding settings moved to the decode group (decode.beam_size, ...); refused if set
+    beam_size: Optional[int] = None
+    length_penalty: Optional[float] = None
+    max_len_a: Optional[float] = None
+    max_len_b: Optional[int] = None
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 1  # 1: greedy decoding (or sampling); more: beam search (Section 6.1 used 4)
+    length_penalty: float = 0.6  # beam search ranks by log-probability / ((5 + length) / 6)^alpha (Wu et al. 2016)
+    max_len_a: float = 1.2  # decode at most a * source_length + b tokens
+    max_len_b: int = 10
+    nbest: int = 1  # translate: print this many of the beam's hypotheses per input, with scores (at most beam_size)
+    sampling: bool = False  # draw each token from the model's distribution instead of taking the most likely
+    temperature: float = 1.0  # sampling: divide the logits by this (< 1 sharper, > 1 flatter)
+    top_k: int = 0  # sampling: draw from the k most likely tokens only (0 = all)
+    top_p: float = 1.0  # sampling: draw from the fewest tokens whose probabilities add up to top_p (1 = all)
+    no_repeat_ngram_size: int = 0  # never output the same n-gram twice (0 = off)
+    batch_size: int = 64  # translate and score: sentences decoded together, grouped by length
 
 
 @dataclass
@@ -119,10 +135,15 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    mode: str = "train"  # train | eval | translate | average
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    mode: str = "train"  # train | eval | translate | score | average
     seed: int = 1234  # model initialisation, dropout and batch order
     ckpt_path: Optional[str] = None  # a checkpoint for eval and translate (mode=average: a checkpoints folder)
-    text: Optional[str] = None  # translate this (otherwise one input a line on standard input)
+    text: Optional[str] = None  # translate this (otherwise input_file, or one input a line on standard input)
+    input_file: Optional[str] = None  # translate: one source a line; score: sources (a TSV of pairs without reference_file)
+    reference_file: Optional[str] = None  # score: the reference translation of each input_file line
+    output_file: Optional[str] = None  # translate and score write here instead of standard output
+    overwrite: bool = False  # let output_file replace a file that exists
 
 
 def check_model(model_cfg, src_vocab_size=None, tgt_vocab_size=None) -> None:
@@ -138,6 +159,74 @@ def check_model(model_cfg, src_vocab_size=None, tgt_vocab_size=None) -> None:
         check_model_config(model_cfg, src_vocab_size, tgt_vocab_size)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def check_trainer(t) -> None:
+    """Trainer values a type cannot check, each refused with the key's name."""
+    if t.max_tokens < 0:
+        raise UserError(f"trainer.max_tokens={t.max_tokens} must be 0 (use batch_size) or positive")
+    for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "accumulate"):
+        if getattr(t, key) <= 0:
+            raise UserError(f"trainer.{key}={getattr(t, key)} must be positive")
+    for key, meaning in (("patience", "0 (no early stopping)"), ("keep_last", "0 (keep only last.pt and best.pt)")):
+        if getattr(t, key) < 0:
+            raise UserError(f"trainer.{key}={getattr(t, key)} must be {meaning} or positive")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise UserError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
+    if t.grad_clip < 0:
+        raise UserError(f"trainer.grad_clip={t.grad_clip} must be 0 (off) or positive")
+    if t.checkpoint_every < 0:
+        raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
+    from playground.model import KERNELS  # here, not at the top: `--help` does not wait for torch
+
+    if t.kernels not in KERNELS:  # reference, and fast (registered by importing playground.kernels)
+        raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
+
+
+RETIRED_TRAINER_KEYS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")  # now in the decode group
+
+
+def check_decode(d, trainer_cfg=None) -> None:
+    """The decode keys a type cannot check, each refused in one line; and the trainer's retired decoding keys,
+    refused with the name they have now."""
+    for key in RETIRED_TRAINER_KEYS:
+        if trainer_cfg is not None and getattr(trainer_cfg, key, None) is not None:
+            raise UserError(f"trainer.{key} is now decode.{key}: write decode.{key}={getattr(trainer_cfg, key)}")
+    for key in ("beam_size", "nbest", "batch_size"):
+        if getattr(d, key) <= 0:
+            raise UserError(f"decode.{key}={getattr(d, key)} must be positive")
+    for key in ("max_len_a", "max_len_b", "top_k", "no_repeat_ngram_size"):
+        if getattr(d, key) < 0:
+            raise UserError(f"decode.{key}={getattr(d, key)} must be 0 or more")
+    if d.nbest > d.beam_size:
+        raise UserError(f"decode.nbest={d.nbest} is more than decode.beam_size={d.beam_size}: the beam holds only "
+                        f"beam_size hypotheses (raise decode.beam_size to at least {d.nbest})")
+    if d.temperature <= 0:
+        raise UserError(f"decode.temperature={d.temperature} must be positive (below 1 sharpens the distribution, "
+                        f"above 1 flattens it; for the most likely token use decode.sampling=false)")
+    if not 0.0 < d.top_p <= 1.0:
+        raise UserError(f"decode.top_p={d.top_p} must be in (0, 1] (1 keeps every token)")
+    if d.sampling and d.beam_size != 1:
+        raise UserError(f"decode.sampling=true draws one sequence per input, so decode.beam_size={d.beam_size} "
+                        f"would have no effect: sample with decode.beam_size=1, or search with decode.sampling=false")
+    if d.max_len_a == 0 and d.max_len_b == 0:
+        raise UserError("decode.max_len_a=0 and decode.max_len_b=0 leave no room for a single output token")
+
+
+def upgrade_saved_config(config: dict) -> dict:
+    """A checkpoint's config as this version names it: model.attention (before trainer.kernels) is dropped, and
+    trainer.beam_size and friends (before the decode group) move to decode.*."""
+    config = {**config}
+    if isinstance(config.get("model"), dict) and "attention" in config["model"]:
+        config["model"] = {k: v for k, v in config["model"].items() if k != "attention"}
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and any(key in trainer for key in RETIRED_TRAINER_KEYS):
+        moved = {key: trainer[key] for key in RETIRED_TRAINER_KEYS if trainer.get(key) is not None}
+        config["trainer"] = {k: v for k, v in trainer.items() if k not in RETIRED_TRAINER_KEYS}
+        config["decode"] = {**moved, **config.get("decode", {})}
+    return config
 
 
 def check_lengths(model_cfg, dataset_cfg) -> None:

@@ -5,7 +5,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .config import DecodeConfig
 from .data import PAD
+from .model.decoding import beam_search
 
 
 def exact_matches(pred, ref):
@@ -16,16 +18,36 @@ def exact_matches(pred, ref):
     return (pred == ref).all(dim=1)
 
 
+def output_limits(model, src, d):
+    """Each row's longest output (B,): max_len_a * its source length + max_len_b tokens, within the model's positions."""
+    lengths = (src != PAD).sum(1)  # (B,)
+    return (d.max_len_a * lengths + d.max_len_b).long().clamp(1, model.max_len - 1)
+
+
+def decode(model, src, d, generator=None):
+    """Decode src (B, S) as the decode settings d say (a playground.config.DecodeConfig): ids (B, L)."""
+    return model.generate(src, output_limits(model, src, d), d.beam_size, d.length_penalty, sampling=d.sampling,
+                          temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+                          no_repeat_ngram_size=d.no_repeat_ngram_size, generator=generator)
+
+
+def decode_nbest(model, src, d):
+    """Beam search's d.nbest best hypotheses for src (B, S), best first: ids (B, N, L) and scores (B, N)."""
+    return beam_search(model, src, output_limits(model, src, d), d.beam_size, d.length_penalty, d.nbest,
+                       d.no_repeat_ngram_size)
+
+
 @torch.no_grad()
-def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, beam_size=1, length_penalty=0.6,
-             max_len_a=1.2, max_len_b=10, max_len=None, rows=None, reduce=None):
+def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, decoding=None, rows=None, reduce=None):
     """Return ({loss, nll, ppl, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
 
     loss is the label-smoothed training objective (never below about 0.6 with epsilon 0.1 and a 16-symbol
     vocabulary, however good the model); nll is the plain negative log-likelihood per target token, in nats,
-    and ppl = exp(nll) the perplexity. predictions are the decoded ids, one list per evaluated row. With several processes each evaluates
-    its own rows and `reduce` sums the totals across them before the metrics are computed.
+    and ppl = exp(nll) the perplexity. predictions are the outputs decoded as `decoding` says (a DecodeConfig;
+    default greedy), one id list per evaluated row. With several processes each evaluates its own rows and
+    `reduce` sums the totals across them before the metrics are computed.
     """
+    decoding = decoding or DecodeConfig()
     was_training = model.training
     model.eval()
     rows = torch.arange(len(data)) if rows is None else rows
@@ -43,11 +65,8 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, bea
             flat_logits, flat_targets, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
         real = tgt_out != PAD
         correct = ((logits.argmax(-1) == tgt_out) & real).sum()
-        limit = int(max_len_a * src.size(1) + max_len_b)
-        if max_len is not None:
-            limit = min(limit, max_len - 1)
         with autocast():
-            pred = model.generate(src, limit, beam_size=beam_size, length_penalty=length_penalty)  # (B, L)
+            pred = decode(model, src, decoding)  # (B, L)
         exact = exact_matches(pred, tgt_out).sum()
         totals += torch.stack([loss_sum, nll_sum, correct, real.sum(), exact, torch.tensor(len(index), device=device)]).to(totals)
         predictions.extend(pred.cpu().tolist())

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 import torch
@@ -16,13 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import Config, check_lengths, check_model
+from .config import check_decode, check_lengths, check_model, check_trainer, upgrade_saved_config
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
 from .errors import UserError
 from .evaluate import evaluate, text_metrics
-from .model import KERNELS, build_model
+from .inference import model_from_checkpoint
+from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile, resolve_device,
@@ -31,28 +31,6 @@ from .tracking import Tracker
 from .train import BatchStream, Monitor, StopRequest, Training, resolve_monitor, train
 
 log = logging.getLogger(__name__)
-
-
-def check_trainer(t) -> None:
-    """Trainer values a type cannot check, each refused with the key's name."""
-    if t.max_tokens < 0:
-        raise UserError(f"trainer.max_tokens={t.max_tokens} must be 0 (use batch_size) or positive")
-    for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "beam_size", "accumulate"):
-        if getattr(t, key) <= 0:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be positive")
-    for key, meaning in (("patience", "0 (no early stopping)"), ("keep_last", "0 (keep only last.pt and best.pt)")):
-        if getattr(t, key) < 0:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be {meaning} or positive")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise UserError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
-    if t.grad_clip < 0:
-        raise UserError(f"trainer.grad_clip={t.grad_clip} must be 0 (off) or positive")
-    if t.checkpoint_every < 0:
-        raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
-    if t.on_nonfinite not in ("stop", "skip"):
-        raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
-    if t.kernels not in KERNELS:  # reference, and fast (registered by importing playground.kernels)
-        raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
 
 
 def _kernels_line(choice: str) -> str:
@@ -123,15 +101,15 @@ def flat_hparams(cfg) -> dict:
     return params
 
 
-def _evaluator(model, data: Data, t, device, autocast, d: Dist):
+def _evaluator(model, data: Data, t, decoding, device, autocast, d: Dist):
     """evaluate(split) -> (metrics, predictions, hypotheses): model metrics summed over processes, then text
-    metrics (BLEU, chrF, CER, WER) of the decoded predictions against the reference text, gathered from all.
+    metrics (BLEU, chrF, CER, WER) of the predictions, decoded as `decoding` (a DecodeConfig) says, against the
+    reference text, gathered from all.
     predictions are this process's decoded ids; hypotheses the decoded text of every row, in the split's order."""
     def run(split):
         rows = torch.arange(len(data.splits[split])).tensor_split(d.world_size)[d.rank]  # rank 0 starts at row 0
         metrics, predictions = evaluate(model, data.splits[split], t.eval_batch_size, device, autocast,
-                                        t.label_smoothing, t.beam_size, t.length_penalty, t.max_len_a, t.max_len_b,
-                                        model.max_len, rows=rows, reduce=lambda totals: sum_across(d, totals))
+                                        t.label_smoothing, decoding, rows=rows, reduce=lambda totals: sum_across(d, totals))
         hypotheses = [data.tgt_tokenizer.decode(ids) for ids in predictions]
         references = [data.texts[split][i][1] for i in rows.tolist()]
         gathered = distributed.gather_to_main(d, (hypotheses, references))
@@ -214,6 +192,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     d = distributed.from_environment()
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
+    check_decode(cfg.decode, t)
     check_model(cfg.model)
     check_lengths(cfg.model, cfg.dataset)
     monitor = Monitor(*resolve_monitor(t.monitor, t.monitor_mode, cfg.dataset.name not in TASKS), t.patience)
@@ -235,6 +214,8 @@ def run_train(cfg, run_dir: Path) -> dict:
                         f"(give this run its own directory with hydra.run.dir=...)")
     autocast = autocast_for(device, t.precision)
     resume = load_to_resume(cfg.ckpt_path) if cfg.ckpt_path else None
+    if resume is not None:
+        resume["config"] = upgrade_saved_config(resume["config"])  # a checkpoint of an earlier version, named as now
     recipe = resolve_recipe(cfg, t.max_steps, resume["config"] if resume else None)
     if d.is_main:
         log.info(recipe)
@@ -276,7 +257,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()
-    evaluate_split = _evaluator(model, data, t, device, autocast, d)
+    evaluate_split = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
     if d.is_main:  # the learned vocabularies, readable beside the checkpoints (which also carry them)
@@ -409,60 +390,22 @@ def _report(flat: dict, run_dir: Path) -> None:
     print(f"run directory: {run_dir}\nview it with:  tensorboard --logdir {run_dir}")
 
 
-def _model_from_checkpoint(cfg):
-    """Rebuild the model, tokenizers and device a checkpoint was trained with."""
-    if cfg.ckpt_path is None:
-        raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
-    state = load_checkpoint(cfg.ckpt_path)
-    config = state["config"]
-    if isinstance(config.get("model"), dict) and "attention" in config["model"]:  # written before trainer.kernels
-        config = {**config, "model": {k: v for k, v in config["model"].items() if k != "attention"}}
-    try:
-        saved = OmegaConf.merge(OmegaConf.structured(Config), config)
-    except Exception as e:  # a key this version does not know, or a value of another type
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
-                        f"({str(e).splitlines()[0]})")
-    _refuse_ignored_overrides(cfg, saved)
-    src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
-    tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
-    check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
-    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, cfg.trainer.kernels, **MODEL_IDS)
-    load_model_weights(model, state["model"], cfg.ckpt_path)
-    return model, saved, src_tok, tgt_tok, state
-
-
-def _refuse_ignored_overrides(cfg, saved) -> None:
-    """eval and translate rebuild the model from the checkpoint: a command-line override they would not use
-    (model.d_model=256, optimizer.*, another dataset; any dataset.* for translate) is refused in one line rather
-    than dropped without a word."""
-    if not HydraConfig.initialized():  # called from Python: there is no command line
-        return
-    unused = {"model", "optimizer", "scheduler", "experiment"} | ({"dataset"} if cfg.mode == "translate" else set())
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.lstrip("+~").partition("=")
-        group = key.split(".")[0]
-        another_dataset = key == "dataset" and value != saved.dataset.name
-        if group in unused or another_dataset:
-            uses = "its dataset (dataset.* keys excepted)" if cfg.mode == "eval" else "no dataset"
-            raise UserError(f"{override}: mode={cfg.mode} rebuilds the model from ckpt_path={cfg.ckpt_path} and uses "
-                            f"{uses}, so this would have no effect: remove it")
-
-
 def run_eval(cfg, run_dir: Path) -> dict:
     """Evaluate a checkpoint on the test split of the dataset it was trained on; write metrics.json here."""
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
+    check_decode(cfg.decode, t)
     device = resolve_device(t.device)
     t.precision = resolve_precision(device, t.precision)
     autocast = autocast_for(device, t.precision)
     _prepare_kernels(t.kernels, device, t.precision)
-    model, saved, src_tok, tgt_tok, state = _model_from_checkpoint(cfg)
+    model, saved, src_tok, tgt_tok, state = model_from_checkpoint(cfg)
     model.to(device)
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
     given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
-    metrics, _, hypotheses = _evaluator(model, data, t, device, autocast, Dist())("test")
+    metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")
     flat = _flat_metrics("test", metrics, state["step"], _test_counts(data))
     _write_metrics(Path(run_dir), flat)
     _write_hypotheses(Path(run_dir), hypotheses)
@@ -510,19 +453,3 @@ def _mean(tensors):
         return tensors[-1]
     return (sum(t.double() for t in tensors) / len(tensors)).to(tensors[-1].dtype)
 
-
-
-def run_translate(cfg) -> None:
-    """Print the model's output for `text=...`, or for each line of standard input."""
-    t = OmegaConf.to_object(cfg.trainer)
-    check_trainer(t)
-    device = resolve_device(t.device)
-    model, saved, src_tok, tgt_tok, _ = _model_from_checkpoint(cfg)
-    model.to(device).eval()
-    lines = [cfg.text] if cfg.text is not None else (line.rstrip("\n") for line in sys.stdin)
-    for line in lines:
-        ids = src_tok.encode(line)[: model.max_len] or [0]
-        src = torch.tensor([ids], device=device)
-        limit = min(int(t.max_len_a * len(ids) + t.max_len_b), model.max_len - 1)
-        out = model.generate(src, limit, beam_size=t.beam_size, length_penalty=t.length_penalty)
-        print(tgt_tok.decode(out[0].tolist()), flush=True)

@@ -1,22 +1,25 @@
 """Resuming safely: a run resumed from a checkpoint continues the checkpoint's experiment or says why not.
 
 A resumed run may change how long it trains, how often it logs, evaluates and saves, how it runs
-(kernels, device, precision, compile) and how it evaluates (RESUME_MAY_CHANGE). A change to anything else
+(kernels, device, precision, compile) and how it evaluates and decodes (RESUME_MAY_CHANGE). A change to anything else
 (the model, the data, the optimiser, the schedule, the batch, the seed), a data file whose content changed,
 or another number of processes is refused in one line naming it, unless trainer.resume_override=true,
 with which the run resumes and the log lists what changed.
 """
 
 import hashlib
+from dataclasses import fields
 from pathlib import Path
 
+from .config import DecodeConfig
 from .errors import UserError
 
 # model.attention: the retired sdpa|math switch, now the execution setting trainer.kernels
-RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "model.attention"} | {f"trainer.{key}" for key in (
+RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "input_file", "reference_file", "output_file", "overwrite",
+                     "model.attention"} | {f"trainer.{key}" for key in (
     "max_steps", "log_every", "eval_every", "checkpoint_every", "kernels", "device", "precision", "compile",
-    "eval_batch_size", "beam_size", "length_penalty", "max_len_a", "max_len_b", "num_samples", "patience",
-    "keep_last", "on_nonfinite", "monitor", "monitor_mode", "resume_override", "auto_resume")}
+    "eval_batch_size", "num_samples", "patience", "keep_last", "on_nonfinite", "monitor", "monitor_mode",
+    "resume_override", "auto_resume")} | {f"decode.{field.name}" for field in fields(DecodeConfig)}
 DATA_FILES = ("train_file", "valid_file", "test_file")
 OVERRIDE = "trainer.resume_override=true resumes anyway"
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import tiny_model_config
 from conftest import build
 from playground.data import BOS, EOS, PAD
-from playground.model.decoding import beam_search, greedy_decode
+from playground.model.decoding import beam_search, greedy_decode, length_penalty_factor, top_k_top_p, trim_padding
 
 V = 24
 
@@ -48,8 +48,8 @@ def test_greedy_rows_stop_at_eos_and_are_padded_after_it(model_and_source):
 
 def test_beam_search_with_one_beam_is_greedy_decoding(model_and_source):
     model, src = model_and_source
-    with torch.no_grad():
-        assert torch.equal(beam_search(model, src, 15, beam_size=1, length_penalty=0.0), greedy_decode(model, src, 15))
+    ids, _ = beam_search(model, src, 15, beam_size=1, length_penalty=0.0)
+    assert torch.equal(trim_padding(ids[:, 0], PAD), greedy_decode(model, src, 15))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -76,3 +76,82 @@ def test_attention_weights_of_every_layer_and_head_come_back_on_request(model_an
     assert maps["decoder.layers.0.cross_attn"][1, :, :, 5:].abs().max() == 0  # padding gets no attention
     assert maps["decoder.layers.0.self_attn"][0, 0].triu(1).abs().max() == 0  # nor does the future
     assert all(not m.record_weights for m in model.modules() if hasattr(m, "record_weights"))
+
+
+def test_nbest_gives_distinct_hypotheses_best_first_and_the_first_is_plain_beam_search(model_and_source):
+    model, src = model_and_source
+    ids, scores = beam_search(model, src, 15, beam_size=5, length_penalty=0.6, nbest=3)  # (B, 3, L), (B, 3)
+    assert ids.shape[:2] == (6, 3) and scores.shape == (6, 3)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    for row in ids.tolist():
+        assert len({tuple(t for t in hypothesis if t != PAD) for hypothesis in row}) == 3
+    best = trim_padding(ids[:, 0], PAD)
+    assert torch.equal(best, model.generate(src, 15, beam_size=5, length_penalty=0.6))
+    # a score is the hypothesis's log-probability over the length penalty, its length counting EOS
+    lengths = ((best != PAD).sum(1)).float()
+    torch.testing.assert_close(scores[:, 0], sequence_log_prob(model, src, best) / length_penalty_factor(lengths, 0.6),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_from_the_single_most_likely_token_is_greedy_decoding(model_and_source):
+    model, src = model_and_source
+    assert torch.equal(model.generate(src, 15, sampling=True, top_k=1), model.generate(src, 15))
+    assert torch.equal(model.generate(src, 15, sampling=True, top_p=1e-6), model.generate(src, 15))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sampled_first_tokens_follow_the_models_softmax_at_the_temperature(temperature, seeded):
+    model = build(tiny_model_config(d_model=32, heads=2), 10, 10).eval()
+    with torch.no_grad():  # spread the first token's probabilities over several tokens
+        model.generator.bias.copy_(torch.tensor([0.0, 0.0, 0.5, -1.0, 1.0, 0.3, -0.5, 0.8, 0.0, -0.2]))
+    n = 20000
+    src = torch.randint(4, 10, (1, 6))
+    first = model.generate(src.expand(n, 6), 1, sampling=True, temperature=temperature,
+                           generator=seeded.generator)[:, 0]
+    with torch.no_grad():
+        logits = model(src, torch.full((1, 1), BOS))[0, -1]  # (V,)
+    logits[PAD] = logits[BOS] = float("-inf")  # never generated
+    expected = (logits / temperature).softmax(-1)
+    observed = torch.bincount(first, minlength=10).float() / n
+    # a frequency's standard error is sqrt(p (1 - p) / n) <= 0.0036 at n = 20000: allow four of them
+    assert (observed - expected).abs().max() < 0.015, (observed, expected)
+    assert observed[PAD] == observed[BOS] == 0
+
+
+def test_top_k_and_top_p_keep_the_most_likely_tokens_that_hold_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert top_k_top_p(logits, top_k=3).isfinite().tolist() == [[True, True, True, False]]
+    assert top_k_top_p(logits, top_p=0.75).isfinite().tolist() == [[True, True, False, False]]
+    assert top_k_top_p(logits, top_p=0.85).isfinite().tolist() == [[True, True, True, False]]
+    assert top_k_top_p(logits, top_p=0.4).isfinite().tolist() == [[True, False, False, False]]  # one is always kept
+
+
+def bigrams(row):
+    row = row[: row.index(EOS) + 1] if EOS in row else row
+    return [tuple(row[i:i + 2]) for i in range(len(row) - 1)]
+
+
+@pytest.mark.parametrize("how", [{}, {"beam_size": 4}, {"sampling": True, "temperature": 0.5}])
+def test_no_repeat_ngram_size_2_leaves_no_repeated_bigram_in_a_model_built_to_repeat(how, seeded):
+    model = build(tiny_model_config(d_model=32, heads=2), V, V).eval()
+    with torch.no_grad():
+        model.generator.bias[5] = 8.0  # token 5, again and again
+        model.generator.bias[EOS] = -8.0
+    src = torch.randint(4, V, (4, 6))
+    repeating = model.generate(src, 12, **how).tolist()
+    assert all(len(set(bigrams(row))) < len(bigrams(row)) for row in repeating)
+    blocked = model.generate(src, 12, no_repeat_ngram_size=2, **how).tolist()
+    for row in blocked:
+        assert len(set(bigrams(row))) == len(bigrams(row)), row
+        assert len(row) == 12 or row[-1] == EOS  # blocking never ends a sentence early
+
+
+@pytest.mark.parametrize("how", [{}, {"beam_size": 3}])
+def test_each_row_decodes_as_it_would_alone_within_its_own_length_limit(how, model_and_source):
+    model, src = model_and_source
+    limits = torch.tensor([3, 15, 7, 1, 12, 9])
+    together = model.generate(src, limits, **how)
+    for i in range(src.size(0)):
+        alone = model.generate(src[i:i + 1, : int((src[i] != PAD).sum())], int(limits[i]), **how)[0].tolist()
+        assert together[i].tolist()[: len(alone)] == alone and set(together[i].tolist()[len(alone):]) <= {PAD}
+        assert len(alone) <= limits[i]

@@ -1,7 +1,8 @@
-"""Turning a trained model into output sequences: greedy decoding and beam search (Section 6.1).
+"""Turning a trained model into output sequences (Section 6.1): greedy decoding, sampling and beam search.
 
-Both decode incrementally: the encoder runs once, cross-attention keys/values are computed once per
+All three decode incrementally: the encoder runs once, cross-attention keys/values are computed once per
 source, and each step feeds only the newest token, appending its self-attention keys/values to a cache.
+`max_len` is one number for every row, or a LongTensor (B,) with each row's own limit.
 """
 
 import torch
@@ -14,37 +15,80 @@ def _never_generate_specials(model, logits):
     return logits
 
 
-def _reorder_cache(cache, index):
-    """Select (and repeat) the batch rows of every cached key/value tensor, for beam search."""
-    for layer in cache.values():
-        for attn in layer.values():
-            for key in attn:
-                attn[key] = attn[key].index_select(0, index)
+def block_repeated_ngrams(ys, logits, n, eos_id):
+    """No n-gram twice (Paulus et al. 2017): a token that would complete an n-gram already in ys (N, L) gets -inf
+    in logits (N, V). EOS is never blocked, so every sentence can end."""
+    if n <= 0 or ys.size(1) < n:
+        return logits
+    grams = ys.unfold(1, n, 1)  # (N, G, n): every n-gram so far
+    newest = ys[:, ys.size(1) - n + 1:]  # (N, n-1): the start of the n-gram the next token completes
+    repeats = (grams[:, :, :-1] == newest[:, None, :]).all(-1)  # (N, G): n-grams that started the same way
+    banned = torch.zeros_like(logits).scatter_add_(1, grams[:, :, -1], repeats.to(logits.dtype)) > 0  # (N, V)
+    banned[:, eos_id] = False
+    return logits.masked_fill(banned, float("-inf"))
 
 
-@torch.no_grad()
-def greedy_decode(model, src, max_len, use_cache=True):
-    """Pick the most likely token at each step; each row stops at its EOS. Returns (B, L) ids after BOS."""
+def top_k_top_p(logits, top_k=0, top_p=1.0):
+    """Keep the top_k most likely tokens (0: all), then the fewest of them whose probabilities add up to at least
+    top_p, the nucleus of Holtzman et al. (2020); the rest get -inf. logits (N, V)."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)  # (N, V)
+        probs = ordered.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the more likely tokens already hold top_p: (N, V), sorted
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
+    return logits
+
+
+def _row_limits(max_len, B, device):
+    """max_len as a LongTensor (B,) of each row's limit, and the longest of them."""
+    limits = torch.as_tensor(max_len, device=device).expand(B)
+    return limits, int(limits.max())
+
+
+def _one_token_at_a_time(model, src, max_len, choose, use_cache=True, no_repeat_ngram_size=0):
+    """Greedy decoding and sampling: choose(logits (B, V)) -> (B,) picks each row's next token, until its EOS."""
     B = src.size(0)
     memory, src_mask = model.encode(src)
     PAD, BOS, EOS = model.pad_id, model.bos_id, model.eos_id
+    limits, longest = _row_limits(max_len, B, src.device)
     ys = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
     cache = {} if use_cache else None
-    for t in range(max_len):
+    for t in range(longest):
+        finished |= limits <= t  # a row at its limit ends without EOS
         if use_cache:
             logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1]  # (B, V)
         else:  # recompute the whole prefix every step: the slow baseline, kept for tests and the benchmark
             logits = model.decode(ys, memory, src_mask)[:, -1]  # (B, V)
-        next_token = _never_generate_specials(model, logits).argmax(-1).masked_fill(finished, PAD)  # (B,)
+        logits = block_repeated_ngrams(ys, _never_generate_specials(model, logits), no_repeat_ngram_size, EOS)
+        next_token = choose(logits).masked_fill(finished, PAD)  # (B,)
         ys = torch.cat([ys, next_token[:, None]], dim=1)
         finished |= next_token == EOS
         if (t + 1) % 8 == 0 and finished.all():  # check for the end now and then: each check waits for the device
             break
-    return _trim(ys[:, 1:], PAD)
+    return trim_padding(ys[:, 1:], PAD)
 
 
-def _trim(ids, pad_id):
+@torch.no_grad()
+def greedy_decode(model, src, max_len, use_cache=True, no_repeat_ngram_size=0):
+    """Pick the most likely token at each step; each row stops at its EOS. Returns (B, L) ids after BOS."""
+    return _one_token_at_a_time(model, src, max_len, lambda logits: logits.argmax(-1), use_cache, no_repeat_ngram_size)
+
+
+@torch.no_grad()
+def sample(model, src, max_len, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=0, generator=None):
+    """Draw each token from the model's distribution: softmax(logits / temperature), cut to the top_k tokens and
+    the top_p nucleus. Temperature below 1 sharpens it towards greedy, above 1 flattens it. Returns (B, L)."""
+    def draw(logits):
+        probs = top_k_top_p(logits.float() / temperature, top_k, top_p).softmax(-1)  # (B, V)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return _one_token_at_a_time(model, src, max_len, draw, True, no_repeat_ngram_size)
+
+
+def trim_padding(ids, pad_id):
     """Drop trailing columns that are PAD in every row."""
     keep = (ids != pad_id).any(0).nonzero()
     return ids[:, : int(keep[-1]) + 1] if len(keep) else ids[:, :1]
@@ -56,23 +100,28 @@ def length_penalty_factor(lengths, alpha):
 
 
 @torch.no_grad()
-def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
-    """Keep the beam_size best partial sequences per source; return the best finished one by score / lp (B, L)."""
+def beam_search(model, src, max_len, beam_size, length_penalty=0.6, nbest=1, no_repeat_ngram_size=0):
+    """Keep the beam_size best partial sequences per source. Returns the nbest of them, best first: ids (B, N, L)
+    and their scores (B, N), the log-probability divided by the length penalty, by which they are ranked."""
     B, K = src.size(0), beam_size
     PAD, BOS, EOS = model.pad_id, model.bos_id, model.eos_id
     device = src.device
     memory, src_mask = model.encode(src)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
     src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    limits, longest = _row_limits(max_len, B, device)
+    limits = limits.repeat_interleave(K)  # (B*K,)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty sequence: keep one copy
     ys = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=device)
     lengths = torch.zeros(B * K, device=device)
     cache = {}
-    for t in range(max_len):
-        logits = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float()
-        logp = _never_generate_specials(model, logits).log_softmax(-1)  # (B*K, V)
+    for t in range(longest):
+        finished = finished | (limits <= t)  # a beam at its row's limit ends without EOS
+        logp = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float().log_softmax(-1)
+        # the model's own log-probabilities (so scores are what mode=score gives), then the tokens it may not pick
+        logp = block_repeated_ngrams(ys, _never_generate_specials(model, logp), no_repeat_ngram_size, EOS)  # (B*K, V)
         V = logp.size(-1)
         # a finished beam can only extend with PAD, at no cost, so its score stays what it was
         logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
@@ -88,6 +137,15 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6):
         _reorder_cache(cache, beam)
         if (t + 1) % 8 == 0 and finished.all():
             break
-    normalized = scores / length_penalty_factor(lengths.view(B, K), length_penalty)
-    best = normalized.argmax(-1) + torch.arange(B, device=device) * K  # (B,)
-    return _trim(ys.index_select(0, best)[:, 1:], PAD)
+    normalized = scores / length_penalty_factor(lengths.view(B, K), length_penalty)  # (B, K)
+    best, order = normalized.topk(nbest, dim=-1)  # (B, N), best first
+    rows = (order + torch.arange(B, device=device)[:, None] * K).view(-1)  # (B*N,)
+    return trim_padding(ys.index_select(0, rows)[:, 1:], PAD).view(B, nbest, -1), best
+
+
+def _reorder_cache(cache, index):
+    """Select (and repeat) the batch rows of every cached key/value tensor, for beam search."""
+    for layer in cache.values():
+        for attn in layer.values():
+            for key in attn:
+                attn[key] = attn[key].index_select(0, index)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from .attention import causal_mask, padding_mask
-from .decoding import beam_search, greedy_decode
+from .decoding import trim_padding, beam_search, greedy_decode, sample
 from .dropout import Dropout
 from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
 from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
@@ -86,11 +86,20 @@ class Transformer(nn.Module):
         return self.decode(tgt_in, memory, src_mask)
 
     @torch.no_grad()
-    def generate(self, src, max_len, beam_size=1, length_penalty=0.6, use_cache=True):
-        """Decode target ids for src (B, S): LongTensor (B, L) starting after BOS, EOS included, PAD after it."""
+    def generate(self, src, max_len, beam_size=1, length_penalty=0.6, use_cache=True, *, sampling=False,
+                 temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=0, generator=None):
+        """Decode target ids for src (B, S): LongTensor (B, L) starting after BOS, EOS included, PAD after it.
+
+        Greedy with beam_size=1, beam search with more; sampling=True draws each token instead (beam_size 1).
+        max_len is one limit for every row or a LongTensor (B,) of each row's own."""
+        if sampling:
+            if beam_size != 1:
+                raise ValueError(f"sampling draws one sequence per source: beam_size must be 1, not {beam_size}")
+            return sample(self, src, max_len, temperature, top_k, top_p, no_repeat_ngram_size, generator)
         if beam_size == 1:
-            return greedy_decode(self, src, max_len, use_cache=use_cache)
-        return beam_search(self, src, max_len, beam_size, length_penalty)
+            return greedy_decode(self, src, max_len, use_cache, no_repeat_ngram_size)
+        ids, _ = beam_search(self, src, max_len, beam_size, length_penalty, 1, no_repeat_ngram_size)
+        return trim_padding(ids[:, 0], self.pad_id)
 
     def attention_maps(self, src, tgt_in):
         """Run teacher forcing once and return every attention layer's weights by name, each (B, H, T, S)."""

@@ -1,0 +1,277 @@
+"""A trained model at work: rebuilt from its checkpoint, it translates new text (mode=translate: text=, input_file=
+or standard input) and scores given translations (mode=score), in batches of inputs of similar length.
+
+Inputs are read as training reads its data: the whitespace around a line (a Windows \\r included) is stripped.
+An empty line gives an empty output line. A line longer than the model's positions (model.max_len) is cut, and
+one warning on standard error counts the lines cut. Output comes back in input order.
+"""
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from .checkpoint import atomic_write, load_checkpoint, load_model_weights
+from .config import Config, check_decode, check_model, check_trainer, upgrade_saved_config
+from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
+from .errors import UserError
+from .evaluate import decode, decode_nbest
+from .model import build_model
+from .setup import autocast_for, resolve_device, resolve_precision
+
+
+def model_from_checkpoint(cfg):
+    """Rebuild the model and tokenizers a checkpoint was trained with: (model, saved config, src_tok, tgt_tok, state)."""
+    if cfg.ckpt_path is None:
+        raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
+    state = load_checkpoint(cfg.ckpt_path)
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(state["config"]))
+    except Exception as e:  # a key this version does not know, or a value of another type
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
+                        f"({str(e).splitlines()[0]})")
+    _refuse_ignored_overrides(cfg, saved)
+    src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
+    tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
+    check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
+    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, cfg.trainer.kernels, **MODEL_IDS)
+    load_model_weights(model, state["model"], cfg.ckpt_path)
+    return model, saved, src_tok, tgt_tok, state
+
+
+def _refuse_ignored_overrides(cfg, saved) -> None:
+    """eval, translate and score rebuild the model from the checkpoint: a command-line override they would not use
+    (model.d_model=256, optimizer.*, another dataset; any dataset.* for translate and score) is refused in one line
+    rather than dropped without a word."""
+    if not HydraConfig.initialized():  # called from Python: there is no command line
+        return
+    unused = {"model", "optimizer", "scheduler", "experiment"} | ({"dataset"} if cfg.mode != "eval" else set())
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.lstrip("+~").partition("=")
+        group = key.split(".")[0]
+        another_dataset = key == "dataset" and value != saved.dataset.name
+        if group in unused or another_dataset:
+            uses = "its dataset (dataset.* keys excepted)" if cfg.mode == "eval" else "no dataset"
+            raise UserError(f"{override}: mode={cfg.mode} rebuilds the model from ckpt_path={cfg.ckpt_path} and uses "
+                            f"{uses}, so this would have no effect: remove it")
+
+
+class Encoder:
+    """Text lines -> id lists, stripped as in training and cut to `limit` tokens; counts the lines it cut."""
+
+    def __init__(self, tokenizer, limit: int, side: str = "input"):
+        self.tokenizer, self.limit, self.side, self.cut = tokenizer, limit, side, 0
+
+    def __call__(self, lines) -> list:
+        encoded = []
+        for line in lines:
+            ids = self.tokenizer.encode(line.strip()) if line.strip() else []
+            self.cut += len(ids) > self.limit
+            encoded.append(ids[: self.limit])
+        return encoded
+
+    def warn(self) -> None:
+        """One line on standard error for the lines cut so far (then the count starts again)."""
+        if self.cut:
+            lines = f"{self.cut} {self.side} line{'s' * (self.cut != 1)}"
+            print(f"warning: {lines} longer than {self.limit} tokens (the model's positions, model.max_len) "
+                  f"{'were' if self.cut != 1 else 'was'} cut to {self.limit} tokens", file=sys.stderr)
+        self.cut = 0
+
+
+def by_length(lengths, batch_size: int):
+    """Batches of at most batch_size indices whose lengths are close, longest first (a batch too big for memory
+    fails at once); length 0 (an empty input) is left out."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start: start + batch_size]
+
+
+def padded(rows, device) -> torch.Tensor:
+    """Id lists -> LongTensor (B, longest), PAD on the right."""
+    width = max(map(len, rows))
+    return torch.tensor([row + [PAD] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
+
+
+def translate(model, inputs, tgt_tok, d, device, autocast) -> list:
+    """The decode settings d's output for each input id list: a list of nbest (score, text) per input, best first
+    (the score is None for greedy decoding and sampling, which rank nothing). An empty input gives empty text."""
+    results = [[(0.0 if d.nbest > 1 else None, "")] * d.nbest for _ in inputs]
+    for rows in by_length([len(ids) for ids in inputs], d.batch_size):
+        src = padded([inputs[i] for i in rows], device)
+        with autocast():
+            if d.nbest > 1:
+                hypotheses, scores = decode_nbest(model, src, d)  # (B, N, L), (B, N)
+                scores = scores.tolist()
+            else:
+                hypotheses, scores = decode(model, src, d)[:, None], [[None]] * len(rows)  # (B, 1, L)
+        for i, row_hypotheses, row_scores in zip(rows, hypotheses.tolist(), scores):
+            results[i] = [(score, tgt_tok.decode(ids)) for score, ids in zip(row_scores, row_hypotheses)]
+    return results
+
+
+def output_lines(results, first_index: int = 0) -> list:
+    """The printed form: one text a line; with nbest > 1, fairseq's "H-<input index>\\t<score>\\t<text>" lines,
+    nbest of them per input, best first (input index from 0; score: log-probability / length penalty)."""
+    if len(results[0]) == 1 and results[0][0][0] is None:
+        return [text for (_, text), in results]
+    return [f"H-{first_index + i}\t{score:.4f}\t{text}" for i, hypotheses in enumerate(results)
+            for score, text in hypotheses]
+
+
+def _ready(cfg):
+    """The checks every mode here shares, then the model on its device: (model, src_tok, tgt_tok, device, autocast)."""
+    t = OmegaConf.to_object(cfg.trainer)
+    check_trainer(t)
+    check_decode(cfg.decode, t)
+    _check_output(cfg)
+    device = resolve_device(t.device)
+    autocast = autocast_for(device, resolve_precision(device, t.precision))
+    model, _, src_tok, tgt_tok, _ = model_from_checkpoint(cfg)
+    torch.manual_seed(cfg.seed)  # decode.sampling draws from torch's generator: the same seed, the same samples
+    return model.to(device).eval(), src_tok, tgt_tok, device, autocast
+
+
+def _check_output(cfg) -> None:
+    """output_file, if given, must be writable and must not replace a file unless overwrite=true: checked before
+    any work, so a run never ends in an error after all its decoding."""
+    if cfg.output_file is None:
+        return
+    path = Path(cfg.output_file)
+    if path.exists() and not cfg.overwrite:
+        raise UserError(f"output_file={path} exists: refusing to overwrite it (overwrite=true replaces it)")
+    if not path.parent.is_dir():
+        raise UserError(f"output_file={path}: the folder {path.parent} does not exist")
+
+
+def _read_lines(key: str, path) -> list:
+    """The lines of a UTF-8 text file named by config key `key`, without their line ends."""
+    try:
+        return Path(path).read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{key}={path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{key}={path} is a folder, not a file") from None
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text ({e.reason})") from None
+
+
+def _write(cfg, lines) -> None:
+    """All output lines into output_file, replaced whole (an interrupted run leaves no half file)."""
+    text = "".join(line + "\n" for line in lines)
+    atomic_write(Path(cfg.output_file), lambda f: f.write(text.encode()))
+
+
+def _stdin_buffers(size: int):
+    """Standard input in buffers of `size` lines; on a terminal, one line at a time after a prompt."""
+    if not sys.stdin.isatty():
+        while buffer := list(itertools.islice(sys.stdin, size)):
+            yield buffer
+        return
+    print("Type a sentence and press Enter to translate it; Ctrl-D ends.", file=sys.stderr)
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            print(file=sys.stderr)
+            return
+        yield [line]
+
+
+def run_translate(cfg) -> None:
+    """Translate text=..., or input_file's lines, or standard input's, as the decode group says; print each input's
+    output (or write output_file)."""
+    if cfg.text is not None and cfg.input_file is not None:
+        raise UserError("text= and input_file= are both given: translate one or the other")
+    model, src_tok, tgt_tok, device, autocast = _ready(cfg)
+    encode = Encoder(src_tok, model.max_len)
+    if cfg.text is not None or cfg.input_file is not None:
+        lines = [cfg.text] if cfg.text is not None else _read_lines("input_file", cfg.input_file)
+        buffers = [lines]
+    else:
+        buffers = _stdin_buffers(cfg.decode.batch_size)
+    written, index, interactive = [], 0, cfg.text is None and cfg.input_file is None and sys.stdin.isatty()
+    for lines in buffers:
+        results = translate(model, encode(lines), tgt_tok, cfg.decode, device, autocast) if lines else []
+        out = output_lines(results, index) if results else []
+        index += len(lines)
+        if cfg.output_file is not None:
+            written += out
+        elif out:
+            print("\n".join(out), flush=True)
+        if interactive:
+            encode.warn()
+    if cfg.output_file is not None:
+        _write(cfg, written)
+    encode.warn()
+
+
+def _pairs(cfg) -> tuple:
+    """mode=score's (sources, references): input_file and reference_file line by line, or input_file as a TSV."""
+    if cfg.input_file is None:
+        raise UserError("mode=score needs input_file=PATH (sources, with reference_file=PATH; or a TSV of "
+                        "source<TAB>reference lines)")
+    sources = _read_lines("input_file", cfg.input_file)
+    if cfg.reference_file is not None:
+        references = _read_lines("reference_file", cfg.reference_file)
+        if len(references) != len(sources):
+            raise UserError(f"reference_file={cfg.reference_file} has {len(references)} lines and "
+                            f"input_file={cfg.input_file} {len(sources)}: line n of one must translate line n of the "
+                            f"other")
+        return sources, references
+    pairs = []
+    for number, line in enumerate(sources, 1):
+        if "\t" not in line:
+            raise UserError(f"{cfg.input_file} line {number}: expected \"source<TAB>reference\", found no TAB "
+                            f"(or give the references in reference_file=PATH)")
+        pairs.append(line.split("\t", 1))
+    return [s for s, _ in pairs], [r for _, r in pairs]
+
+
+@torch.no_grad()
+def score(model, sources, targets, batch_size, device, autocast) -> list:
+    """The model's log-probability of each target id list given its source, teacher-forced and summed over the
+    target's tokens and EOS, with that token count: [(log_prob, tokens)]. An empty source scores nan."""
+    results = [(math.nan, len(t) + 1) for t in targets]
+    for rows in by_length([len(s) for s in sources], batch_size):
+        src = padded([sources[i] for i in rows], device)  # (B, S)
+        tgt = padded([[BOS, *targets[i], EOS] for i in rows], device)  # (B, T+1)
+        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+        with autocast():
+            logits = model(src, tgt_in)  # (B, T, V)
+        log_probs = logits.float().log_softmax(-1).gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
+        sums = log_probs.masked_fill(tgt_out == PAD, 0.0).sum(1)  # (B,)
+        for i, value in zip(rows, sums.tolist()):
+            results[i] = (value, len(targets[i]) + 1)
+    return results
+
+
+def run_score(cfg) -> None:
+    """Write, for each (source, reference) pair, the log-probability of the reference and its NLL per target token,
+    as "<log_prob>\\t<nll per token>" lines; the corpus NLL and perplexity go to standard error."""
+    if cfg.text is not None:
+        raise UserError("mode=score reads input_file= (and reference_file=); text= is for mode=translate")
+    sources, references = _pairs(cfg)
+    model, src_tok, tgt_tok, device, autocast = _ready(cfg)
+    src_encode, tgt_encode = Encoder(src_tok, model.max_len, "source"), Encoder(tgt_tok, model.max_len - 1, "reference")
+    results = score(model, src_encode(sources), tgt_encode(references), cfg.decode.batch_size, device, autocast)
+    lines = [f"{log_prob:.4f}\t{-log_prob / tokens:.4f}" for log_prob, tokens in results]
+    if cfg.output_file is not None:
+        _write(cfg, lines)
+    elif lines:
+        print("\n".join(lines), flush=True)
+    src_encode.warn()
+    tgt_encode.warn()
+    scored = [(log_prob, tokens) for log_prob, tokens in results if not math.isnan(log_prob)]
+    if len(scored) < len(results):
+        print(f"warning: {len(results) - len(scored)} pairs with an empty source were not scored (nan)",
+              file=sys.stderr)
+    if scored:
+        nll = -sum(lp for lp, _ in scored) / sum(n for _, n in scored)
+        print(f"scored {len(scored)} pairs, {sum(n for _, n in scored)} target tokens (EOS included): "
+              f"NLL {nll:.4f} nats a token, perplexity {math.exp(min(nll, 700.0)):.2f}", file=sys.stderr)

@@ -1,0 +1,157 @@
+"""mode=translate and mode=score on a small checkpoint: files and lines in, outputs in input order out."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from playground import experiment, inference
+from playground.data import BOS, EOS, MODEL_IDS
+from playground.data.tokenizers import SymbolTokenizer
+from playground.errors import UserError
+from playground.model import build_model
+
+MAX_LEN = 24  # the checkpoint's positions: a longer input line is cut
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model trained for 150 steps on the reverse task: right on some inputs, wrong on others."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model.d_model=32", "model.d_ff=64", "model.heads=2", f"model.max_len={MAX_LEN}", "dataset.max_len=8",
+            "dataset.num_train=3000", "dataset.num_valid=50", "dataset.num_test=50", "trainer.max_steps=150",
+            "trainer.eval_every=150", "trainer.precision=fp32", "trainer.device=cpu"])
+    run_dir = tmp_path_factory.mktemp("run")
+    experiment.run_train(cfg, run_dir)
+    path = run_dir / "checkpoints" / "best.pt"
+    state = torch.load(path, weights_only=True)
+    model = build_model(cfg.model, 20, 20, **MODEL_IDS)
+    model.load_state_dict(state["model"])
+    return path, model.eval()
+
+
+@pytest.fixture
+def translate(checkpoint, compose_config, tmp_path):
+    """Run mode=translate (or mode=score) in-process on input lines; return the output file's lines."""
+    def _run(lines, *overrides, mode="translate", name="out.txt"):
+        source = tmp_path / f"in-{name}"
+        source.write_bytes("".join(line + "\n" for line in lines).encode())
+        cfg = compose_config(f"mode={mode}", f"ckpt_path={checkpoint[0]}", f"input_file={source}",
+                             f"output_file={tmp_path / name}", "trainer.precision=fp32", *overrides)
+        (inference.run_score if mode == "score" else inference.run_translate)(cfg)
+        return (tmp_path / name).read_text().splitlines()
+    return _run
+
+
+def random_lines(n, seed=0, longest=20):
+    rng = random.Random(seed)
+    return [" ".join(str(rng.randrange(16)) for _ in range(rng.randint(1, longest))) for _ in range(n)]
+
+
+def test_a_thousand_lines_translated_in_batches_equal_the_lines_translated_one_by_one(translate):
+    lines = random_lines(1000, longest=10)
+    batched = translate(lines, "decode.batch_size=64", name="batched.txt")
+    one_by_one = translate(lines, "decode.batch_size=1", name="single.txt")
+    assert len(batched) == 1000
+    assert batched == one_by_one
+    assert len(set(batched)) > 100  # the outputs differ from line to line: a mix-up of the order would show
+
+
+def test_empty_crlf_whitespace_and_overlong_lines(translate, capsys):
+    long_line, longer_line = " ".join(["5"] * 30), " ".join(["6", "7"] * 20)
+    out = translate(["3 1 4\r", "", "   \t ", "  3 1 4  ", long_line, longer_line, "3 1 4"])
+    assert len(out) == 7
+    assert out[0] == out[3] == out[6]  # \r and the whitespace around a line are stripped, as in training
+    assert out[1] == out[2] == ""  # nothing in, nothing out
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 2 input lines longer than {MAX_LEN} tokens (the model's positions, model.max_len) "
+                        f"were cut to {MAX_LEN} tokens"]
+    assert out[4] == translate([" ".join(["5"] * MAX_LEN)], name="cut.txt")[0]
+
+
+def test_nbest_prints_n_scored_hypotheses_per_input_best_first_the_first_being_the_beams_choice(translate):
+    lines = random_lines(12, seed=1, longest=8)
+    nbest = translate(lines, "decode=beam", "decode.nbest=3", name="nbest.txt")
+    best = translate(lines, "decode=beam", name="beam.txt")
+    assert len(nbest) == 3 * len(lines)
+    for i, line in enumerate(lines):
+        rows = [row.split("\t") for row in nbest[3 * i: 3 * i + 3]]
+        assert [tag for tag, _, _ in rows] == [f"H-{i}"] * 3
+        scores = [float(score) for _, score, _ in rows]
+        assert scores == sorted(scores, reverse=True)
+        assert len({text for _, _, text in rows}) == 3
+        assert rows[0][2] == best[i]
+
+
+def log_probability(model, source_ids, target_ids):
+    """The model's log-probability of target (EOS appended) given source, one pair, teacher-forced."""
+    src = torch.tensor([source_ids])
+    tgt = torch.tensor([[BOS, *target_ids, EOS]])
+    with torch.no_grad():
+        logp = model(src, tgt[:, :-1]).log_softmax(-1)  # (1, T, V)
+    return logp[0].gather(-1, tgt[0, 1:, None]).sum().item()
+
+
+def test_score_writes_each_pairs_teacher_forced_log_probability_and_nll_per_token(translate, checkpoint, capsys):
+    _, model = checkpoint
+    sources, references = random_lines(40, seed=2, longest=12), random_lines(40, seed=3, longest=12)
+    out = translate([f"{s}\t{r}" for s, r in zip(sources, references)], mode="score", name="scores.tsv")
+    tokenizer = SymbolTokenizer(16)
+    for line, source, reference in zip(out, sources, references):
+        log_prob, nll = map(float, line.split("\t"))
+        expected = log_probability(model, tokenizer.encode(source), tokenizer.encode(reference))
+        assert log_prob == pytest.approx(expected, abs=2e-4)
+        assert nll == pytest.approx(-expected / (len(reference.split()) + 1), abs=2e-4)
+    assert "scored 40 pairs" in capsys.readouterr().err
+
+
+def test_score_reads_references_from_their_own_file_as_well(translate, tmp_path):
+    sources, references = random_lines(10, seed=4), random_lines(10, seed=5)
+    (tmp_path / "ref.txt").write_text("\n".join(references) + "\n")
+    separate = translate(sources, f"reference_file={tmp_path / 'ref.txt'}", mode="score", name="a.tsv")
+    together = translate([f"{s}\t{r}" for s, r in zip(sources, references)], mode="score", name="b.tsv")
+    assert separate == together
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["decode.beam_size=2", "decode.nbest=3"], "decode.nbest=3 is more than decode.beam_size=2"),
+    (["decode.sampling=true", "decode.temperature=0"], "decode.temperature=0.0 must be positive"),
+    (["decode.sampling=true", "decode.top_p=0"], r"decode.top_p=0.0 must be in \(0, 1\]"),
+    (["decode.sampling=true", "decode.top_p=1.5"], r"decode.top_p=1.5 must be in \(0, 1\]"),
+    (["decode.top_k=-1"], "decode.top_k=-1 must be 0 or more"),
+    (["decode.sampling=true", "decode.beam_size=4"], "decode.sampling=true draws one sequence per input"),
+    (["trainer.beam_size=4"], "trainer.beam_size is now decode.beam_size: write decode.beam_size=4"),
+    (["trainer.length_penalty=1.0"], "trainer.length_penalty is now decode.length_penalty"),
+    (["input_file=MISSING"], "input_file=.*missing.txt: no such file"),
+    (["output_file=EXISTING"], "output_file=.*existing.txt exists: refusing to overwrite it"),
+    (["text=3 1 4", "input_file=EXISTING"], "text= and input_file= are both given"),
+    (["mode=score", "input_file=EXISTING"], r"existing.txt line 1: expected \"source<TAB>reference\""),
+    (["mode=score", "input_file=EXISTING", "reference_file=TWO"], "has 2 lines and input_file=.* 1"),
+    (["mode=score"], "mode=score needs input_file=PATH"),
+])
+def test_bad_translate_and_score_settings_are_refused_by_name(checkpoint, compose_config, tmp_path, overrides,
+                                                              message):
+    existing, two = tmp_path / "existing.txt", tmp_path / "two.txt"
+    existing.write_text("3 1 4\n")
+    two.write_text("1\n2\n")
+    names = {"MISSING": tmp_path / "missing.txt", "EXISTING": existing, "TWO": two}
+    overrides = [o.split("=")[0] + "=" + str(names.get(o.split("=")[1], o.split("=")[1])) for o in overrides]
+    mode = "mode=score" if "mode=score" in overrides else "mode=translate"
+    cfg = compose_config(mode, f"ckpt_path={checkpoint[0]}", *[o for o in overrides if not o.startswith("mode=")])
+    with pytest.raises(UserError, match=message):
+        (inference.run_score if cfg.mode == "score" else inference.run_translate)(cfg)
+    assert existing.read_text() == "3 1 4\n"  # an output_file that exists is left as it was
+
+
+def test_text_with_commas_apostrophes_and_accents_translates_and_leaves_no_run_folder(checkpoint, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "transformer_playground.py"), "mode=translate",
+                             f"ckpt_path={checkpoint[0]}", "text=3 1, 4 it's è più!", "trainer.device=cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time> folder
