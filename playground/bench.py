@@ -2,6 +2,7 @@
 
     python -m playground.bench                 # everything: training at two sizes, fp32 and bf16, and decoding
     python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
+    python -m playground.bench --only translate   # a 1,000-line file: batches of similar length vs line by line
     python -m playground.bench --only train --device cuda
     python -m playground.bench --size base --precision bf16 --compile   # the paper's base model, ~25k-token batches
     python -m playground.bench --stack         # the fast pieces added one at a time: what each one is worth
@@ -316,7 +317,8 @@ def bench_decoding(device, batch=32, src_len=32, new_tokens=64):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["train", "decode"], help="run one part only")
+    parser.add_argument("--only", choices=["train", "decode", "translate"],
+                        help="run one part only (translate: playground/bench_translate.py, not part of the rest)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
                         help="training precisions to measure (default: both)")
@@ -329,6 +331,10 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="both models under torch.compile (as trainer.compile=true), compiled during the warm-up")
     args = parser.parse_args(argv)
+    if args.only == "translate":
+        from .bench_translate import main as bench_translate
+
+        return bench_translate(["--device", args.device] + [f"--precision={p}" for p in args.precision or []][:1])
     device = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
