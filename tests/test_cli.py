@@ -56,16 +56,6 @@ def test_eval_in_another_folder_reproduces_the_runs_test_metrics(trained_run, tm
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
 
 
-def test_translate_prints_one_output_line_per_input_line(trained_run, tmp_path):
-    run_dir, _ = trained_run
-    result = run("mode=translate", f"ckpt_path={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/t",
-                 cwd=tmp_path, stdin="1 2 3\n4 5 6 7\n")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2
-    assert all(word.isdigit() for line in lines for word in line.split())
-
-
 def test_a_users_mistake_gets_one_line_and_exit_code_2(tmp_path):
     result = run("model.heads=7", f"hydra.run.dir={tmp_path}/bad")
     assert result.returncode == 2

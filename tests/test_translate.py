@@ -1,5 +1,6 @@
 """mode=translate and mode=score on a small checkpoint: files and lines in, outputs in input order out."""
 
+import io
 import random
 import subprocess
 import sys
@@ -155,3 +156,26 @@ def test_text_with_commas_apostrophes_and_accents_translates_and_leaves_no_run_f
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time> folder
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_standard_input_on_a_terminal_is_translated_line_by_line_after_a_prompt(checkpoint, compose_config,
+                                                                                monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", Terminal("3 1 4\n\n2 7\n"))
+    inference.run_translate(compose_config("mode=translate", f"ckpt_path={checkpoint[0]}", "trainer.precision=fp32"))
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3 and captured.out.splitlines()[1] == ""
+    assert captured.err.count("> ") == 4  # one prompt per line, and one more before Ctrl-D (end of input)
+
+
+def test_piped_standard_input_is_read_in_buffers_of_the_batch_size(checkpoint, compose_config, monkeypatch, capsys,
+                                                                   translate):
+    lines = random_lines(50, seed=6, longest=8)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    inference.run_translate(compose_config("mode=translate", f"ckpt_path={checkpoint[0]}", "trainer.precision=fp32",
+                                           "decode.batch_size=16"))
+    assert capsys.readouterr().out.splitlines() == translate(lines, name="piped.txt")
