@@ -33,6 +33,8 @@ class ModelConfig:
     attention: Optional[str] = None  # retired: how attention is computed is trainer.kernels now (refused if set)
     tie_embeddings: str = "decoder"  # none | decoder (output layer shares the target embedding) | all (source too)
     max_len: int = 512  # the longest sequence the positional encodings cover
+    ablate: List[str] = field(default_factory=list)  # pieces of the paper to remove: causal_mask, attention_scale,
+    # padding_mask, residual, layer_norm, embedding_scale, positional (docs/ablations.md shows what each does)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     name: str = "cosine"  # noam (paper: linear warmup, then 1/sqrt(step)) | cosine | constant
-    warmup_steps: Optional[int] = None  # steps of linear warmup to the peak lr; null: max_steps / 7.5, at most 4000
+    warmup_steps: Optional[int] = None  # steps of linear warmup to the peak lr (0: none); null: max_steps / 7.5, at most 4000
     min_lr_ratio: float = 0.0  # cosine only: the final learning rate as a fraction of the peak
 
 

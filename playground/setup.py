@@ -160,8 +160,11 @@ def resolve_recipe(cfg, max_steps: int, saved: dict = None) -> str:
 
 def noam(step, warmup, max_steps, min_ratio):
     """Section 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), here divided by its peak value
-    d_model^-0.5 * warmup^-0.5 so that optimizer.lr is the peak (the paper's base model: lr = 7e-4, warmup 4000)."""
+    d_model^-0.5 * warmup^-0.5 so that optimizer.lr is the peak (the paper's base model: lr = 7e-4, warmup 4000).
+    Without warmup (warmup=0) only the decay is left: optimizer.lr / sqrt(step), the peak at step 1."""
     step = max(step, 1)
+    if warmup == 0:
+        return 1 / math.sqrt(step)
     return min(step / warmup, math.sqrt(warmup / step))
 
 
@@ -185,8 +188,8 @@ def build_scheduler(sched_cfg, optimizer, max_steps: int):
     """scheduler.name picks the multiplier of optimizer.lr at each step."""
     if sched_cfg.name not in SCHEDULES:
         raise UserError(f"scheduler.name={sched_cfg.name} is not one of: {', '.join(SCHEDULES)}")
-    if sched_cfg.warmup_steps is None or (sched_cfg.warmup_steps <= 0 and sched_cfg.name != "constant"):
-        raise UserError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be positive")
+    if sched_cfg.warmup_steps is None or sched_cfg.warmup_steps < 0:
+        raise UserError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be 0 (no warmup) or positive")
     fn = SCHEDULES[sched_cfg.name]
     warmup, min_ratio = sched_cfg.warmup_steps, sched_cfg.min_lr_ratio
     # LambdaLR counts from 0 before the first step; the paper's step_num counts from 1

@@ -62,8 +62,8 @@ def test_an_edit_to_scaled_dot_product_attention_changes_the_default_run(compose
                                                                           default_losses):
     textbook = attention.scaled_dot_product_attention
 
-    def without_the_scale(q, k, v, mask=None, dropout=None):  # the classic first experiment: no 1/sqrt(d_k)
-        return textbook(q * math.sqrt(q.size(-1)), k, v, mask, dropout)
+    def without_the_scale(q, k, v, mask=None, dropout=None, scaled=True):  # the classic first experiment
+        return textbook(q * math.sqrt(q.size(-1)), k, v, mask, dropout, scaled)  # no 1/sqrt(d_k)
 
     monkeypatch.setattr(attention, "scaled_dot_product_attention", without_the_scale)
     assert_changed(train_losses(compose_config, tmp_path), default_losses)

@@ -18,6 +18,8 @@ line saying so. A module is swapped only when it is exactly the reference class:
 keeps its code.
 """
 
+import logging
+
 from torch import nn
 
 from ..model import KERNELS
@@ -32,6 +34,8 @@ from .linear import OneDNNLinear
 from .loss import blockwise_sequence_loss
 from .support import CHECKS, check_all, works
 
+log = logging.getLogger("playground.kernels")
+
 FAST_PIECES = {
     MultiHeadAttention: FastMultiHeadAttention,
     PositionwiseFeedForward: FusedFeedForward,
@@ -40,14 +44,30 @@ FAST_PIECES = {
 }
 
 
+def _unsupported_ablation(module):
+    """The ablation (model.ablate) a fast piece does not compute, if this module has one: it keeps its reference code."""
+    if isinstance(module, MultiHeadAttention) and not module.scaled:
+        return "attention_scale"
+    return None
+
+
 def use_fast_kernels(model: nn.Module, pieces=None) -> nn.Module:
     """Give every reference piece of `model` (or only those of the classes in `pieces`) its fast forward, in
     place: the fast classes add no parameters or buffers, so changing a module's class keeps its weights, its
-    state_dict and anything that points at them."""
+    state_dict and anything that points at them. A piece ablated in a way its fast version does not compute
+    keeps its reference code, with one log line."""
+    kept = set()
     for module in model.modules():
         fast = FAST_PIECES.get(type(module))
         if fast is not None and (pieces is None or type(module) in pieces):
-            module.__class__ = fast
+            ablation = _unsupported_ablation(module)
+            if ablation is None:
+                module.__class__ = fast
+            else:
+                kept.add((ablation, type(module).__name__))
+    for ablation, name in sorted(kept):
+        log.info(f"trainer.kernels=fast: {name} runs its reference code under model.ablate=[{ablation}] "
+                 f"(its fast kernel computes the paper's version only)")
     return model
 
 

@@ -23,14 +23,16 @@ def causal_mask(length: int, device=None) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()  # (T, T)
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, dropout=None):
+def scaled_dot_product_attention(q, k, v, mask=None, dropout=None, scaled=True):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, Equation (1). Returns (output, weights).
 
     `dropout`, a module or function, is applied to the weights before they average the values (the
-    weights returned are the ones before dropout).
+    weights returned are the ones before dropout). scaled=False leaves out the 1/sqrt(d_k) (an ablation).
     """
     d_k = q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, H, T, S)
+    scores = q @ k.transpose(-2, -1)  # (B, H, T, S)
+    if scaled:  # without it, dot products grow with d_k and push the softmax where its gradients vanish (3.2.1)
+        scores = scores / math.sqrt(d_k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # a hidden key gets weight exp(-inf) = 0
     weights = scores.softmax(dim=-1)  # (B, H, T, S), each row sums to 1
@@ -46,10 +48,10 @@ class MultiHeadAttention(nn.Module):
     `self.weights` (B, H, T, S) for heatmaps.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout_p: float, self_attention: bool):
+    def __init__(self, d_model: int, heads: int, dropout_p: float, self_attention: bool, scaled: bool = True):
         super().__init__()
         self.heads, self.head_dim = heads, d_model // heads
-        self.self_attention = self_attention
+        self.self_attention, self.scaled = self_attention, scaled
         if self_attention:
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         else:
@@ -94,7 +96,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, memory=None, mask=None, rotary=None, cache=None):
         """x (B, T, D) queries; memory (B, S, D) for cross-attention; cache: a dict kept across decoding steps."""
         q, k, v = self.project(x, memory, rotary, cache)  # (B, H, T, Dh), (B, H, S, Dh), (B, H, S, Dh)
-        out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout)  # (B, H, T, Dh), (B, H, T, S)
+        out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.scaled)  # (B,H,T,Dh), (B,H,T,S)
         if self.record_weights:
             self.weights = weights
         return self.out_proj(self.merge_heads(out))  # (B, T, D)

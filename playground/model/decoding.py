@@ -108,7 +108,7 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6, nbest=1, no_
     device = src.device
     memory, src_mask = model.encode(src)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
-    src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    src_mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
     limits, longest = _row_limits(max_len, B, device)
     limits = limits.repeat_interleave(K)  # (B*K,)
     scores = torch.full((B, K), float("-inf"), device=device)

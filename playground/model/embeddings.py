@@ -12,12 +12,12 @@ from torch import nn
 
 
 class TokenEmbedding(nn.Module):
-    """Learned embeddings multiplied by sqrt(d_model) (Section 3.4)."""
+    """Learned embeddings multiplied by sqrt(d_model) (Section 3.4); scaled=False leaves that out (an ablation)."""
 
-    def __init__(self, vocab_size: int, d_model: int):
+    def __init__(self, vocab_size: int, d_model: int, scaled: bool = True):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
-        self.scale = math.sqrt(d_model)
+        self.scale = math.sqrt(d_model) if scaled else 1.0
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)  # scaled embeddings start with unit variance
 
     @property

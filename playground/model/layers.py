@@ -35,38 +35,52 @@ NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 
 
 class _Residual(nn.Module):
-    """A residual connection around a sublayer, with its norm and dropout; subclasses say where the norm goes."""
+    """A residual connection around a sublayer, with its norm and dropout; subclasses say where the norm goes.
+    The ablations: residual=False drops the "x +", normalize=False the norm."""
 
-    def __init__(self, d_model: int, dropout_p: float, norm: str):
+    def __init__(self, d_model: int, dropout_p: float, norm: str, residual: bool = True, normalize: bool = True):
         super().__init__()
-        self.norm = NORMS[norm](d_model)
+        self.norm = NORMS[norm](d_model) if normalize else nn.Identity()
         self.dropout = Dropout(dropout_p)
+        self.residual = residual
 
 
 class PostNormResidual(_Residual):
     """LayerNorm(x + Dropout(Sublayer(x))), Section 3.1 and 5.4: the paper's placement."""
 
     def forward(self, x, sublayer):
-        return self.norm(x + self.dropout(sublayer(x)))
+        out = self.dropout(sublayer(x))
+        return self.norm(x + out if self.residual else out)
 
 
 class PreNormResidual(_Residual):
     """x + Dropout(Sublayer(LayerNorm(x))): normalise the input instead (Xiong et al. 2020); trains without warmup."""
 
     def forward(self, x, sublayer):
-        return x + self.dropout(sublayer(self.norm(x)))
+        out = self.dropout(sublayer(self.norm(x)))
+        return x + out if self.residual else out
 
 
 NORM_PLACEMENTS = {"post": PostNormResidual, "pre": PreNormResidual}
 
 
+def _residual_maker(norm_position, ablate):
+    """The residual wrapper of norm_position, without its "x +" or its norm where model.ablate says so."""
+    def make(d_model, dropout_p, norm):
+        return NORM_PLACEMENTS[norm_position](d_model, dropout_p, norm, residual="residual" not in ablate,
+                                              normalize="layer_norm" not in ablate)
+    return make
+
+
 class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward, each wrapped in a residual connection and normalisation (Section 3.1)."""
 
-    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu"):
+    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
+                 ablate=()):
         super().__init__()
-        residual = NORM_PLACEMENTS[norm_position]
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True)
+        residual = _residual_maker(norm_position, ablate)
+        scaled = "attention_scale" not in ablate
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, scaled=scaled)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
         self.attn_residual = residual(d_model, dropout_p, norm)
         self.ff_residual = residual(d_model, dropout_p, norm)
@@ -79,11 +93,13 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, then feed-forward (Section 3.1)."""
 
-    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu"):
+    def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
+                 ablate=()):
         super().__init__()
-        residual = NORM_PLACEMENTS[norm_position]
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False)
+        residual = _residual_maker(norm_position, ablate)
+        scaled = "attention_scale" not in ablate
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, scaled=scaled)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False, scaled=scaled)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
         self.self_residual = residual(d_model, dropout_p, norm)
         self.cross_residual = residual(d_model, dropout_p, norm)

@@ -10,6 +10,9 @@ from .embeddings import POSITIONAL_ENCODINGS, TokenEmbedding
 from .layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS, DecoderLayer, EncoderLayer
 
 TIE_EMBEDDINGS = ("none", "decoder", "all")
+# Pieces of the paper that model.ablate removes, to see what each one is for (docs/ablations.md)
+ABLATIONS = ("causal_mask", "attention_scale", "padding_mask", "residual", "layer_norm", "embedding_scale",
+             "positional")
 
 
 class Encoder(nn.Module):
@@ -45,16 +48,21 @@ class Transformer(nn.Module):
 
     def __init__(self, src_vocab_size, tgt_vocab_size, *, pad_id, bos_id, eos_id, d_model=512, heads=8, enc_layers=6,
                  dec_layers=6, d_ff=2048, dropout_p=0.1, norm_position="post", norm="layernorm", final_norm=False,
-                 positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024):
+                 positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024, ablate=()):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id  # the vocabulary's, handed in by the builder
+        self.ablate = tuple(ablate)  # pieces of the paper left out (ABLATIONS); empty: the paper's model
         layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout_p=dropout_p, norm_position=norm_position,
-                          norm=norm, activation=activation)
-        self.src_embed = TokenEmbedding(src_vocab_size, d_model)
-        self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model)
+                          norm=norm, activation=activation, ablate=self.ablate)
+        scaled = "embedding_scale" not in self.ablate
+        self.src_embed = TokenEmbedding(src_vocab_size, d_model, scaled)
+        self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model, scaled)
+        if "positional" in self.ablate:
+            positional = "none"
         self.positional = POSITIONAL_ENCODINGS[positional](d_model, heads, max_len)
         self.dropout = Dropout(dropout_p)  # on the sums of embeddings and positional encodings (Section 5.4)
+        final_norm = final_norm and "layer_norm" not in self.ablate
         self.encoder = Encoder([EncoderLayer(**layer_args) for _ in range(enc_layers)], d_model, final_norm, norm)
         self.decoder = Decoder([DecoderLayer(**layer_args) for _ in range(dec_layers)], d_model, final_norm, norm)
         self.generator = nn.Linear(d_model, tgt_vocab_size)  # the pre-softmax linear transformation
@@ -68,14 +76,15 @@ class Transformer(nn.Module):
 
     def encode(self, src):
         """src (B, S) ids -> encoder output (B, S, D) and the source padding mask (B, 1, 1, S)."""
-        src_mask = padding_mask(src, self.pad_id)
+        src_mask = padding_mask(src, self.pad_id) if "padding_mask" not in self.ablate else None  # None: see all
         x = self.dropout(self.positional(self.src_embed(src)))  # (B, S, D)
         return self.encoder(x, src_mask, self.positional.rotary), src_mask
 
     def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
         """tgt_in (B, T) ids at positions offset.. -> logits (B, T, V). With a cache, earlier steps are not recomputed."""
         T = tgt_in.size(1)
-        tgt_mask = causal_mask(T, tgt_in.device) if T > 1 else None  # one new query may see every cached key
+        # one new query may see every cached key; without the causal mask, training sees the future
+        tgt_mask = causal_mask(T, tgt_in.device) if T > 1 and "causal_mask" not in self.ablate else None
         y = self.dropout(self.positional(self.tgt_embed(tgt_in), offset))  # (B, T, D)
         y = self.decoder(y, memory, src_mask, tgt_mask, self.positional.rotary, cache)
         return self.generator(y)  # (B, T, V)
@@ -137,6 +146,10 @@ def check_model_config(c, src_vocab_size=None, tgt_vocab_size=None) -> None:
     for key, options in (("tie_embeddings", TIE_EMBEDDINGS), ("positional", POSITIONAL_ENCODINGS),
                          ("norm_position", NORM_PLACEMENTS), ("norm", NORMS), ("activation", ACTIVATIONS)):
         _choice(c, key, options)
+    unknown = [name for name in getattr(c, "ablate", ()) if name not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"model.ablate has {', '.join(map(str, unknown))}, which is not a piece it can remove: "
+                         f"{', '.join(ABLATIONS)}")
     if c.positional == "rotary" and (c.d_model // c.heads) % 2:
         raise ValueError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
     if c.tie_embeddings == "all" and src_vocab_size != tgt_vocab_size and None not in (src_vocab_size, tgt_vocab_size):
@@ -166,6 +179,6 @@ def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int, kernels: st
         src_vocab_size, tgt_vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, d_model=c.d_model,
         heads=c.heads, enc_layers=c.enc_layers, dec_layers=c.dec_layers, d_ff=c.d_ff, dropout_p=c.dropout,
         norm_position=c.norm_position, norm=c.norm, final_norm=c.final_norm, positional=c.positional,
-        activation=c.activation, tie_embeddings=c.tie_embeddings, max_len=c.max_len,
+        activation=c.activation, tie_embeddings=c.tie_embeddings, max_len=c.max_len, ablate=getattr(c, "ablate", ()),
     )
     return KERNELS[kernels](model)
