@@ -20,8 +20,13 @@ def _take_text(argv) -> str | None:
     """Take `text=...` off the command line before Hydra's parser sees it, so that any text passes as the shell
     gives it: commas (which Hydra reads as a list), apostrophes, accents, `!`. One pair of quotes around the value
     (Hydra's own quoting, text='"Hello, world!"') is removed."""
+    given = [a for a in argv[1:] if a.startswith("text=")]
+    if len(given) > 1:
+        print(f"error: text= is given {len(given)} times: translate one text at a time (or use input_file=PATH)",
+              file=sys.stderr)
+        sys.exit(2)
     text = None
-    for arg in [a for a in argv[1:] if a.startswith("text=")]:
+    for arg in given:
         argv.remove(arg)
         text = arg[len("text="):]
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -34,7 +39,8 @@ def _writes_nothing_that_lasts(argv) -> bool:
     unless given hydra.run.dir=...: Hydra's run directory goes to a temporary folder, removed at exit."""
     if int(os.environ.get("RANK", "0")) > 0:
         return True
-    asked = any(a.startswith(("hydra.run.dir=", "hydra/job_logging=")) or a in ("-m", "--multirun") for a in argv)
+    asked = any(a.startswith(("hydra.run.dir=", "hydra/job_logging=", "hydra.job.chdir=")) or a in ("-m", "--multirun")
+                for a in argv)
     return not asked and any(a in ("mode=translate", "mode=score") for a in argv)
 
 

@@ -217,6 +217,14 @@ def check_decode(d, trainer_cfg=None) -> None:
         raise UserError("decode.max_len_a=0 and decode.max_len_b=0 leave no room for a single output token")
 
 
+def check_decode_vocabulary(d, tgt_vocab_size: int) -> None:
+    """A beam wider than the tokens that can start an output (the vocabulary less PAD and BOS) would fill with
+    impossible hypotheses."""
+    if d.beam_size > tgt_vocab_size - 2:
+        raise UserError(f"decode.beam_size={d.beam_size} is more than the {tgt_vocab_size - 2} tokens an output can "
+                        f"start with (the target vocabulary less <pad> and <s>)")
+
+
 def upgrade_saved_config(config: dict) -> dict:
     """A checkpoint's config as this version names it: model.attention (before trainer.kernels) is dropped, and
     trainer.beam_size and friends (before the decode group) move to decode.*."""

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from .checkpoint import atomic_write, load_checkpoint, load_model_weights
-from .config import Config, check_decode, check_model, check_trainer, upgrade_saved_config
+from .config import Config, check_decode, check_decode_vocabulary, check_model, check_trainer, upgrade_saved_config
 from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import decode, decode_nbest
@@ -132,6 +132,7 @@ def _ready(cfg):
     device = resolve_device(t.device)
     autocast = autocast_for(device, resolve_precision(device, t.precision))
     model, _, src_tok, tgt_tok, _ = model_from_checkpoint(cfg)
+    check_decode_vocabulary(cfg.decode, tgt_tok.vocab_size)
     torch.manual_seed(cfg.seed)  # decode.sampling draws from torch's generator: the same seed, the same samples
     return model.to(device).eval(), src_tok, tgt_tok, device, autocast
 
@@ -142,23 +143,33 @@ def _check_output(cfg) -> None:
     if cfg.output_file is None:
         return
     path = Path(cfg.output_file)
+    if not cfg.output_file or path.is_dir():
+        raise UserError(f"output_file={cfg.output_file} is {'a folder' if cfg.output_file else 'empty'}: give a file")
     if path.exists() and not cfg.overwrite:
         raise UserError(f"output_file={path} exists: refusing to overwrite it (overwrite=true replaces it)")
     if not path.parent.is_dir():
         raise UserError(f"output_file={path}: the folder {path.parent} does not exist")
 
 
-def _read_lines(key: str, path) -> list:
-    """The lines of a UTF-8 text file named by config key `key`, without their line ends."""
+def _decoded(raw: bytes, where: str, number: int) -> str:
     try:
-        return Path(path).read_bytes().decode("utf-8").splitlines()
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} line {number}: not UTF-8 text ({e.reason})") from None
+
+
+def _read_lines(key: str, path) -> list:
+    """The lines of a UTF-8 text file named by config key `key`, split at "\n" only, as training reads its data."""
+    try:
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{key}={path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{key}={path} is a folder, not a file") from None
-    except UnicodeDecodeError as e:
-        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"{path} line {line}: not UTF-8 text ({e.reason})") from None
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":  # the end of the last line, not a line of its own
+        lines.pop()
+    return [_decoded(line, path, number) for number, line in enumerate(lines, 1)]
 
 
 def _write(cfg, lines) -> None:
@@ -167,17 +178,26 @@ def _write(cfg, lines) -> None:
     atomic_write(Path(cfg.output_file), lambda f: f.write(text.encode()))
 
 
+def _stdin_lines():
+    """Standard input's lines, read as bytes and split at "\n" as files are (a text stream also works)."""
+    for number, line in enumerate(getattr(sys.stdin, "buffer", sys.stdin), 1):
+        yield _decoded(line, "standard input", number) if isinstance(line, bytes) else line
+
+
 def _stdin_buffers(size: int):
     """Standard input in buffers of `size` lines; on a terminal, one line at a time after a prompt."""
     if not sys.stdin.isatty():
-        while buffer := list(itertools.islice(sys.stdin, size)):
+        lines = _stdin_lines()
+        while buffer := list(itertools.islice(lines, size)):
             yield buffer
         return
-    print("Type a sentence and press Enter to translate it; Ctrl-D ends.", file=sys.stderr)
+    print("Type a sentence and press Enter to translate it; Ctrl-D or Ctrl-C ends.", file=sys.stderr)
+    lines = _stdin_lines()
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        try:
+            line = next(lines)
+        except (StopIteration, KeyboardInterrupt):
             print(file=sys.stderr)
             return
         yield [line]

@@ -75,6 +75,11 @@ def test_empty_crlf_whitespace_and_overlong_lines(translate, capsys):
     assert out[4] == translate([" ".join(["5"] * MAX_LEN)], name="cut.txt")[0]
 
 
+def test_a_file_is_split_into_lines_at_newlines_only_as_training_reads_it(translate):
+    out = translate(["3 1\x0c4", "5\u2028 6", "7"])  # a form feed and a line separator inside lines
+    assert len(out) == 3
+
+
 def test_nbest_prints_n_scored_hypotheses_per_input_best_first_the_first_being_the_beams_choice(translate):
     lines = random_lines(12, seed=1, longest=8)
     nbest = translate(lines, "decode=beam", "decode.nbest=3", name="nbest.txt")
@@ -134,13 +139,18 @@ def test_score_reads_references_from_their_own_file_as_well(translate, tmp_path)
     (["mode=score", "input_file=EXISTING"], r"existing.txt line 1: expected \"source<TAB>reference\""),
     (["mode=score", "input_file=EXISTING", "reference_file=TWO"], "has 2 lines and input_file=.* 1"),
     (["mode=score"], "mode=score needs input_file=PATH"),
+    (["output_file=FOLDER"], "output_file=.* is a folder: give a file"),
+    (["decode.beam_size=19"], "decode.beam_size=19 is more than the 18 tokens an output can start with"),
+    (["input_file=LATIN1"], "latin1.txt line 2: not UTF-8 text"),
 ])
 def test_bad_translate_and_score_settings_are_refused_by_name(checkpoint, compose_config, tmp_path, overrides,
                                                               message):
     existing, two = tmp_path / "existing.txt", tmp_path / "two.txt"
     existing.write_text("3 1 4\n")
     two.write_text("1\n2\n")
-    names = {"MISSING": tmp_path / "missing.txt", "EXISTING": existing, "TWO": two}
+    (tmp_path / "latin1.txt").write_bytes("3 1\nè più\n".encode("latin-1"))
+    names = {"MISSING": tmp_path / "missing.txt", "EXISTING": existing, "TWO": two, "FOLDER": tmp_path,
+             "LATIN1": tmp_path / "latin1.txt"}
     overrides = [o.split("=")[0] + "=" + str(names.get(o.split("=")[1], o.split("=")[1])) for o in overrides]
     mode = "mode=score" if "mode=score" in overrides else "mode=translate"
     cfg = compose_config(mode, f"ckpt_path={checkpoint[0]}", *[o for o in overrides if not o.startswith("mode=")])
