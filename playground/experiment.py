@@ -15,11 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import check_decode, check_lengths, check_model, check_trainer, upgrade_saved_config
+from .config import (check_decode, check_decode_vocabulary, check_lengths, check_model, check_trainer,
+                     upgrade_saved_config)
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
 from .errors import UserError
+from .diagnostics import log_attention
+from .doctor import Doctor, unk_shares
 from .evaluate import evaluate, text_metrics
 from .inference import model_from_checkpoint
 from .model import build_model
@@ -55,21 +58,6 @@ def _sample_table(texts, predictions, tgt_tok, n) -> str:
         source, reference = texts[i]
         rows.append(f"| {source} | {reference} | {tgt_tok.decode(predictions[i])} |")
     return "\n".join(rows)
-
-
-def _log_attention(tracker, model, data: Data, device, step) -> None:
-    """Heatmaps of every attention layer for the first validation example, tokens on the axes."""
-    src, tgt = (t.to(device) for t in data.splits["valid"].batch(torch.tensor([0])))
-    was_training = model.training
-    model.eval()
-    maps = model.attention_maps(src, tgt[:, :-1])  # {name: (1, H, T, S)}
-    model.train(was_training)
-    src_pieces = [data.src_tokenizer.piece(i) for i in src[0].tolist()]
-    tgt_pieces = [data.tgt_tokenizer.piece(i) for i in tgt[0, :-1].tolist()]
-    for name, weights in maps.items():
-        queries = src_pieces if name.startswith("encoder") else tgt_pieces
-        keys = tgt_pieces if name.startswith("decoder") and name.endswith("self_attn") else src_pieces
-        tracker.attention(f"attention/{name}", weights[0], queries, keys, step)
 
 
 def _flops_counters(model_cfg, tgt_vocab, device, precision, d):
@@ -230,6 +218,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     data = load_data(cfg.dataset, tokenizers=_checkpoint_tokenizers(resume) if resume else None)
     torch.manual_seed(cfg.seed)
     check_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    check_decode_vocabulary(cfg.decode, data.tgt_tokenizer.vocab_size)
     _prepare_kernels(t.kernels, device, t.precision)
     model = build_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size, t.kernels,
                         **MODEL_IDS).to(device)
@@ -257,6 +246,14 @@ def run_train(cfg, run_dir: Path) -> dict:
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()
+
+    def report(message, step):
+        if d.is_main:
+            log.warning(message)
+            tracker.text("doctor", message, step)
+
+    doctor = Doctor(data.tgt_tokenizer.vocab_size, t.max_steps, report)  # signatures of a run going wrong
+    doctor.check_data(unk_shares(data.splits["train"]), start_step)
     evaluate_split = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
@@ -279,11 +276,13 @@ def run_train(cfg, run_dir: Path) -> dict:
     def on_eval(step) -> bool:
         nonlocal best_weights
         metrics, predictions, _ = evaluate_split("valid")
+        metrics.update(log_attention(tracker, model, data, cfg.dataset.name if cfg.dataset.name in TASKS else None,
+                                     device, step))  # heatmaps, entropy; on a synthetic task, valid/attention_alignment
         tracker.scalars({f"valid/{k}": v for k, v in metrics.items()}, step)
+        doctor.on_eval(step, metrics)
         if d.is_main:
             tracker.text("valid/samples", _sample_table(data.texts["valid"], predictions, data.tgt_tokenizer,
                                                         t.num_samples), step)
-            _log_attention(tracker, model, data, device, step)
             log.info(f"step {step}: " + ", ".join(f"valid/{k} {v:.4f}" for k, v in metrics.items()))
         if monitor.update({f"valid/{k}": v for k, v in metrics.items()}, step):
             best.clear()
@@ -302,7 +301,7 @@ def run_train(cfg, run_dir: Path) -> dict:
                    pad_id=MODEL_IDS["pad_id"], device=device, autocast=autocast, dist=d, step_flops=step_flops,
                    peak_flops=peak_flops)
     with StopRequest() as stop:
-        last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop)
+        last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop, doctor.on_log)
     if monitor.exhausted:
         if d.is_main:
             log.info(f"{monitor.reason()}; testing best.pt")
@@ -323,11 +322,15 @@ def run_train(cfg, run_dir: Path) -> dict:
                           f"are in {ckpt_dir.resolve()}\ntest them with: python transformer_playground.py mode=eval "
                           f"ckpt_path={best_file}", 130) from None
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, last)
+    if doctor.found and d.is_main:
+        log.warning(f"the run doctor saw {len(doctor.found)} sign{'s' * (len(doctor.found) > 1)} of trouble in this "
+                    f"run:\n{doctor.summary()}")
+        tracker.text("doctor", f"At the end of the run:\n\n{doctor.summary()}", last)
     tracker.close()
     valid = {f"valid/{k}": v for k, v in best.items() if k != "step"}  # the chosen weights' validation scores
     flat = _flat_metrics("test", metrics, best.get("step", last), {
         **_test_counts(data), **valid, "monitor": monitor.metric, "monitor_mode": monitor.mode,
-        "last_step": last})
+        "last_step": last, "doctor": "; ".join(doctor.found)})
     if d.is_main:
         _write_metrics(run_dir, flat)
         _write_hypotheses(run_dir, hypotheses)
@@ -386,7 +389,7 @@ def _restore_monitor(monitor: Monitor, state: dict, best: dict) -> None:
 def _report(flat: dict, run_dir: Path) -> None:
     width = max(map(len, flat))
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                    for k, v in flat.items()))
+                    for k, v in flat.items() if v != ""))
     print(f"run directory: {run_dir}\nview it with:  tensorboard --logdir {run_dir}")
 
 
@@ -400,6 +403,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     autocast = autocast_for(device, t.precision)
     _prepare_kernels(t.kernels, device, t.precision)
     model, saved, src_tok, tgt_tok, state = model_from_checkpoint(cfg)
+    check_decode_vocabulary(cfg.decode, tgt_tok.vocab_size)
     model.to(device)
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
     given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]

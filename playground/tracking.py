@@ -40,12 +40,19 @@ class Tracker:
 
     def layout(self) -> None:
         """TensorBoard's CUSTOM SCALARS tab: train and valid loss on one chart (both label-smoothed), and the
-        validation NLL and perplexity (unsmoothed) beside it."""
+        validation NLL and perplexity (unsmoothed) beside it; the attention heads' entropy, one chart per kind of
+        attention, and their alignment accuracy (playground/diagnostics.py)."""
         if self.writer:
             self.writer.add_custom_scalars({"loss": {
                 "train/loss and valid/loss (label-smoothed)": ["Multiline", ["train/loss", "valid/loss"]],
                 "valid/nll (nats per target token)": ["Multiline", ["valid/nll"]],
-                "valid/ppl": ["Multiline", ["valid/ppl"]]}})
+                "valid/ppl": ["Multiline", ["valid/ppl"]]}, "attention": {
+                "encoder self-attention entropy (nats), every layer and head":
+                    ["Multiline", [r"attention_entropy/encoder\..*"]],
+                "decoder self-attention entropy (nats)": ["Multiline", [r"attention_entropy/decoder\..*self_attn.*"]],
+                "decoder cross-attention entropy (nats)": ["Multiline", [r"attention_entropy/decoder\..*cross_attn.*"]],
+                "alignment accuracy of the last decoder layer's heads (synthetic tasks)":
+                    ["Multiline", [r"attention_alignment/.*", "valid/attention_alignment"]]}})
 
     def attention(self, tag: str, weights, queries, keys, step: int) -> None:
         """One heatmap per head of weights (H, T, S), queries down the side and keys along the bottom."""

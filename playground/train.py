@@ -194,13 +194,15 @@ class StopRequest:
               f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
 
-def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoint, start_step=0, stop=None) -> int:
+def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoint, start_step=0, stop=None,
+          on_log=None) -> int:
     """Teacher-forced training from start_step to settings.max_steps; returns the last step done (less if stopped).
 
     `data` is the training split (PaddedPairs), `batches` yields its rows batch by batch (BatchStream); a step
     takes settings.accumulate of them. `on_eval(step)` evaluates and checkpoints, and returns True to end the
-    run there (early stopping); `on_checkpoint(step)` only checkpoints. The only host synchronisations are at
-    log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
+    run there (early stopping); `on_checkpoint(step)` only checkpoints; `on_log(step, train_loss, grad_norms)` sees
+    each log step's mean loss and every step's gradient norm since the last (the run doctor). The only host
+    synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
     """
     model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
     window, nonfinite = LogWindow(run), NonFinite(run, settings.on_nonfinite)
@@ -244,13 +246,15 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            window.add(loss)
+            window.add(loss, grad_norm)
         bar.update(1)
         last = step == settings.max_steps
         if step % settings.log_every == 0 or last:
             nonfinite.check()
             values = window.report(grad_norm)
             tracker.scalars(values, step)
+            if on_log is not None:
+                on_log(step, values["train/loss"], window.step_norms)
             bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
         if step % settings.eval_every == 0 or last:
             nonfinite.check()
@@ -327,12 +331,15 @@ class LogWindow:
     def _reset(self):
         self.loss_sum.zero_()
         self.steps, self.tokens, self.real, self.padded, self.flops = 0, 0, 0, 0, 0
+        self.norms = []  # each step's gradient norm, on the device until the log step
         self.start = time.perf_counter()
 
-    def add(self, loss):
-        """Count one step of the given loss (a device tensor: no sync)."""
+    def add(self, loss, grad_norm=None):
+        """Count one step of the given loss and gradient norm (device tensors: no sync)."""
         self.loss_sum += loss.detach()
         self.steps += 1
+        if grad_norm is not None:
+            self.norms.append(grad_norm.detach().float())
 
     def count(self, data, rows, src, tgt_in):
         """Count one batch's tokens and FLOPs; token counts come from lengths kept on the host: no device sync."""
@@ -362,6 +369,7 @@ class LogWindow:
             values["perf/mfu"] = self.flops / elapsed / run.peak_flops  # this process on its device
         if grad_norm is not None:
             values["train/grad_norm"] = grad_norm.item()
+        self.step_norms = torch.stack(self.norms).tolist() if self.norms else []  # for the run doctor
         self._reset()
         return values
 

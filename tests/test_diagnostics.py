@@ -1,0 +1,107 @@
+"""Attention diagnostics (entropy, alignment accuracy) and the run doctor's signatures."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from playground import experiment
+from playground.data import EOS, PAD, UNK
+from playground.data.batching import PaddedPairs
+from playground.diagnostics import alignment_accuracy, alignment_targets, attention_entropy
+from playground.doctor import Doctor, unk_shares
+
+
+def test_entropy_is_ln_s_for_even_attention_zero_for_one_key_and_ignores_padding_queries():
+    weights = torch.zeros(1, 2, 3, 4)
+    weights[0, 0] = 0.25  # head 0 spreads evenly over 4 keys
+    weights[0, 1, :, 2] = 1.0  # head 1 looks at one key
+    weights[0, :, 2] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a padding query, left out below
+    entropy = attention_entropy(weights, torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(entropy, torch.tensor([math.log(4), 0.0]))
+
+
+def test_alignment_targets_follow_each_task():
+    src = torch.tensor([[5, 6, 7, PAD], [8, 8, 9, 4]])
+    reverse = alignment_targets("reverse", src, torch.tensor([[7, 6, 5, EOS], [4, 9, 8, 8]]))
+    assert reverse.float().argmax(-1)[:, :3].tolist() == [[2, 1, 0], [3, 2, 1]]
+    copy = alignment_targets("copy", src, src)
+    assert copy.float().argmax(-1).tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    sort = alignment_targets("sort", src, torch.tensor([[5, 6, 7, EOS], [4, 8, 8, 9]]))
+    assert sort[1, 1].tolist() == [True, True, False, False]  # either 8 will do
+
+
+def test_a_head_that_looks_where_the_output_comes_from_scores_one_and_one_that_does_not_less():
+    src = torch.tensor([[5, 6, 7, 8]])
+    tgt_out = torch.tensor([[8, 7, 6, 5, EOS]])
+    allowed = alignment_targets("reverse", src, tgt_out)  # (1, 5, 4)
+    weights = torch.stack([allowed[0].float(), torch.eye(5, 4)])[None]  # head 0 mirrors, head 1 copies
+    outputs = tgt_out != EOS
+    torch.testing.assert_close(alignment_accuracy(weights, allowed, outputs), torch.tensor([1.0, 0.0]))
+
+
+def fired(run):
+    """Run the doctor through `run(doctor)`; return the messages it reported."""
+    messages = []
+    doctor = Doctor(vocab_size=20, max_steps=100, report=lambda message, step: messages.append(message))
+    run(doctor)
+    return messages
+
+
+def test_the_doctor_sees_a_loss_that_stays_at_chance_after_a_fifth_of_the_run():
+    chance = math.log(20)
+    assert fired(lambda d: d.on_log(10, chance, [])) == []  # too early to say
+    assert fired(lambda d: d.on_log(30, 0.9 * chance, [])) == []  # learning
+    [message] = fired(lambda d: d.on_log(30, chance, []))
+    assert message.startswith("doctor: train/loss 2.996 at step 30 of 100 is still within 5% of ln(V)")
+    assert "optimizer.lr" in message and "scheduler.warmup_steps" in message
+
+
+def test_the_doctor_sees_decoding_fail_where_teacher_forcing_succeeds():
+    [message] = fired(lambda d: d.on_eval(50, {"token_accuracy": 0.95, "exact_match": 0.0, "bleu": 30.0}))
+    assert "valid/exact_match 0" in message and "causal mask" in message
+    [message] = fired(lambda d: d.on_eval(50, {"token_accuracy": 0.6, "exact_match": 0.0, "bleu": 0.4}))
+    assert "valid/bleu 0.40" in message
+    assert fired(lambda d: d.on_eval(50, {"token_accuracy": 0.6, "exact_match": 0.0, "bleu": 12.0})) == []
+    assert fired(lambda d: d.on_eval(50, {"token_accuracy": 0.95, "exact_match": 0.4, "bleu": 80.0})) == []
+
+
+def evaluations(doctor, valid_losses, train_losses):
+    for step, (valid, train) in enumerate(zip(valid_losses, train_losses)):
+        doctor.on_log(step, train, [])
+        doctor.on_eval(step, {"loss": valid})
+
+
+def test_the_doctor_sees_overfitting_a_valid_loss_rising_three_times_while_the_train_loss_falls():
+    [message] = fired(lambda d: evaluations(d, [2.0, 1.5, 1.6, 1.7, 1.8], [2.0, 1.4, 1.2, 1.0, 0.8]))
+    assert "valid/loss rose from 1.500 to 1.800" in message and "model.dropout" in message
+    assert fired(lambda d: evaluations(d, [2.0, 1.5, 1.6, 1.7, 1.6], [2.0, 1.4, 1.2, 1.0, 0.8])) == []  # 2 rises
+    assert fired(lambda d: evaluations(d, [2.0, 1.5, 1.6, 1.7, 1.8], [2.0, 1.4, 1.5, 1.6, 1.7])) == []  # both rise
+    flat = [0.700, 0.7001, 0.7002, 0.7003]  # noise at the floor is not overfitting
+    assert fired(lambda d: evaluations(d, flat, [0.8, 0.7, 0.6, 0.5])) == []
+
+
+def test_the_doctor_sees_a_gradient_norm_ten_times_its_running_median():
+    [message] = fired(lambda d: d.on_log(70, 1.0, [1.0] * 60 + [15.0]))
+    assert "15x the median" in message and "trainer.grad_clip" in message
+    assert fired(lambda d: d.on_log(70, 1.0, [1.0] * 60 + [8.0])) == []
+    assert fired(lambda d: d.on_log(70, 1.0, [1.0] * 20 + [15.0])) == []  # too little history to judge
+
+
+def test_the_doctor_sees_a_vocabulary_that_maps_too_many_tokens_to_unk():
+    pairs = [([4, 5, UNK, 6], [4, 5, 6]), ([4] * 10, [5] * 10)]
+    shares = unk_shares(PaddedPairs(pairs))
+    assert shares == {"source": pytest.approx(1 / 14), "target": 0.0}
+    [message] = fired(lambda d: d.check_data(shares))
+    assert message.startswith("doctor: 7.1% of the source training tokens are <unk>") and "vocab_size" in message
+    assert fired(lambda d: d.check_data({"source": 0.01, "target": 0.0})) == []
+
+
+def test_a_run_that_cannot_learn_is_told_so_in_the_log_tensorboard_and_metrics(compose_config, tmp_path, caplog):
+    cfg = compose_config("optimizer.lr=1e-9", "trainer.max_steps=20", "trainer.log_every=5", "trainer.eval_every=20",
+                         "dataset.num_train=500", "dataset.num_valid=50", "dataset.num_test=50", "trainer.device=cpu")
+    flat = experiment.run_train(cfg, tmp_path)
+    assert flat["doctor"] == "not learning"
+    assert json.loads((tmp_path / "metrics.json").read_text())["doctor"] == "not learning"
+    assert any("doctor: train/loss" in r.message for r in caplog.records)
