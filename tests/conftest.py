@@ -56,3 +56,14 @@ def tiny_model_config(**changes):
 def seeded():
     torch.manual_seed(0)
     return SimpleNamespace(generator=torch.Generator().manual_seed(0))
+
+
+# The test files that take longest go to the two workers first (pytest.ini: each file runs on one worker), so that
+# neither worker is left with a long file at the end while the other idles.
+LONGEST_FIRST = ["test_processes.py", "test_sweep.py", "test_reliability.py", "test_reference.py",
+                 "test_text_data.py", "test_translate.py", "test_cli.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: order within a file kept
