@@ -52,7 +52,8 @@ def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_ru
     assert losses(tmp_path / "first")[16] == expected[16]
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR2, 140)])
+# SIGUSR2 (exit 140, the same message) is sent in test_processes.py's requeue test
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
     process = start(*FAST, "trainer.max_steps=100000", "trainer.checkpoint_every=5", f"hydra.run.dir={tmp_path}/r")
     wait_for(tmp_path / "r" / "checkpoints" / "last.pt", process)

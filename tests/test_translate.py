@@ -24,7 +24,8 @@ def checkpoint(tmp_path_factory):
     """A tiny model trained for 150 steps on the reverse task: right on some inputs, wrong on others."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "model.d_model=32", "model.d_ff=64", "model.heads=2", f"model.max_len={MAX_LEN}", "dataset.max_len=8",
+            "model.d_model=32", "model.d_ff=64", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
+            f"model.max_len={MAX_LEN}", "dataset.max_len=8",
             "dataset.num_train=3000", "dataset.num_valid=50", "dataset.num_test=50", "trainer.max_steps=150",
             "trainer.eval_every=150", "trainer.precision=fp32", "trainer.device=cpu"])
     run_dir = tmp_path_factory.mktemp("run")
