@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from .bench import TorchTransformer
-from .config import DecodeConfig, check_decode, check_trainer, register_configs
+from .config import DecodeConfig, check_choices, check_decode, check_trainer, register_configs
 from .data import MODEL_IDS, load_data
 from .data.synthetic import TASKS
 from .errors import UserError
@@ -41,6 +41,7 @@ def run(overrides) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
+    check_choices(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     check_decode(cfg.decode, t)

@@ -104,6 +104,7 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # NaN/inf: stop (naming step and lr) | skip (the update; gradients too; syncs each step)
     kernels: str = "reference"  # reference (playground/model/ as written) | fast (playground/kernels/ drop-ins)
     compile: bool = False  # torch.compile the model for training (inductor); falls back to eager with a message
+    progress: str = "auto"  # auto (a bar on a terminal, else a log line every log_every steps) | bar | log | off
     eval_batch_size: int = 500  # sentence pairs per evaluation batch (how they are decoded: the decode group)
     num_samples: int = 4  # source / reference / prediction triples shown at each evaluation
     auto_resume: bool = False  # resume from this run directory's own checkpoints/last.pt if it has one (a requeued job)
@@ -187,6 +188,44 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
 
 
+MODES = ("train", "eval", "translate", "score", "average")
+
+
+def choice_options() -> dict:
+    """Every key whose value names one of a fixed set of options, with the options (each set lives beside the code
+    that uses it)."""
+    from playground.data.loading import TEXT_DATASETS, TOO_LONG  # here, not at the top: --help does not wait for torch
+    from playground.data.parallel import FORMATS
+    from playground.data.synthetic import TASKS
+    from playground.data.tokenizers import TOKENIZER_KINDS
+    from playground.model import KERNELS
+    from playground.model.embeddings import POSITIONAL_ENCODINGS
+    from playground.model.layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS
+    from playground.model.transformer import TIE_EMBEDDINGS
+    from playground.setup import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+    from playground.train import PROGRESS
+
+    return {"mode": MODES, "model.norm_position": NORM_PLACEMENTS, "model.norm": NORMS,
+            "model.positional": POSITIONAL_ENCODINGS, "model.activation": ACTIVATIONS,
+            "model.tie_embeddings": TIE_EMBEDDINGS, "dataset.name": (*TASKS, *TEXT_DATASETS),
+            "dataset.tokenizer": TOKENIZER_KINDS, "dataset.format": FORMATS, "dataset.too_long": TOO_LONG,
+            "optimizer.name": OPTIMIZERS, "scheduler.name": SCHEDULES, "trainer.device": DEVICES,
+            "trainer.precision": ("auto", *PRECISIONS), "trainer.kernels": KERNELS,
+            "trainer.on_nonfinite": ("stop", "skip"), "trainer.monitor_mode": (None, "max", "min"),
+            "trainer.progress": PROGRESS}
+
+
+def check_choices(cfg) -> None:
+    """Refuse a misspelt option (optimizer.name=adamx) in one line listing the right ones: at the start of every
+    mode, before any data is read or downloaded."""
+    for key, options in choice_options().items():
+        group, _, name = key.rpartition(".")
+        value = (cfg[group] if group else cfg).get(name)
+        if value not in options:
+            listed = ", ".join("null" if option is None else str(option) for option in options)
+            raise UserError(f"{key}={value} is not one of: {listed}")
+
+
 RETIRED_TRAINER_KEYS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")  # now in the decode group
 
 
@@ -254,6 +293,21 @@ def check_lengths(model_cfg, dataset_cfg) -> None:
         if positions > model_cfg.max_len:
             raise UserError(f"{key}={value} needs {positions} positions but model.max_len={model_cfg.max_len} "
                             f"(raise model.max_len or lower {key})")
+
+
+def check_not_a_sweep(hydra_cfg) -> None:
+    """A preset that defines a sweep (hydra.sweeper.params: experiment=heads_sweep, hparams_search=optuna) used
+    without -m would run one job of the defaults, quietly: refused, since a single run cannot start the sweep."""
+    from hydra.types import RunMode
+
+    params = hydra_cfg.sweeper.get("params") or {}
+    if params and hydra_cfg.mode != RunMode.MULTIRUN:
+        choices = hydra_cfg.runtime.choices
+        preset = next((f"{group}={choices[group]}" for group in ("experiment", "hparams_search")
+                       if choices.get(group) not in (None, "null")), "this config")
+        swept = ", ".join(f"{key}={value}" for key, value in params.items())
+        raise UserError(f"{preset} is a sweep ({swept}): run it with -m, as in python transformer_playground.py -m "
+                        f"{preset}")
 
 
 def job_dirname(overrides: str, limit: int = 120) -> str:

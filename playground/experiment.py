@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import (check_decode, check_decode_vocabulary, check_lengths, check_model, check_trainer,
+from .config import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model, check_trainer,
                      upgrade_saved_config)
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
@@ -178,6 +178,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     """Train (or resume from ckpt_path), evaluating on valid every trainer.eval_every steps; test the best
     weights; write metrics.json. Under torchrun, every process runs this and rank 0 writes."""
     d = distributed.from_environment()
+    check_choices(cfg)  # before anything is read or downloaded
     t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
     check_trainer(t)
     check_decode(cfg.decode, t)
@@ -395,6 +396,7 @@ def _report(flat: dict, run_dir: Path) -> None:
 
 def run_eval(cfg, run_dir: Path) -> dict:
     """Evaluate a checkpoint on the test split of the dataset it was trained on; write metrics.json here."""
+    check_choices(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     check_decode(cfg.decode, t)

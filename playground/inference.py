@@ -16,7 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from .checkpoint import atomic_write, load_checkpoint, load_model_weights
-from .config import Config, check_decode, check_decode_vocabulary, check_model, check_trainer, upgrade_saved_config
+from .config import (Config, check_choices, check_decode, check_decode_vocabulary, check_model, check_trainer,
+                     upgrade_saved_config)
 from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import decode, decode_nbest
@@ -125,6 +126,7 @@ def output_lines(results, first_index: int = 0) -> list:
 
 def _ready(cfg):
     """The checks every mode here shares, then the model on its device: (model, src_tok, tgt_tok, device, autocast)."""
+    check_choices(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     check_decode(cfg.decode, t)

@@ -19,7 +19,7 @@ RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "input_file", "reference_file"
                      "model.attention"} | {f"trainer.{key}" for key in (
     "max_steps", "log_every", "eval_every", "checkpoint_every", "kernels", "device", "precision", "compile",
     "eval_batch_size", "num_samples", "patience", "keep_last", "on_nonfinite", "monitor", "monitor_mode",
-    "resume_override", "auto_resume")} | {f"decode.{field.name}" for field in fields(DecodeConfig)}
+    "resume_override", "auto_resume", "progress")} | {f"decode.{field.name}" for field in fields(DecodeConfig)}
 DATA_FILES = ("train_file", "valid_file", "test_file")
 OVERRIDE = "trainer.resume_override=true resumes anyway"
 

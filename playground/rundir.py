@@ -1,9 +1,13 @@
-"""A new run never writes into another run's directory: refused before Hydra writes its .hydra/ files there."""
+"""A new run never writes into another run's directory, and a sweep preset never runs without -m: both refused
+before Hydra writes its .hydra/ files."""
 
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+from .config import check_not_a_sweep
+from .errors import UserError
 
 RUN_FILES = ("checkpoints", "metrics.json", "hypotheses.txt")
 
@@ -22,6 +26,11 @@ class RunDirectoryGuard(Callback):
     """Registered in configs/config.yaml: Hydra calls on_run_start before it makes or writes the run directory."""
 
     def on_run_start(self, config, **kwargs) -> None:
+        try:
+            check_not_a_sweep(config.hydra)  # a sweep preset without -m: refused before any folder is made
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         folder = Path(config.hydra.run.dir)
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
             return  # a requeued job resuming itself: the one used directory a run may write into

@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
     if name not in available:
-        raise UserError(f"trainer.device={name} is not one of: auto, cpu, cuda, mps")
+        raise UserError(f"trainer.device={name} is not one of: {', '.join(DEVICES)}")
     if not available[name]:
         raise UserError(f"trainer.device={name} but this machine has no {name} device (try trainer.device=auto)")
     return torch.device(name)
@@ -54,6 +54,8 @@ def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def cpu_computes_bf16() -> bool:
@@ -109,7 +111,7 @@ def build_optimizer(opt_cfg, params, device: torch.device) -> torch.optim.Optimi
                    weight_decay=opt_cfg.weight_decay, fused=fused, foreach=None if fused else True)
     if opt_cfg.name == "sgd":
         return torch.optim.SGD(params, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
-    raise UserError(f"optimizer.name={opt_cfg.name} is not one of: adam, adamw, sgd")
+    raise UserError(f"optimizer.name={opt_cfg.name} is not one of: {', '.join(OPTIMIZERS)}")
 
 
 TINY_LR, TINY_D_MODEL = 2e-3, 128  # the default experiment's tuned peak learning rate, and its model's width

@@ -7,6 +7,8 @@ setup.py); it never reads the config tree.
 """
 
 import contextlib
+import datetime
+import logging
 import signal
 import sys
 import threading
@@ -16,10 +18,14 @@ from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .data.batching import token_budget_batches
 from .distributed import Dist, sum_across
 from .errors import UserError
+
+log = logging.getLogger(__name__)
+PROGRESS = ("auto", "bar", "log", "off")
 
 
 @dataclass
@@ -207,72 +213,106 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
     model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
     window, nonfinite = LogWindow(run), NonFinite(run, settings.on_nonfinite)
     accumulate = settings.accumulate
-    bar = tqdm(total=settings.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not run.dist.is_main)
     model.train()
     step = start_step
-    for step in range(start_step + 1, settings.max_steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        micro, shards = [], []
-        for _ in range(accumulate):
-            micro.append(next(batches))
-            shards += batches.shards
-        # the loss of a step is the mean over every target token of its batches in every process: each batch's
-        # mean, weighted by its share of those tokens (counted from lengths kept on the host: no device sync), times
-        # the number of processes, whose gradients DDP averages
-        weights = None
-        if accumulate > 1 or run.dist.world_size > 1:
-            total = sum(_target_tokens(data, rows) for rows in shards)
-            weights = [_target_tokens(data, rows) * run.dist.world_size / total for rows in micro]
-        loss = None
-        for i, rows in enumerate(micro):
-            src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
-            tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
-            with _gradients_stay_local(model, i < accumulate - 1):  # DDP averages across processes once, at the last
-                with run.autocast():
-                    logits = model(src, tgt_in)  # (B, T, V)
-                part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
-                if weights:
-                    part = part * weights[i]
-                scaler.scale(part).backward()
-            loss = part.detach() if loss is None else loss + part.detach()
-            window.count(data, rows, src, tgt_in)
-        grad_norm = _clip_gradients(run, settings.grad_clip)
-        if nonfinite.skip(loss, grad_norm, step):  # on_nonfinite=skip: no update, but the step's evaluation,
-            tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)  # checkpoint and stop check happen
-            scaler.update()  # fp16: the gradients were unscaled; an overflow lowers the scale, as GradScaler's skips do
-            grad_norm = None
-        else:
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            window.add(loss, grad_norm)
-        bar.update(1)
-        last = step == settings.max_steps
-        if step % settings.log_every == 0 or last:
-            nonfinite.check()
-            values = window.report(grad_norm)
-            tracker.scalars(values, step)
-            if on_log is not None:
-                on_log(step, values["train/loss"], window.step_norms)
-            bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
-        if step % settings.eval_every == 0 or last:
-            nonfinite.check()
-            with window.paused():  # evaluation time is not training throughput
-                ended = on_eval(step)
-            bar.refresh()
-            if ended:
-                break
-        elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
-            nonfinite.check()
-            on_checkpoint(step)
-        if _stop_requested(run.dist, stop, step, settings.log_every, run.device):
-            nonfinite.check()
-            if step % settings.eval_every:  # an evaluation step has just saved
+    with Progress(settings.progress, settings.max_steps, start_step, run.dist.is_main) as progress:
+        for step in range(start_step + 1, settings.max_steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            micro, shards = [], []
+            for _ in range(accumulate):
+                micro.append(next(batches))
+                shards += batches.shards
+            # the loss of a step is the mean over every target token of its batches in every process: each
+            # batch's mean, weighted by its share of those tokens (counted from lengths kept on the host: no device
+            # sync), times the number of processes, whose gradients DDP averages
+            weights = None
+            if accumulate > 1 or run.dist.world_size > 1:
+                total = sum(_target_tokens(data, rows) for rows in shards)
+                weights = [_target_tokens(data, rows) * run.dist.world_size / total for rows in micro]
+            loss = None
+            for i, rows in enumerate(micro):
+                src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
+                tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
+                # DDP averages across processes once, at the last batch of the step
+                with _gradients_stay_local(model, i < accumulate - 1):
+                    with run.autocast():
+                        logits = model(src, tgt_in)  # (B, T, V)
+                    part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
+                    if weights:
+                        part = part * weights[i]
+                    scaler.scale(part).backward()
+                loss = part.detach() if loss is None else loss + part.detach()
+                window.count(data, rows, src, tgt_in)
+            grad_norm = _clip_gradients(run, settings.grad_clip)
+            if nonfinite.skip(loss, grad_norm, step):  # on_nonfinite=skip: no update, but the step's evaluation,
+                tracker.scalars({"train/skipped_steps": nonfinite.skipped}, step)  # checkpoint and stop check happen
+                # fp16: the gradients were unscaled; an overflow lowers the scale, as GradScaler's skips do
+                scaler.update()
+                grad_norm = None
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                window.add(loss, grad_norm)
+            progress.bar.update(1)
+            last = step == settings.max_steps
+            if step % settings.log_every == 0 or last:
+                nonfinite.check()
+                values = window.report(grad_norm)
+                tracker.scalars(values, step)
+                if on_log is not None:
+                    on_log(step, values["train/loss"], window.step_norms)
+                progress.log(step, values)
+            if step % settings.eval_every == 0 or last:
+                nonfinite.check()
+                with window.paused():  # evaluation time is not training throughput
+                    ended = on_eval(step)
+                progress.bar.refresh()
+                if ended:
+                    break
+            elif settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                nonfinite.check()
                 on_checkpoint(step)
-            break
-    bar.close()
+            if _stop_requested(run.dist, stop, step, settings.log_every, run.device):
+                nonfinite.check()
+                if step % settings.eval_every:  # an evaluation step has just saved
+                    on_checkpoint(step)
+                break
     return step
+
+
+class Progress:
+    """trainer.progress: `bar`, a tqdm bar (log lines are written above it, never through it); `log`, a plain log
+    line every log_every steps, for logs that are files (no carriage returns); `auto`, the bar on a terminal and the
+    lines elsewhere; `off`, neither. Only the main process shows progress."""
+
+    def __init__(self, mode: str, max_steps: int, start_step: int, is_main: bool):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode if is_main else "off"
+        self.max_steps, self.start_step, self.start = max_steps, start_step, time.perf_counter()
+        self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=self.mode != "bar")
+        self.redirect = logging_redirect_tqdm() if self.mode == "bar" else contextlib.nullcontext()
+
+    def __enter__(self):
+        self.redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        self.redirect.__exit__(*exc)
+
+    def log(self, step: int, values: dict) -> None:
+        """At a log step: the bar's loss and lr, or one line with the throughput and the time left."""
+        if self.mode == "bar":
+            self.bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
+        elif self.mode == "log":
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / max(step - self.start_step, 1) * (self.max_steps - step)
+            log.info(f"step {step}/{self.max_steps}: train/loss {values['train/loss']:.4f}, "
+                     f"lr {values['train/lr']:.2e}, {values['perf/tokens_per_sec']:,.0f} tokens/s, "
+                     f"ETA {datetime.timedelta(seconds=round(left))}")
 
 
 def _target_tokens(data, rows) -> int:

@@ -2,11 +2,15 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from playground.experiment import load_data
-from conftest import build
+from conftest import ROOT, build
+from playground.config import check_not_a_sweep
+from playground.errors import UserError
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 
 import torch
@@ -150,3 +154,48 @@ def test_two_runs_started_in_the_same_second_get_their_own_default_directories()
             dirs.append(compose(config_name="config", return_hydra_config=True).hydra.run.dir)
     assert dirs[0] != dirs[1]
     assert all(re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d\.\d{6}", d) for d in dirs), dirs
+
+
+def test_a_presets_top_level_keys_take_effect_and_the_command_line_still_wins(compose_config, tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "seeded.yaml").write_text("# @package _global_\nseed: 42\nmode: eval\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    cfg = compose_config(searchpath, "experiment=seeded")
+    assert (cfg.seed, cfg.mode) == (42, "eval")
+    assert compose_config(searchpath, "experiment=seeded", "seed=7").seed == 7
+    assert compose_config().seed == 1234  # config.yaml's own value still wins over the schema's
+
+
+@pytest.mark.parametrize("preset, message", [
+    ("experiment=heads_sweep", r"experiment=heads_sweep is a sweep \(model.heads=1,2,4,8\): run it with -m, as in "
+                               r"python transformer_playground.py -m experiment=heads_sweep"),
+    ("hparams_search=optuna", r"hparams_search=optuna is a sweep \(optimizer.lr=tag"),
+])
+def test_a_sweep_preset_without_multirun_is_refused_in_one_line(preset, message):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[preset], return_hydra_config=True)
+    with pytest.raises(UserError, match=message):
+        check_not_a_sweep(cfg.hydra)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    check_not_a_sweep(cfg.hydra)  # with -m it runs
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.name=adamx", "optimizer.name=adamx is not one of: adam, adamw, sgd"),
+    ("scheduler.name=linear", "scheduler.name=linear is not one of: noam, cosine, constant"),
+    ("model.norm=batchnorm", "model.norm=batchnorm is not one of: layernorm, rmsnorm"),
+    ("dataset.tokenizer=sentencepiece", "dataset.tokenizer=sentencepiece is not one of: char, word, bpe"),
+    ("trainer.kernels=triton", "trainer.kernels=triton is not one of: reference, fast"),
+    ("trainer.monitor_mode=maximum", "trainer.monitor_mode=maximum is not one of: null, max, min"),
+])
+def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tmp_path, monkeypatch, override,
+                                                             message):
+    from playground import experiment
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the choice was checked")
+
+    monkeypatch.setattr(experiment, "load_data", no_data)
+    cfg = compose_config("dataset=opus_books", override)  # opus_books would download: it must not get that far
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        experiment.run_train(cfg, tmp_path)

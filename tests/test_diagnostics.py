@@ -1,7 +1,9 @@
 """Attention diagnostics (entropy, alignment accuracy) and the run doctor's signatures."""
 
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -105,3 +107,16 @@ def test_a_run_that_cannot_learn_is_told_so_in_the_log_tensorboard_and_metrics(c
     assert flat["doctor"] == "not learning"
     assert json.loads((tmp_path / "metrics.json").read_text())["doctor"] == "not learning"
     assert any("doctor: train/loss" in r.message for r in caplog.records)
+
+
+def test_off_a_terminal_progress_is_one_plain_log_line_every_log_every_steps(compose_config, tmp_path, caplog,
+                                                                             capfd):
+    cfg = compose_config("trainer.max_steps=20", "trainer.log_every=5", "trainer.eval_every=20",
+                         "dataset.num_train=500", "dataset.num_valid=50", "dataset.num_test=50", "trainer.device=cpu")
+    with caplog.at_level(logging.INFO, logger="playground.train"):
+        experiment.run_train(cfg, tmp_path)  # trainer.progress=auto, and pytest's output is not a terminal
+    lines = [r.message for r in caplog.records if r.name == "playground.train"]
+    assert [line.split(":")[0] for line in lines] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
+    assert all(re.search(r"train/loss \d\.\d{4}, lr .*, [\d,]+ tokens/s, ETA \d+:\d\d:\d\d$", line) for line in lines)
+    captured = capfd.readouterr()
+    assert "\r" not in captured.err + captured.out  # no bar redrawn in place

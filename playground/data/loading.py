@@ -13,6 +13,7 @@ from .tokenizers import SymbolTokenizer, train_tokenizer
 log = logging.getLogger(__name__)
 
 TOO_LONG = ("filter", "truncate")
+TEXT_DATASETS = ("text_pairs", "opus_books")  # parallel text: local files, or a Hugging Face dataset
 SPLITS = ("train", "valid", "test")
 
 
@@ -34,7 +35,7 @@ def load_data(c, tokenizers=None, splits=SPLITS) -> Data:
     it reads (the training file may have moved since)."""
     if c.name in TASKS:
         return _synthetic(c)
-    if c.name in ("text_pairs", "opus_books"):
+    if c.name in TEXT_DATASETS:
         if tokenizers is None and "train" not in splits:
             raise ValueError("the tokenizers are trained on the train split: load it, or give the tokenizers")
         return _parallel_text(c, tokenizers, splits)
