@@ -71,3 +71,42 @@ def log_attention(tracker, model, data, task, device, step) -> dict:
     accuracy = alignment_accuracy(maps[last[-1]], alignment_targets(task, src, tgt_out), outputs)  # (H,)
     tracker.scalars({f"attention_alignment/head_{h}": v for h, v in enumerate(accuracy.tolist())}, step)
     return {"attention_alignment": float(accuracy.max())}
+
+
+def model_summary(model, src, tgt_in, max_depth: int = 3) -> str:
+    """A Markdown table of the model's modules down to max_depth levels (encoder, encoder.layers,
+    encoder.layers.0, ...): type, parameters (each counted once, where it is first owned) and the output shape of
+    one forward pass over (src, tgt_in)."""
+    shapes, hooks = {}, []
+    modules = {name: m for name, m in model.named_modules() if name and name.count(".") < max_depth}
+
+    def record(name):
+        def hook(module, inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if torch.is_tensor(out):
+                shapes.setdefault(name, tuple(out.shape))  # the first call (a layer runs once per pass)
+        return hook
+
+    for name, module in modules.items():
+        hooks.append(module.register_forward_hook(record(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(src, tgt_in)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    counted, rows = set(), ["| module | type | parameters | output shape |", "|---|---|---|---|"]
+    owned = {}
+    for name, parameter in model.named_parameters():  # a tied weight is counted under its first name only
+        if id(parameter) not in counted:
+            counted.add(id(parameter))
+            owned[name] = parameter.numel()
+    for name, module in modules.items():
+        n = sum(v for k, v in owned.items() if k.startswith(name + "."))
+        shape = " x ".join(map(str, shapes[name])) if name in shapes else ""
+        rows.append(f"| {'&nbsp;&nbsp;' * name.count('.')}{name} | {type(module).__name__} | {n:,} | {shape} |")
+    rows.append(f"| total | {type(model).__name__} | {sum(owned.values()):,} | |")
+    return "\n".join(rows)

@@ -21,7 +21,7 @@ from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
 from .errors import UserError
-from .diagnostics import log_attention
+from .diagnostics import log_attention, model_summary
 from .doctor import Doctor, unk_shares
 from .evaluate import evaluate, text_metrics
 from .inference import model_from_checkpoint
@@ -247,6 +247,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()
+    if d.is_main:  # every module's parameters and output shape, for the first training batch
+        src, tgt = (x.to(device) for x in data.splits["train"].batch(torch.arange(min(t.batch_size, 8))))
+        tracker.text("model/summary", model_summary(model, src, tgt[:, :-1]), start_step)
 
     def report(message, step):
         if d.is_main:

@@ -11,7 +11,8 @@ import torch
 from playground import experiment
 from playground.data import EOS, PAD, UNK
 from playground.data.batching import PaddedPairs
-from playground.diagnostics import alignment_accuracy, alignment_targets, attention_entropy
+from conftest import build, tiny_model_config
+from playground.diagnostics import alignment_accuracy, alignment_targets, attention_entropy, model_summary
 from playground.doctor import Doctor, unk_shares
 
 
@@ -120,3 +121,13 @@ def test_off_a_terminal_progress_is_one_plain_log_line_every_log_every_steps(com
     assert all(re.search(r"train/loss \d\.\d{4}, lr .*, [\d,]+ tokens/s, ETA \d+:\d\d:\d\d$", line) for line in lines)
     captured = capfd.readouterr()
     assert "\r" not in captured.err + captured.out  # no bar redrawn in place
+
+
+def test_the_model_summary_gives_each_modules_parameters_and_output_shape():
+    model = build(tiny_model_config(), 20, 20)
+    table = model_summary(model, torch.randint(4, 20, (3, 7)), torch.randint(4, 20, (3, 5)))
+    encoder = sum(p.numel() for p in model.encoder.parameters())
+    assert f"| encoder | Encoder | {encoder:,} | 3 x 7 x 32 |" in table
+    assert "| &nbsp;&nbsp;&nbsp;&nbsp;decoder.layers.1 | DecoderLayer |" in table
+    assert "| generator | Linear | 20 | 3 x 5 x 20 |" in table  # its weight is the target embedding's: counted there
+    assert f"| total | Transformer | {sum(p.numel() for p in model.parameters()):,} | |" in table
