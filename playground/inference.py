@@ -29,18 +29,25 @@ def model_from_checkpoint(cfg):
     """Rebuild the model and tokenizers a checkpoint was trained with: (model, saved config, src_tok, tgt_tok, state)."""
     if cfg.ckpt_path is None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
-    state = load_checkpoint(cfg.ckpt_path)
+    model, saved, src_tok, tgt_tok, state = load_trained(cfg.ckpt_path, cfg.trainer.kernels)
+    _refuse_ignored_overrides(cfg, saved)
+    return model, saved, src_tok, tgt_tok, state
+
+
+def load_trained(path, kernels: str = "reference"):
+    """A checkpoint's model (on the CPU, its weights loaded), config, tokenizers and state: (model, saved config,
+    src_tok, tgt_tok, state)."""
+    state = load_checkpoint(path)
     try:
         saved = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(state["config"]))
     except Exception as e:  # a key this version does not know, or a value of another type
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: its config does not fit this version of the playground "
+        raise UserError(f"ckpt_path={path}: its config does not fit this version of the playground "
                         f"({str(e).splitlines()[0]})")
-    _refuse_ignored_overrides(cfg, saved)
     src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
     tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
     check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
-    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, cfg.trainer.kernels, **MODEL_IDS)
-    load_model_weights(model, state["model"], cfg.ckpt_path)
+    model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, kernels, **MODEL_IDS)
+    load_model_weights(model, state["model"], path)
     return model, saved, src_tok, tgt_tok, state
 
 

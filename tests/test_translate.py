@@ -190,3 +190,33 @@ def test_piped_standard_input_is_read_in_buffers_of_the_batch_size(checkpoint, c
     inference.run_translate(compose_config("mode=translate", f"ckpt_path={checkpoint[0]}", "trainer.precision=fp32",
                                            "decode.batch_size=16"))
     assert capsys.readouterr().out.splitlines() == translate(lines, name="piped.txt")
+
+
+def test_the_python_api_translates_as_the_command_line_prints_and_scores_and_attends(checkpoint, tmp_path):
+    import playground
+
+    lines = random_lines(30, seed=7, longest=8)
+    printed = subprocess.run([sys.executable, str(ROOT / "transformer_playground.py"), "mode=translate",
+                              f"ckpt_path={checkpoint[0]}", "trainer.device=cpu"], input="\n".join(lines) + "\n",
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    trained = playground.load(checkpoint[0], device="cpu")
+    assert trained.translate(lines) == printed.stdout.splitlines()
+    nbest = trained.translate(lines[:2], beam_size=3, nbest=2)
+    assert [len(hypotheses) for hypotheses in nbest] == [2, 2] and nbest[0][0][0] >= nbest[0][1][0]
+    [(log_prob, nll)] = trained.score(["3 1 4"], ["4 1 3"])
+    assert nll == pytest.approx(-log_prob / 4)
+    maps = trained.attention("3 1 4", "4 1 3")
+    assert maps["decoder.layers.0.cross_attn"].shape == (2, 4, 3)  # heads, BOS + 3 target tokens, 3 source tokens
+    with pytest.raises(UserError, match="decode.nbest=3 is more than decode.beam_size=1"):
+        trained.translate(lines, nbest=3)
+
+
+def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tmp_path):
+    import playground
+
+    metrics, run_dir = playground.run(["trainer.max_steps=10", "trainer.eval_every=10", "dataset.num_train=500",
+                                       "dataset.num_valid=50", "dataset.num_test=50", "trainer.device=cpu"],
+                                      tmp_path / "run")
+    assert run_dir == tmp_path / "run" and metrics["last_step"] == 10
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()

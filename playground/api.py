@@ -1,0 +1,83 @@
+"""The playground from Python: a trained model to poke at, and experiments to run, without the command line.
+
+    import playground
+    trained = playground.load("outputs/<date>/<time>/checkpoints/best.pt")
+    trained.translate(["3 1 4 1 5"])                      # ['5 1 4 1 3'], as mode=translate prints it
+    trained.translate(["3 1 4"], beam_size=4, nbest=2)    # [[(-0.21, '4 1 3'), (-2.9, '4 1 3 3')]]
+    trained.score(["3 1 4"], ["4 1 3"])                   # [(-0.13, 0.03)]: log-probability, NLL per token
+    trained.attention("3 1 4", "4 1 3")                   # {"decoder.layers.1.cross_attn": (H, T, S), ...}
+    trained.model, trained.tokenizers                     # the Transformer itself, and {"src": .., "tgt": ..}
+
+    metrics, run_dir = playground.run(["model.heads=8", "trainer.max_steps=200"])
+
+Mistakes raise playground.errors.UserError with the one-line message the command line prints.
+"""
+
+import datetime
+from pathlib import Path
+
+import torch
+
+from .config import DecodeConfig, check_decode, check_decode_vocabulary
+from .data import BOS
+from .inference import Encoder, load_trained, score, translate
+from .setup import autocast_for, resolve_device, resolve_precision
+
+
+class Trained:
+    """A trained model with its tokenizers, on its device, in its precision: what mode=translate and mode=score use."""
+
+    def __init__(self, model, src_tokenizer, tgt_tokenizer, config, device, precision):
+        self.model, self.config, self.device, self.precision = model, config, device, precision
+        self.tokenizers = {"src": src_tokenizer, "tgt": tgt_tokenizer}
+        self.autocast = autocast_for(device, precision)
+
+    def translate(self, lines, **decode):
+        """Translate each line as mode=translate does, with any decode group setting (beam_size=4, nbest=3,
+        sampling=True, top_p=0.9, ...): a list of texts, or with nbest > 1 a list of [(score, text), ...] best first."""
+        d = DecodeConfig(**decode)
+        check_decode(d)
+        check_decode_vocabulary(d, self.tokenizers["tgt"].vocab_size)
+        inputs = Encoder(self.tokenizers["src"], self.model.max_len)(list(lines))
+        results = translate(self.model, inputs, self.tokenizers["tgt"], d, self.device, self.autocast)
+        return [hypotheses[0][1] for hypotheses in results] if d.nbest == 1 else results
+
+    def score(self, sources, targets, batch_size: int = 64):
+        """Each (source, target) pair's log-probability and NLL per target token (EOS counted), as mode=score."""
+        src = Encoder(self.tokenizers["src"], self.model.max_len)(list(sources))
+        tgt = Encoder(self.tokenizers["tgt"], self.model.max_len - 1)(list(targets))
+        return [(log_prob, -log_prob / tokens) for log_prob, tokens in
+                score(self.model, src, tgt, batch_size, self.device, self.autocast)]
+
+    def attention(self, source: str, target: str) -> dict:
+        """Every attention layer's weights for one pair, teacher-forced: {name: (H, T, S)}, queries by keys
+        (the target starts with BOS; self.tokenizers[side].piece(i) names each token)."""
+        src = torch.tensor([self.tokenizers["src"].encode(source)], device=self.device)
+        tgt_in = torch.tensor([[BOS, *self.tokenizers["tgt"].encode(target)]], device=self.device)
+        return {name: weights[0] for name, weights in self.model.attention_maps(src, tgt_in).items()}
+
+
+def load(path, device: str = "auto", precision: str = "auto", kernels: str = "reference") -> Trained:
+    """A checkpoint (checkpoints/best.pt, last.pt, averaged.pt) as a Trained model; device and precision as
+    trainer.device and trainer.precision choose them."""
+    model, saved, src_tok, tgt_tok, _ = load_trained(path, kernels)
+    where = resolve_device(device)
+    return Trained(model.to(where).eval(), src_tok, tgt_tok, saved, where, resolve_precision(where, precision))
+
+
+def run(overrides=(), run_dir=None) -> tuple:
+    """Train as `python transformer_playground.py OVERRIDES...` does, in this process: (metrics, run directory).
+    The run directory is outputs/<date>/<time> under the current folder unless given."""
+    from hydra import compose, initialize_config_dir
+
+    from .config import register_configs
+    from .experiment import run_train
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    if run_dir is None:
+        run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_train(cfg, run_dir), run_dir
