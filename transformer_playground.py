@@ -54,7 +54,7 @@ if _writes_nothing_that_lasts(sys.argv):
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from playground import experiment, inference  # after Hydra has parsed the command line: --help stays fast
+    from playground import experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
 
     run_dir = HydraConfig.get().runtime.output_dir
     if TEXT is not None:
@@ -71,7 +71,9 @@ def main(cfg: DictConfig) -> float | None:
             return inference.run_score(cfg)
         if cfg.mode == "average":
             return experiment.run_average(cfg, run_dir)
-        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, score, average")
+        if cfg.mode == "export":
+            return export.run_export(cfg, run_dir)
+        raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, score, average, export")
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

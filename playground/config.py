@@ -139,9 +139,9 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    mode: str = "train"  # train | eval | translate | score | average
+    mode: str = "train"  # train | eval | translate | score | average | export
     seed: int = 1234  # model initialisation, dropout and batch order
-    ckpt_path: Optional[str] = None  # a checkpoint for eval and translate (mode=average: a checkpoints folder)
+    ckpt_path: Optional[str] = None  # a checkpoint or mode=export folder (mode=average: a checkpoints folder)
     text: Optional[str] = None  # translate this (otherwise input_file, or one input a line on standard input)
     input_file: Optional[str] = None  # translate: one source a line; score: sources (a TSV of pairs without reference_file)
     reference_file: Optional[str] = None  # score: the reference translation of each input_file line
@@ -188,7 +188,7 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
 
 
-MODES = ("train", "eval", "translate", "score", "average")
+MODES = ("train", "eval", "translate", "score", "average", "export")
 
 
 def choice_options() -> dict:

@@ -411,7 +411,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     check_decode_vocabulary(cfg.decode, tgt_tok.vocab_size)
     model.to(device)
     # the checkpoint's dataset, with any dataset.* given on this command line (another test_file, say)
-    given = [o for o in HydraConfig.get().overrides.task if o.startswith("dataset.")]
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # none from Python
+    given = [o for o in overrides if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")

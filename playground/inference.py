@@ -21,12 +21,14 @@ from .config import (Config, check_choices, check_decode, check_decode_vocabular
 from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
 from .errors import UserError
 from .evaluate import decode, decode_nbest
+from .export import is_exported, load_exported_weights, read_exported
 from .model import build_model
 from .setup import autocast_for, resolve_device, resolve_precision
 
 
 def model_from_checkpoint(cfg):
-    """Rebuild the model and tokenizers a checkpoint was trained with: (model, saved config, src_tok, tgt_tok, state)."""
+    """Rebuild the model and tokenizers a checkpoint (or exported folder) was trained with: (model, saved config,
+    src_tok, tgt_tok, state)."""
     if cfg.ckpt_path is None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
     model, saved, src_tok, tgt_tok, state = load_trained(cfg.ckpt_path, cfg.trainer.kernels)
@@ -36,8 +38,9 @@ def model_from_checkpoint(cfg):
 
 def load_trained(path, kernels: str = "reference"):
     """A checkpoint's model (on the CPU, its weights loaded), config, tokenizers and state: (model, saved config,
-    src_tok, tgt_tok, state)."""
-    state = load_checkpoint(path)
+    src_tok, tgt_tok, state). `path` may also be a folder written by mode=export (playground/export.py)."""
+    exported = is_exported(path)
+    state = read_exported(path) if exported else load_checkpoint(path)
     try:
         saved = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(state["config"]))
     except Exception as e:  # a key this version does not know, or a value of another type
@@ -47,7 +50,10 @@ def load_trained(path, kernels: str = "reference"):
     tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
     check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
     model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, kernels, **MODEL_IDS)
-    load_model_weights(model, state["model"], path)
+    if exported:
+        load_exported_weights(model, path)
+    else:
+        load_model_weights(model, state["model"], path)
     return model, saved, src_tok, tgt_tok, state
 
 

@@ -220,3 +220,22 @@ def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tm
                                       tmp_path / "run")
     assert run_dir == tmp_path / "run" and metrics["last_step"] == 10
     assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_checkpoint(checkpoint, compose_config,
+                                                                                         tmp_path):
+    import playground
+    from playground import export
+
+    folder = export.run_export(compose_config("mode=export", f"ckpt_path={checkpoint[0]}"), tmp_path / "x")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer_src.json",
+                                                        "tokenizer_tgt.json"]
+    for path in folder.iterdir():  # neither a pickle (0x80) nor torch.save's zip archive
+        assert not path.read_bytes().startswith((b"\x80", b"PK")), path
+    evaluated = [experiment.run_eval(compose_config("mode=eval", f"ckpt_path={path}", "trainer.precision=fp32",
+                                                    "trainer.device=cpu"), tmp_path / name)
+                 for path, name in ((checkpoint[0], "from_checkpoint"), (folder, "from_folder"))]
+    assert evaluated[0] == evaluated[1]
+    lines = random_lines(20, seed=8, longest=8)
+    assert playground.load(folder, device="cpu").translate(lines) == \
+        playground.load(checkpoint[0], device="cpu").translate(lines)

@@ -1,0 +1,73 @@
+"""mode=export: a trained model as a folder that loads without running any code, to share or to keep.
+
+    exported/
+      model.safetensors     the weights (a tied matrix is stored once)
+      config.json           the run's config and the step of the weights
+      tokenizer_src.json    the vocabularies (playground's tokenizer records)
+      tokenizer_tgt.json
+
+mode=eval, mode=translate, mode=score and playground.load take the folder wherever they take a checkpoint.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+TOKENIZERS = {"src": "tokenizer_src.json", "tgt": "tokenizer_tgt.json"}
+
+
+def is_exported(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
+
+
+def read_exported(folder) -> dict:
+    """An exported folder's config, step and tokenizers, as a checkpoint holds them (without the weights)."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / CONFIG).read_text())
+        tokenizers = {side: json.loads((folder / name).read_text()) for side, name in TOKENIZERS.items()}
+    except FileNotFoundError as e:
+        raise UserError(f"ckpt_path={folder}: an exported folder needs {Path(e.filename).name} beside {WEIGHTS}")
+    except json.JSONDecodeError as e:
+        raise UserError(f"ckpt_path={folder}: a file of the exported folder is not JSON ({e})")
+    return {"config": record["config"], "step": record["step"], "tokenizers": tokenizers}
+
+
+def load_exported_weights(model, folder) -> None:
+    """Fill `model` (built from the folder's config) with model.safetensors, tied weights included."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(folder) / WEIGHTS
+    try:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, RuntimeError) as e:
+        raise UserError(f"{path}: not the weights of this folder's model ({str(e).splitlines()[0]})")
+
+
+def run_export(cfg, run_dir) -> Path:
+    """Write ckpt_path's model, config and tokenizers into RUN_DIR/exported."""
+    from safetensors.torch import save_model
+
+    from .inference import load_trained
+
+    if cfg.ckpt_path is None:
+        raise UserError("mode=export needs ckpt_path=PATH (a checkpoints/best.pt, last.pt or averaged.pt of a run)")
+    model, _, src_tok, tgt_tok, state = load_trained(cfg.ckpt_path)
+    folder = Path(run_dir) / "exported"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / WEIGHTS))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder / WEIGHTS, 0o666 & ~umask)  # readable as the other files are (safetensors writes it 0600)
+    (folder / CONFIG).write_text(json.dumps({"config": state["config"], "step": state["step"]}, indent=2) + "\n")
+    for side, tokenizer in (("src", src_tok), ("tgt", tgt_tok)):
+        (folder / TOKENIZERS[side]).write_text(json.dumps(tokenizer.to_dict()) + "\n")
+    size = (folder / WEIGHTS).stat().st_size
+    print(f"exported {sum(p.numel() for p in model.parameters()):,} parameters ({size / 2**20:.1f} MiB) and the "
+          f"tokenizers into {folder.resolve()}\nuse it with: python transformer_playground.py mode=translate "
+          f"ckpt_path={folder.resolve()}   or   playground.load(\"{folder.resolve()}\")")
+    return folder
