@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -52,7 +53,8 @@ if _writes_nothing_that_lasts(sys.argv):
                  "hydra/hydra_logging=disabled"]
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+# an absolute path: the same folder whether this file runs as a script or as the installed transformer-playground
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from playground import experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
 
