@@ -131,3 +131,18 @@ def test_the_model_summary_gives_each_modules_parameters_and_output_shape():
     assert "| &nbsp;&nbsp;&nbsp;&nbsp;decoder.layers.1 | DecoderLayer |" in table
     assert "| generator | Linear | 20 | 3 x 5 x 20 |" in table  # its weight is the target embedding's: counted there
     assert f"| total | Transformer | {sum(p.numel() for p in model.parameters()):,} | |" in table
+
+
+def test_the_notebook_tour_runs_to_the_end_as_a_script(monkeypatch, tmp_path, capsys):
+    import runpy
+    import tempfile
+
+    from conftest import ROOT
+
+    # the tour's runs, shortened: what is tested is that every cell runs
+    monkeypatch.setenv("TOUR_OVERRIDES", "trainer.max_steps=20 dataset.num_valid=20 dataset.num_test=20")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    runpy.run_path(str(ROOT / "docs" / "tour.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "test/exact_match" in out and "Both runs are TensorBoard runs" in out
+    assert len(list(tmp_path.glob("playground-tour-*/cross_attention.png"))) == 1
