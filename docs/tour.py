@@ -58,7 +58,7 @@ maps = trained.attention("3 1 4 1 5", "5 1 4 1 3")
 cross = maps["decoder.layers.1.cross_attn"]  # (heads, target positions, source positions)
 fig, axes = plt.subplots(1, cross.size(0), figsize=(3 * cross.size(0), 3))
 for head, ax in enumerate(axes):
-    ax.imshow(cross[head].float().cpu(), cmap="viridis", vmin=0, vmax=1)
+    ax.imshow(cross[head].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
     ax.set_title(f"head {head}")
     ax.set_xlabel("source position")
 axes[0].set_ylabel("output position")

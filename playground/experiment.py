@@ -116,10 +116,13 @@ def _write_metrics(run_dir: Path, flat: dict) -> None:
     atomic_write(run_dir / "metrics.json", lambda f: f.write((json.dumps(flat, indent=2) + "\n").encode()))
 
 
-def _write_hypotheses(run_dir: Path, hypotheses) -> None:
-    """hypotheses.txt: the decoded output for each scored test pair, one a line, in the test split's order."""
-    text = "".join(h.replace("\n", " ") + "\n" for h in hypotheses)
-    atomic_write(run_dir / "hypotheses.txt", lambda f: f.write(text.encode()))
+def _write_hypotheses(run_dir: Path, hypotheses, data: Data) -> None:
+    """hypotheses.txt: the decoded output for each scored test pair, one a line, in the test split's order; and
+    references.txt, the test split's reference of each (what playground.compare resamples)."""
+    references = [reference for _, reference in data.texts["test"]]
+    for name, lines in (("hypotheses.txt", hypotheses), ("references.txt", references)):
+        text = "".join(line.replace("\n", " ") + "\n" for line in lines)
+        atomic_write(run_dir / name, lambda f, text=text: f.write(text.encode()))
 
 
 def _test_counts(data: Data) -> dict:
@@ -337,7 +340,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         "last_step": last, "doctor": "; ".join(doctor.found)})
     if d.is_main:
         _write_metrics(run_dir, flat)
-        _write_hypotheses(run_dir, hypotheses)
+        _write_hypotheses(run_dir, hypotheses, data)
         _report(flat, run_dir)
     distributed.shutdown(d)
     return flat
@@ -418,7 +421,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")
     flat = _flat_metrics("test", metrics, state["step"], _test_counts(data))
     _write_metrics(Path(run_dir), flat)
-    _write_hypotheses(Path(run_dir), hypotheses)
+    _write_hypotheses(Path(run_dir), hypotheses, data)
     _report(flat, Path(run_dir))
     return flat
 

@@ -2,11 +2,15 @@
 
 Registered as a Hydra callback in configs/config.yaml; it writes summary.csv and summary.md into the
 sweep directory and prints the table, best job first by the runs' trainer.monitor (in its direction), or by
-`sort_by` where one is given.
+`sort_by` where one is given. A sweep over seeds (-m seed=1,2,3 model.heads=1,2,4) also gets one row per
+configuration, its metrics as mean ± sd over the seeds, marked within or beyond the noise of the best
+configuration (summary.md, the printout, and summary_by_config.csv).
 """
 
 import csv
 import json
+import math
+import statistics
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -48,8 +52,69 @@ def summarize(sweep_dir, sort_by=None, mode="max"):
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                        *("| " + " | ".join(map(str, row)) + " |" for row in rows)])
     table = f"sorted by {sort_by} ({mode})\n\n" + table
+    by_config = seed_statistics(jobs, sort_by, mode, metrics)
+    if by_config:
+        markdown, csv_rows = by_config
+        with open(sweep_dir / "summary_by_config.csv", "w", newline="") as f:
+            csv.writer(f).writerows(csv_rows)
+        table = markdown + "\n\nevery job, " + table
     (sweep_dir / "summary.md").write_text(table + "\n")
     return table
+
+
+def within_noise(a: tuple, b: tuple) -> bool:
+    """Two configurations' (mean, sd, n) are within the noise when |mean_a - mean_b| < 2 * sqrt(sd_a^2/n_a +
+    sd_b^2/n_b): the difference is under twice its standard error (about a 95% interval)."""
+    (mean_a, sd_a, n_a), (mean_b, sd_b, n_b) = a, b
+    return abs(mean_a - mean_b) < 2 * math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
+
+
+def seed_statistics(jobs, sort_by: str, mode: str, metrics):
+    """Jobs that differ only by `seed` grouped into one configuration each: (markdown, csv rows) with n, each
+    metric's mean +- sample standard deviation, and whether the configuration is within the noise of the best one
+    by sort_by. None when no configuration ran more than one seed."""
+    groups = {}
+    for _, overrides, values in jobs:
+        config = tuple(sorted((k, v) for k, v in overrides.items() if k != "seed"))
+        groups.setdefault(config, []).append(values)
+    if all(len(runs) < 2 for runs in groups.values()):
+        return None
+
+    def stats(runs, metric):
+        values = [r[metric] for r in runs if _number(r.get(metric))]
+        if not values:
+            return None
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan"), len(values)
+
+    sign = -1 if mode == "max" else 1
+    def rank_key(group):
+        own = stats(group[1], sort_by)
+        return (own is None, sign * own[0] if own else 0.0)  # configurations without the metric last
+
+    ranked = sorted(groups.items(), key=rank_key)
+    best = stats(ranked[0][1], sort_by)
+    keys = sorted({k for config in groups for k, _ in config})
+    header = [*keys, "n", *metrics, f"{sort_by} against the best"]
+    md_rows, csv_rows = [], [[*keys, "n", *(f"{m} {part}" for m in metrics for part in ("mean", "sd")), "noise"]]
+    for rank, (config, runs) in enumerate(ranked):
+        values = dict(config)
+        own = stats(runs, sort_by)
+        if rank == 0:
+            mark = "best"
+        elif own is None or own[2] < 2 or best[2] < 2:
+            mark = "n < 2: unknown"
+        else:
+            mark = "within the noise" if within_noise(own, best) else "beyond the noise"
+        cells = [stats(runs, m) for m in metrics]
+        md_rows.append([*(values.get(k, "") for k in keys), str(len(runs)),
+                        *("" if c is None else f"{c[0]:.4f} ± {c[1]:.4f}" for c in cells), mark])
+        csv_rows.append([*(values.get(k, "") for k in keys), len(runs),
+                         *(x for c in cells for x in (("", "") if c is None else (c[0], c[1]))), mark])
+    markdown = "\n".join([f"configurations over seeds (mean ± sample sd; within the noise of the best: |difference| < "
+                          f"2 sqrt(sd_a²/n_a + sd_b²/n_b)), sorted by {sort_by} ({mode})", "",
+                          "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                          *("| " + " | ".join(row) + " |" for row in md_rows)])
+    return markdown, csv_rows
 
 
 def _number(value) -> bool:

@@ -43,6 +43,9 @@ def test_a_run_leaves_events_metrics_and_checkpoints_in_its_directory(trained_ru
     assert checkpoint["step"] == 30 and checkpoint["config"]["model"]["d_model"] == 32
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert f"tensorboard --logdir {run_dir}" in result.stdout
+    hypotheses, references = ((run_dir / name).read_text().splitlines() for name in ("hypotheses.txt",
+                                                                                      "references.txt"))
+    assert len(hypotheses) == len(references) == metrics["test/pairs_scored"]  # what playground.compare pairs
 
 
 def test_eval_in_another_folder_reproduces_the_runs_test_metrics(trained_run, tmp_path):

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from test_cli import ROOT, SMALL, run
 
-from playground.sweep import summarize
+from playground.sweep import summarize, within_noise
 
 
 def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(tmp_path):
@@ -85,3 +85,30 @@ def test_long_override_lists_still_make_a_valid_and_distinct_folder_name():
     a, b = job_dirname("optimizer.lr=0.1," + "x" * 300), job_dirname("optimizer.lr=0.2," + "x" * 300)
     assert len(a) <= 120 and len(b) <= 120 and a != b
     assert job_dirname("dataset.train_file=data/train.tsv") == "dataset.train_file=data_train.tsv"
+
+
+def fake_job(folder, overrides, metrics):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "monitor": "valid/exact_match", "monitor_mode": "max"}))
+
+
+def test_jobs_that_differ_only_by_seed_are_one_configuration_with_mean_sd_and_the_noise_rule(tmp_path):
+    results = {1: [0.50, 0.52, 0.48], 2: [0.90, 0.91, 0.89], 4: [0.905, 0.90, 0.895]}
+    for job, (heads, seed) in enumerate((h, s) for h in results for s in (1, 2, 3)):
+        fake_job(tmp_path / f"{job}_job", [f"model.heads={heads}", f"seed={seed}"],
+                 {"valid/exact_match": results[heads][seed - 1], "step": 10})
+    table = summarize(tmp_path)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and " ± " in line]
+    assert [(r[0].strip("| "), r[1], r[2]) for r in rows] == [("2", "3", "0.9000 ± 0.0100"),
+                                                            ("4", "3", "0.9000 ± 0.0050"),
+                                                            ("1", "3", "0.5000 ± 0.0200")]
+    assert [r[-1].strip(" |") for r in rows] == ["best", "within the noise", "beyond the noise"]
+    assert (tmp_path / "summary_by_config.csv").read_text().splitlines()[0].startswith("model.heads,n,")
+    assert "every job, sorted by valid/exact_match" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_noise_rule_is_twice_the_standard_error_of_the_difference():
+    assert within_noise((0.90, 0.01, 3), (0.91, 0.01, 3))  # 0.01 < 2 * 0.0082
+    assert not within_noise((0.90, 0.01, 3), (0.93, 0.01, 3))  # 0.03 > 0.0163
+    assert not within_noise((0.90, 0.0, 5), (0.901, 0.0, 5))  # no spread at all: any difference is real

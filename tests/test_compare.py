@@ -1,0 +1,64 @@
+"""python -m playground.compare: a paired bootstrap on two runs' test BLEU."""
+
+import random
+
+import pytest
+import sacrebleu
+
+from playground.compare import compare, corpus_bleu, main, paired_bootstrap, sentence_statistics
+from playground.data.toy_corpus import make_pairs
+from playground.errors import UserError
+
+REFERENCES = [italian for _, italian in make_pairs(200, seed=3)]
+
+
+def degraded(lines, share, seed=0):
+    """Each line with `share` of its words dropped."""
+    rng = random.Random(seed)
+    return [" ".join(w for w in line.split() if rng.random() >= share) for line in lines]
+
+
+def test_bleu_from_summed_sentence_counts_is_sacrebleus_corpus_bleu():
+    hypotheses = degraded(REFERENCES, 0.3)
+    statistics = sentence_statistics(hypotheses, REFERENCES)
+    assert corpus_bleu(statistics.sum(0)) == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score)
+
+
+def test_identical_systems_differ_by_nothing_with_p_one():
+    system = degraded(REFERENCES, 0.3)
+    result = paired_bootstrap(system, list(system), REFERENCES, resamples=200)
+    assert (result["delta"], result["low"], result["high"], result["p"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_a_clearly_better_system_is_better_beyond_the_noise():
+    result = paired_bootstrap(degraded(REFERENCES, 0.1), degraded(REFERENCES, 0.5, seed=1), REFERENCES)
+    assert result["delta"] > 10 and result["low"] > 0 and result["p"] < 0.05
+
+
+def test_two_systems_that_differ_by_chance_are_within_the_noise():
+    a, b = degraded(REFERENCES, 0.3, seed=2), degraded(REFERENCES, 0.3, seed=3)  # the same quality, other draws
+    result = paired_bootstrap(a, b, REFERENCES)
+    assert result["low"] < 0 < result["high"] and result["p"] > 0.05
+
+
+def write_run(folder, hypotheses, references):
+    folder.mkdir()
+    (folder / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses))
+    (folder / "references.txt").write_text("".join(r + "\n" for r in references))
+    return folder
+
+
+def test_compare_reads_two_run_directories_and_refuses_what_it_cannot_compare(tmp_path, capsys):
+    a = write_run(tmp_path / "a", REFERENCES[:50], REFERENCES[:50])
+    b = write_run(tmp_path / "b", degraded(REFERENCES[:50], 0.5), REFERENCES[:50])
+    assert compare(a, b, resamples=100)["delta"] > 0
+    assert main([str(a), str(b), "--resamples", "100"]) == 0
+    assert "A - B +" in capsys.readouterr().out
+    other = write_run(tmp_path / "other", REFERENCES[50:90], REFERENCES[50:90])
+    with pytest.raises(UserError, match="different test sets"):
+        compare(a, other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no hypotheses.txt"):
+        compare(a, tmp_path / "empty")
+    assert main([str(a), str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
