@@ -45,9 +45,12 @@ FAST_PIECES = {
 
 
 def _unsupported_ablation(module):
-    """The ablation (model.ablate) a fast piece does not compute, if this module has one: it keeps its reference code."""
+    """The setting a fast piece does not compute (an ablation, another d_k), if this module has one: it keeps its
+    reference code."""
     if isinstance(module, MultiHeadAttention) and not module.scaled:
-        return "attention_scale"
+        return "model.ablate=[attention_scale]"
+    if isinstance(module, MultiHeadAttention) and module.key_dim != module.head_dim:
+        return f"model.key_dim={module.key_dim}"
     return None
 
 
@@ -66,7 +69,7 @@ def use_fast_kernels(model: nn.Module, pieces=None) -> nn.Module:
             else:
                 kept.add((ablation, type(module).__name__))
     for ablation, name in sorted(kept):
-        log.info(f"trainer.kernels=fast: {name} runs its reference code under model.ablate=[{ablation}] "
+        log.info(f"trainer.kernels=fast: {name} runs its reference code under {ablation} "
                  f"(its fast kernel computes the paper's version only)")
     return model
 

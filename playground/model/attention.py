@@ -48,29 +48,34 @@ class MultiHeadAttention(nn.Module):
     `self.weights` (B, H, T, S) for heatmaps.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout_p: float, self_attention: bool, scaled: bool = True):
+    def __init__(self, d_model: int, heads: int, dropout_p: float, self_attention: bool, scaled: bool = True,
+                 key_dim: int = None):
         super().__init__()
-        self.heads, self.head_dim = heads, d_model // heads
+        self.heads, self.head_dim = heads, d_model // heads  # d_v = d_model / h (Section 3.2.2)
+        self.key_dim = key_dim or self.head_dim  # d_k: the paper's is d_v too; Table 3 row (B) makes it smaller
         self.self_attention, self.scaled = self_attention, scaled
+        qk = heads * self.key_dim
         if self_attention:
-            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+            self.qkv_proj = nn.Linear(d_model, 2 * qk + d_model)
         else:
-            self.q_proj = nn.Linear(d_model, d_model)
-            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+            self.q_proj = nn.Linear(d_model, qk)
+            self.kv_proj = nn.Linear(d_model, qk + d_model)
         self.out_proj = nn.Linear(d_model, d_model)  # W^O
         self.dropout = Dropout(dropout_p)  # on the attention weights
         self.record_weights = False
         self.weights = None
 
-    def split_heads(self, x, parts):
-        """(B, L, parts * D) -> parts tensors of (B, H, L, Dh): each head sees its own Dh features."""
+    def split_heads(self, x, sizes):
+        """(B, L, H * sum(sizes)) -> one (B, H, L, size) tensor per size (queries and keys d_k, values d_v): each
+        head sees its own features."""
         B, L, _ = x.shape
-        return x.view(B, L, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # parts x (B, H, L, Dh)
+        parts = x.split([self.heads * size for size in sizes], dim=-1)
+        return [part.view(B, L, self.heads, size).transpose(1, 2) for part, size in zip(parts, sizes)]
 
     def project(self, x, memory=None, rotary=None, cache=None):
         """Queries, keys and values, each (B, H, L, Dh); while decoding, keys and values come from the cache too."""
         if self.self_attention:
-            q, k, v = self.split_heads(self.qkv_proj(x), 3)  # each (B, H, T, Dh)
+            q, k, v = self.split_heads(self.qkv_proj(x), (self.key_dim, self.key_dim, self.head_dim))  # (B, H, T, *)
             offset = cache["k"].size(2) if cache is not None and "k" in cache else 0
             if rotary is not None:
                 q, k = rotary(q, offset), rotary(k, offset)
@@ -80,10 +85,10 @@ class MultiHeadAttention(nn.Module):
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
             return q, k, v
-        (q,) = self.split_heads(self.q_proj(x), 1)  # (B, H, T, Dh)
+        (q,) = self.split_heads(self.q_proj(x), (self.key_dim,))  # (B, H, T, Dk)
         if cache is not None and "k" in cache:  # the source does not change while decoding
             return q, cache["k"], cache["v"]
-        k, v = self.split_heads(self.kv_proj(memory), 2)  # each (B, H, S, Dh)
+        k, v = self.split_heads(self.kv_proj(memory), (self.key_dim, self.head_dim))  # (B, H, S, Dk), (B, H, S, Dh)
         if cache is not None:
             cache["k"], cache["v"] = k, v
         return q, k, v

@@ -76,11 +76,11 @@ class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward, each wrapped in a residual connection and normalisation (Section 3.1)."""
 
     def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
-                 ablate=()):
+                 ablate=(), key_dim=None):
         super().__init__()
         residual = _residual_maker(norm_position, ablate)
-        scaled = "attention_scale" not in ablate
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, scaled=scaled)
+        attention = dict(scaled="attention_scale" not in ablate, key_dim=key_dim)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, **attention)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
         self.attn_residual = residual(d_model, dropout_p, norm)
         self.ff_residual = residual(d_model, dropout_p, norm)
@@ -94,12 +94,12 @@ class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, then feed-forward (Section 3.1)."""
 
     def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
-                 ablate=()):
+                 ablate=(), key_dim=None):
         super().__init__()
         residual = _residual_maker(norm_position, ablate)
-        scaled = "attention_scale" not in ablate
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, scaled=scaled)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False, scaled=scaled)
+        attention = dict(scaled="attention_scale" not in ablate, key_dim=key_dim)
+        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, **attention)
+        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False, **attention)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
         self.self_residual = residual(d_model, dropout_p, norm)
         self.cross_residual = residual(d_model, dropout_p, norm)

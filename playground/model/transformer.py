@@ -48,13 +48,14 @@ class Transformer(nn.Module):
 
     def __init__(self, src_vocab_size, tgt_vocab_size, *, pad_id, bos_id, eos_id, d_model=512, heads=8, enc_layers=6,
                  dec_layers=6, d_ff=2048, dropout_p=0.1, norm_position="post", norm="layernorm", final_norm=False,
-                 positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024, ablate=()):
+                 positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024, ablate=(),
+                 key_dim=None):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id  # the vocabulary's, handed in by the builder
         self.ablate = tuple(ablate)  # pieces of the paper left out (ABLATIONS); empty: the paper's model
         layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout_p=dropout_p, norm_position=norm_position,
-                          norm=norm, activation=activation, ablate=self.ablate)
+                          norm=norm, activation=activation, ablate=self.ablate, key_dim=key_dim)
         scaled = "embedding_scale" not in self.ablate
         self.src_embed = TokenEmbedding(src_vocab_size, d_model, scaled)
         self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model, scaled)
@@ -150,6 +151,13 @@ def check_model_config(c, src_vocab_size=None, tgt_vocab_size=None) -> None:
     if unknown:
         raise ValueError(f"model.ablate has {', '.join(map(str, unknown))}, which is not a piece it can remove: "
                          f"{', '.join(ABLATIONS)}")
+    key_dim = getattr(c, "key_dim", None)
+    if key_dim is not None and not 0 < key_dim <= c.d_model:
+        raise ValueError(f"model.key_dim={key_dim} must be between 1 and model.d_model={c.d_model} (null: "
+                         f"d_model/heads = {c.d_model // c.heads}, the paper's d_k)")
+    if key_dim is not None and c.positional == "rotary":
+        raise ValueError("model.key_dim with model.positional=rotary: rotary positions turn the d_model/heads features "
+                         "of each head; leave model.key_dim null, or use another model.positional")
     if c.positional == "rotary" and (c.d_model // c.heads) % 2:
         raise ValueError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
     if c.tie_embeddings == "all" and src_vocab_size != tgt_vocab_size and None not in (src_vocab_size, tgt_vocab_size):
@@ -180,5 +188,6 @@ def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int, kernels: st
         heads=c.heads, enc_layers=c.enc_layers, dec_layers=c.dec_layers, d_ff=c.d_ff, dropout_p=c.dropout,
         norm_position=c.norm_position, norm=c.norm, final_norm=c.final_norm, positional=c.positional,
         activation=c.activation, tie_embeddings=c.tie_embeddings, max_len=c.max_len, ablate=getattr(c, "ablate", ()),
+        key_dim=getattr(c, "key_dim", None),
     )
     return KERNELS[kernels](model)
