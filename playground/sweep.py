@@ -93,7 +93,9 @@ def seed_statistics(jobs, sort_by: str, mode: str, metrics):
 
     ranked = sorted(groups.items(), key=rank_key)
     best = stats(ranked[0][1], sort_by)
-    keys = sorted({k for config in groups for k, _ in config})
+    # what every configuration shares (trainer.max_steps=200 in each, test/pairs_scored 1000 in each) is left out
+    keys = sorted(k for k in {k for config in groups for k, _ in config} if len({dict(c).get(k) for c in groups}) > 1)
+    metrics = [m for m in metrics if m == sort_by or len({r.get(m) for runs in groups.values() for r in runs}) > 1]
     header = [*keys, "n", *metrics, f"{sort_by} against the best"]
     md_rows, csv_rows = [], [[*keys, "n", *(f"{m} {part}" for m in metrics for part in ("mean", "sd")), "noise"]]
     for rank, (config, runs) in enumerate(ranked):
