@@ -101,21 +101,15 @@ def test_the_doctor_sees_a_vocabulary_that_maps_too_many_tokens_to_unk():
     assert fired(lambda d: d.check_data({"source": 0.01, "target": 0.0})) == []
 
 
-def test_a_run_that_cannot_learn_is_told_so_in_the_log_tensorboard_and_metrics(compose_config, tmp_path, caplog):
+def test_a_run_that_cannot_learn_is_told_so_and_off_a_terminal_progress_is_a_plain_line_every_log_every_steps(
+        compose_config, tmp_path, caplog, capfd):
     cfg = compose_config("optimizer.lr=1e-9", "trainer.max_steps=20", "trainer.log_every=5", "trainer.eval_every=20",
                          "dataset.num_train=500", "dataset.num_valid=50", "dataset.num_test=50", "trainer.device=cpu")
-    flat = experiment.run_train(cfg, tmp_path)
+    with caplog.at_level(logging.INFO, logger="playground"):
+        flat = experiment.run_train(cfg, tmp_path)  # trainer.progress=auto, and pytest's output is not a terminal
     assert flat["doctor"] == "not learning"
     assert json.loads((tmp_path / "metrics.json").read_text())["doctor"] == "not learning"
-    assert any("doctor: train/loss" in r.message for r in caplog.records)
-
-
-def test_off_a_terminal_progress_is_one_plain_log_line_every_log_every_steps(compose_config, tmp_path, caplog,
-                                                                             capfd):
-    cfg = compose_config("trainer.max_steps=20", "trainer.log_every=5", "trainer.eval_every=20",
-                         "dataset.num_train=500", "dataset.num_valid=50", "dataset.num_test=50", "trainer.device=cpu")
-    with caplog.at_level(logging.INFO, logger="playground.train"):
-        experiment.run_train(cfg, tmp_path)  # trainer.progress=auto, and pytest's output is not a terminal
+    assert any(r.message.startswith("doctor: train/loss") for r in caplog.records)
     lines = [r.message for r in caplog.records if r.name == "playground.train"]
     assert [line.split(":")[0] for line in lines] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
     assert all(re.search(r"train/loss \d\.\d{4}, lr .*, [\d,]+ tokens/s, ETA \d+:\d\d:\d\d$", line) for line in lines)
@@ -140,7 +134,8 @@ def test_the_notebook_tour_runs_to_the_end_as_a_script(monkeypatch, tmp_path, ca
     from conftest import ROOT
 
     # the tour's runs, shortened: what is tested is that every cell runs
-    monkeypatch.setenv("TOUR_OVERRIDES", "trainer.max_steps=20 dataset.num_valid=20 dataset.num_test=20")
+    monkeypatch.setenv("TOUR_OVERRIDES", "trainer.max_steps=20 model.d_model=32 model.d_ff=64 dataset.num_train=300 "
+                                         "dataset.num_valid=20 dataset.num_test=20")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runpy.run_path(str(ROOT / "docs" / "tour.py"), run_name="__main__")
     out = capsys.readouterr().out
