@@ -15,7 +15,7 @@ from playground.model import attention, dropout, loss
 from playground.model.layers import PositionwiseFeedForward
 
 # the default composed config, shortened: fewer steps and smaller held-out splits, nothing else changed
-SHORT = ["trainer.max_steps=20", "trainer.log_every=1", "trainer.eval_every=20", "dataset.num_valid=20",
+SHORT = ["trainer.max_steps=10", "trainer.log_every=1", "trainer.eval_every=10", "dataset.num_valid=20",
          "dataset.num_test=20"]
 
 
@@ -36,14 +36,14 @@ def default_losses(tmp_path_factory):
 
 
 def assert_changed(edited, default_losses):
-    assert edited.shape == default_losses.shape == (20,)
+    assert edited.shape == default_losses.shape == (10,)
     assert not torch.allclose(edited, default_losses, rtol=1e-3), "the edit did not reach the default run"
 
 
 @pytest.mark.slow
 def test_fast_and_reference_kernels_train_the_default_model_to_the_same_losses(compose_config, tmp_path):
-    # Both on 2 threads: the order of floating-point sums follows the thread count, and over 20 steps of Adam that
-    # alone moves the reference's own losses by about 7e-6 relative (1 thread against 2), the size of the
+    # Both on 2 threads: the order of floating-point sums follows the thread count, and that alone moved the
+    # reference's own losses by about 7e-6 relative over 20 steps of Adam (1 thread against 2), the size of the
     # tolerance. One thread count for both compares the kernels, not the thread counts.
     # On the CPU, whatever else the machine has: these are the CPU kernels, and on a GPU "fast" is SDPA.
     common = ["trainer.device=cpu", "trainer.precision=fp32", "model.dropout=0.0"]
