@@ -168,6 +168,8 @@ class Interrupted(Exception):
 
 
 def _resume_command(ckpt: Path, auto_resume: bool) -> str:
+    if not HydraConfig.initialized():  # run from Python (playground.run): there is no command to repeat
+        return f"the same overrides and ckpt_path={ckpt}"
     overrides = HydraConfig.get().overrides.task
     if auto_resume:  # the same command again, into the same directory (HydraConfig: this run's own)
         run_dir = HydraConfig.get().runtime.output_dir
