@@ -39,18 +39,12 @@ BEGIN, END = "<!-- ablation table: written by docs/run_ablations.py -->", "<!-- 
 
 def train(overrides, run_dir: Path) -> tuple:
     """One run of the default experiment with these overrides: (metrics.json's content, wall seconds)."""
-    from hydra import compose, initialize_config_dir
+    import playground
 
-    from playground import experiment
-    from playground.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        flat = experiment.run_train(cfg, run_dir)
+        flat, _ = playground.run(overrides, run_dir)
     return flat, time.perf_counter() - start
 
 

@@ -68,14 +68,10 @@ def load(path, device: str = "auto", precision: str = "auto", kernels: str = "re
 def run(overrides=(), run_dir=None) -> tuple:
     """Train as `python transformer_playground.py OVERRIDES...` does, in this process: (metrics, run directory).
     The run directory is outputs/<date>/<time> under the current folder unless given."""
-    from hydra import compose, initialize_config_dir
-
-    from .config import register_configs
+    from .config import compose_config
     from .experiment import run_train
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg = compose_config(overrides)
     if run_dir is None:
         run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
     run_dir = Path(run_dir)

@@ -11,14 +11,12 @@ valid every trainer.eval_every steps, keeps the weights of the best trainer.moni
 """
 
 import sys
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from .bench import TorchTransformer
-from .config import DecodeConfig, check_choices, check_decode, check_trainer, register_configs
+from .config import DecodeConfig, check_choices, check_decode, check_trainer, compose_config
 from .data import MODEL_IDS, load_data
 from .data.synthetic import TASKS
 from .errors import UserError
@@ -38,9 +36,7 @@ def scores(model, data, split, t, decoding, device, autocast) -> dict:
 
 
 def run(overrides) -> dict:
-    register_configs()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg = compose_config(overrides)
     check_choices(cfg)
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)

@@ -18,27 +18,17 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from .config import DecodeConfig, register_configs
+from .config import DecodeConfig, compose_config
 from .inference import Encoder, model_from_checkpoint, translate
 from .perf import synchronize
 from .setup import autocast_for, resolve_device, resolve_precision
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def composed(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
 
 def train_default(folder: Path, device: str) -> Path:
     """The default experiment, 300 steps, its output kept out of the way: returns its best.pt."""
     from .experiment import run_train
 
-    cfg = composed("trainer.max_steps=300", "trainer.eval_every=300", f"trainer.device={device}")
+    cfg = compose_config(["trainer.max_steps=300", "trainer.eval_every=300", f"trainer.device={device}"])
     print("training the default experiment for 300 steps ...", flush=True)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         flat = run_train(cfg, folder)
@@ -59,8 +49,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         ckpt = args.ckpt or train_default(Path(scratch), args.device)
-        cfg = composed("mode=translate", f"ckpt_path={ckpt}", f"trainer.device={args.device}",
-                       f"trainer.precision={args.precision}")
+        cfg = compose_config(["mode=translate", f"ckpt_path={ckpt}", f"trainer.device={args.device}",
+                              f"trainer.precision={args.precision}"])
         device = resolve_device(cfg.trainer.device)
         precision = resolve_precision(device, cfg.trainer.precision)
         model, _, src_tok, tgt_tok, _ = model_from_checkpoint(cfg)

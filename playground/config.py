@@ -323,6 +323,17 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
     return name[: limit - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
+def compose_config(overrides=()):
+    """configs/config.yaml composed with command-line style overrides, as the command would, from Python."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def register_configs() -> None:
     """Make the schema known to Hydra as `config_schema`, the first entry of configs/config.yaml's defaults,
     and the `job_dirname` resolver that names sweep folders."""

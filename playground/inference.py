@@ -19,6 +19,7 @@ from .checkpoint import atomic_write, load_checkpoint, load_model_weights
 from .config import (Config, check_choices, check_decode, check_decode_vocabulary, check_model, check_trainer,
                      upgrade_saved_config)
 from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
+from .data.parallel import decode_lines
 from .errors import UserError
 from .evaluate import decode, decode_nbest
 from .export import is_exported, load_exported_weights, read_exported
@@ -83,7 +84,8 @@ class Encoder:
     def __call__(self, lines) -> list:
         encoded = []
         for line in lines:
-            ids = self.tokenizer.encode(line.strip()) if line.strip() else []
+            text = line.strip()
+            ids = self.tokenizer.encode(text) if text else []
             self.cut += len(ids) > self.limit
             encoded.append(ids[: self.limit])
         return encoded
@@ -166,25 +168,14 @@ def _check_output(cfg) -> None:
         raise UserError(f"output_file={path}: the folder {path.parent} does not exist")
 
 
-def _decoded(raw: bytes, where: str, number: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{where} line {number}: not UTF-8 text ({e.reason})") from None
-
-
 def _read_lines(key: str, path) -> list:
-    """The lines of a UTF-8 text file named by config key `key`, split at "\n" only, as training reads its data."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{key}={path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{key}={path} is a folder, not a file") from None
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":  # the end of the last line, not a line of its own
-        lines.pop()
-    return [_decoded(line, path, number) for number, line in enumerate(lines, 1)]
+    """The lines of a UTF-8 text file named by config key `key`, read as training reads its data."""
+    if not Path(path).exists():
+        raise UserError(f"{key}={path}: no such file")
+    if Path(path).is_dir():
+        raise UserError(f"{key}={path} is a folder, not a file")
+    with open(path, "rb") as f:
+        return [text for _, text in decode_lines(f, path)]
 
 
 def _write(cfg, lines) -> None:
@@ -194,9 +185,10 @@ def _write(cfg, lines) -> None:
 
 
 def _stdin_lines():
-    """Standard input's lines, read as bytes and split at "\n" as files are (a text stream also works)."""
-    for number, line in enumerate(getattr(sys.stdin, "buffer", sys.stdin), 1):
-        yield _decoded(line, "standard input", number) if isinstance(line, bytes) else line
+    """Standard input's lines, read as bytes and decoded as files are (a text stream, as tests give, as it is)."""
+    if hasattr(sys.stdin, "buffer"):
+        return (text for _, text in decode_lines(sys.stdin.buffer, "standard input"))
+    return iter(sys.stdin)
 
 
 def _stdin_buffers(size: int):

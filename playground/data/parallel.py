@@ -16,15 +16,21 @@ from ..errors import UserError
 FORMATS = ("auto", "tsv", "jsonl", "moses")
 
 
+def decode_lines(raw_lines, where):
+    """(line number, text) for each bytes line (split at "\n" only), without its line end; a line whose bytes
+    do not decode as UTF-8 is named with `where` (a file, or standard input)."""
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{where} line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                            f"{e.start + 1})")
+
+
 def _lines(path: Path):
-    """(line number, text) for each line of a UTF-8 file, with the line named if its bytes do not decode."""
+    """(line number, text) for each line of a UTF-8 file."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path} line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                f"{e.start + 1})")
+        yield from decode_lines(f, path)
 
 
 def _tsv(path):
