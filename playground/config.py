@@ -66,6 +66,8 @@ class DatasetConfig:
     max_src_len: int = 128  # tokens; longer pairs are handled by too_long
     max_tgt_len: int = 128
     too_long: str = "filter"  # filter (drop the pair) | truncate (cut to the maximum)
+    cache: bool = True  # text_pairs: tokenise once into a memory-mapped token cache that later runs reuse
+    cache_dir: Optional[str] = None  # where the token cache goes (null: .playground-cache beside the training file)
 
 
 @dataclass

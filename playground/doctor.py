@@ -25,9 +25,8 @@ UNK_SHARE = 0.02
 
 
 def unk_shares(split) -> dict:
-    """The share of <unk> among the real tokens of each side of a training split (PaddedPairs)."""
-    src_unk = int((split.src == UNK).sum())
-    tgt_unk = int((split.tgt == UNK).sum())
+    """The share of <unk> among the real tokens of each side of a training split (TokenPairs)."""
+    src_unk, tgt_unk = split.count(UNK)
     return {"source": src_unk / max(int(split.src_lengths.sum()), 1),
             "target": tgt_unk / max(int(split.tgt_lengths.sum()) - 2 * len(split), 1)}  # BOS and EOS are not text
 

@@ -7,16 +7,16 @@ or another number of processes is refused in one line naming it, unless trainer.
 with which the run resumes and the log lists what changed.
 """
 
-import hashlib
 from dataclasses import fields
 from pathlib import Path
 
 from .config import DecodeConfig
+from .data.cache import file_sha256
 from .errors import UserError
 
 # model.attention: the retired sdpa|math switch, now the execution setting trainer.kernels
 RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "input_file", "reference_file", "output_file", "overwrite",
-                     "model.attention"} | {f"trainer.{key}" for key in (
+                     "model.attention", "dataset.cache", "dataset.cache_dir"} | {f"trainer.{key}" for key in (
     "max_steps", "log_every", "eval_every", "checkpoint_every", "kernels", "device", "precision", "compile",
     "eval_batch_size", "num_samples", "patience", "keep_last", "on_nonfinite", "monitor", "monitor_mode",
     "resume_override", "auto_resume", "progress")} | {f"decode.{field.name}" for field in fields(DecodeConfig)}
@@ -41,11 +41,7 @@ def data_fingerprint(dataset: dict) -> dict:
     for key in DATA_FILES:
         path = dataset.get(key)
         if path and Path(path).is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            prints[key] = {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+            prints[key] = {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
     return prints
 
 

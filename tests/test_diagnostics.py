@@ -10,7 +10,7 @@ import torch
 
 from playground import experiment
 from playground.data import EOS, PAD, UNK
-from playground.data.batching import PaddedPairs
+from playground.data.batching import TokenPairs
 from conftest import build, tiny_model_config
 from playground.diagnostics import alignment_accuracy, alignment_targets, attention_entropy, model_summary
 from playground.doctor import Doctor, unk_shares
@@ -94,7 +94,7 @@ def test_the_doctor_sees_a_gradient_norm_ten_times_its_running_median():
 
 def test_the_doctor_sees_a_vocabulary_that_maps_too_many_tokens_to_unk():
     pairs = [([4, 5, UNK, 6], [4, 5, 6]), ([4] * 10, [5] * 10)]
-    shares = unk_shares(PaddedPairs(pairs))
+    shares = unk_shares(TokenPairs.from_lists(pairs))
     assert shares == {"source": pytest.approx(1 / 14), "target": 0.0}
     [message] = fired(lambda d: d.check_data(shares))
     assert message.startswith("doctor: 7.1% of the source training tokens are <unk>") and "vocab_size" in message

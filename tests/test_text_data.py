@@ -11,7 +11,7 @@ import torch
 
 from playground import experiment, inference
 from playground.data import load_data
-from playground.data.batching import PaddedPairs, token_budget_batches
+from playground.data.batching import TokenPairs, token_budget_batches
 from playground.data.parallel import read_pairs
 from playground.data.tokenizers import tokenizer_from_dict, train_tokenizer
 from playground.data.toy_corpus import make_pairs, write
@@ -75,9 +75,12 @@ def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_
     c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "all.tsv"), tokenizer="word", vocab_size=500,
                       min_frequency=1, valid_fraction=0.1, test_fraction=0.1)
     data = load_data(c)
-    sources = {split: {s for s, _ in texts} for split, texts in data.texts.items()}
-    assert {k: len(v) for k, v in sources.items()} == {"train": 320, "valid": 40, "test": 40}
-    assert not (sources["train"] & sources["valid"] or sources["train"] & sources["test"])
+    assert {split: len(pairs) for split, pairs in data.splits.items()} == {"train": 320, "valid": 40, "test": 40}
+    train = data.splits["train"]
+    train_sources = {tuple(row[row != PAD].tolist()) for row in train.batch(torch.arange(len(train)))[0]}
+    for split in ("valid", "test"):
+        held_out = {tuple(data.src_tokenizer.encode(source)) for source, _ in data.texts[split]}
+        assert len(held_out) == 40 and not held_out & train_sources
     assert load_data(c).texts == data.texts
     c.max_src_len = 6  # most sentences have 5 to 9 words
     filtered = load_data(c)
@@ -91,7 +94,7 @@ def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_
 def test_token_budget_batches_cover_every_pair_once_and_pad_less_than_random_batches():
     g = torch.Generator().manual_seed(0)
     pairs = [([5] * n, [6] * n) for n in torch.randint(1, 40, (500,), generator=g).tolist()]
-    data = PaddedPairs(pairs)
+    data = TokenPairs.from_lists(pairs)
     batches = token_budget_batches(data.lengths(), max_tokens=200, generator=g)
     assert sorted(torch.cat(batches).tolist()) == list(range(500))
     assert all(len(b) * int(data.lengths()[b].max()) <= 200 for b in batches)

@@ -1,35 +1,92 @@
-"""Batches of padded id tensors from lists of (source ids, target ids) pairs."""
+"""Batches of padded id tensors, cut from a split's token ids kept end to end, one flat array per side."""
 
+import numpy as np
 import torch
 
 from .tokenizers import BOS, EOS, PAD
 
 
-class PaddedPairs:
-    """All pairs of one split padded once into two tensors; a batch is a row selection trimmed to its longest row.
+def token_dtype(vocab_size: int):
+    """The smallest unsigned integer type that holds every id of a vocabulary: 1, 2 or 4 bytes a token."""
+    return next(dtype for dtype in (np.uint8, np.uint16, np.uint32) if vocab_size <= np.iinfo(dtype).max + 1)
 
-    Targets gain BOS and EOS here: the decoder reads tgt[:, :-1] and learns to predict tgt[:, 1:].
+
+def flatten(sequences, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Id lists as one flat array and the offsets where each starts (one more offset than sequences)."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((i for s in sequences for i in s), dtype=dtype, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def flatten_bytes(chunks) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings (UTF-8 texts) as one flat uint8 array and offsets, as flatten() keeps ids."""
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in chunks], out=offsets[1:])
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8), offsets
+
+
+def concatenate(parts) -> tuple[np.ndarray, np.ndarray]:
+    """Several (flat, offsets) as one: the sequences of the first, then those of the second, ..."""
+    flats = np.concatenate([flat for flat, _ in parts])
+    shifts = np.cumsum([0] + [offsets[-1] for _, offsets in parts[:-1]])
+    offsets = np.concatenate([parts[0][1][:1]] + [o[1:] + shift for (_, o), shift in zip(parts, shifts)])
+    return flats, offsets
+
+
+class TokenPairs:
+    """The (source ids, target ids) pairs of one split, each side one flat array of ids plus the offsets where each
+    sentence starts: in memory, or memory-mapped from the token cache (data/cache.py). A batch is padded when it is
+    cut, to its own longest row, so no split is ever held padded.
+
+    Targets gain BOS and EOS in the batch: the decoder reads tgt[:, :-1] and learns to predict tgt[:, 1:].
     """
 
-    def __init__(self, pairs):
-        self.src_lengths = torch.tensor([len(s) for s, _ in pairs])
-        self.tgt_lengths = torch.tensor([len(t) + 2 for _, t in pairs])
-        S, T = int(self.src_lengths.max()), int(self.tgt_lengths.max())
-        # padded as lists, then one tensor each: a tensor per pair costs seconds on a large corpus
-        self.src = torch.tensor([[*s, *[PAD] * (S - len(s))] for s, _ in pairs], dtype=torch.long)
-        self.tgt = torch.tensor([[BOS, *t, EOS, *[PAD] * (T - len(t) - 2)] for _, t in pairs], dtype=torch.long)
+    def __init__(self, src, src_offsets, tgt, tgt_offsets):
+        self.src, self.src_offsets, self.tgt, self.tgt_offsets = src, src_offsets, tgt, tgt_offsets
+        self.src_lengths = torch.from_numpy(np.diff(src_offsets))  # (N,)
+        self.tgt_lengths = torch.from_numpy(np.diff(tgt_offsets)) + 2  # (N,) with BOS and EOS
+
+    @classmethod
+    def from_lists(cls, pairs, vocab_size: int = 1 << 32):
+        """From a list of (source ids, target ids)."""
+        dtype = token_dtype(vocab_size)
+        return cls(*flatten([s for s, _ in pairs], dtype), *flatten([t for _, t in pairs], dtype))
 
     def __len__(self):
-        return len(self.src)
+        return len(self.src_lengths)
 
     def lengths(self):
         """Each pair's longer side in tokens (targets counted with BOS or EOS, as the decoder sees them)."""
         return torch.maximum(self.src_lengths, self.tgt_lengths - 1)
 
     def batch(self, index):
-        """Rows `index` (a LongTensor) as (src (B, S), tgt (B, T)), without all-PAD trailing columns."""
-        S, T = int(self.src_lengths[index].max()), int(self.tgt_lengths[index].max())
-        return self.src[index, :S], self.tgt[index, :T]
+        """Rows `index` (a LongTensor) as (src (B, S), tgt (B, T)), padded to the longest row of each side."""
+        index = index.numpy()
+        src = _padded(self.src, self.src_offsets, index, target=False)
+        tgt = _padded(self.tgt, self.tgt_offsets, index, target=True)
+        return torch.from_numpy(src), torch.from_numpy(tgt)
+
+    def count(self, token: int) -> tuple[int, int]:
+        """How often `token` occurs on the source side and on the target side."""
+        return int(np.count_nonzero(self.src == token)), int(np.count_nonzero(self.tgt == token))
+
+
+def _padded(flat, offsets, index, target: bool) -> np.ndarray:
+    """Rows `index` of a flat side as an int64 (B, L) array, PAD after each row's end; a target row is BOS, the ids,
+    EOS."""
+    starts, lengths = offsets[index], offsets[index + 1] - offsets[index]  # (B,)
+    extra = 2 if target else 0
+    rows = np.full((len(index), int(lengths.max()) + extra), PAD, dtype=np.int64)  # (B, L)
+    columns = np.arange(rows.shape[1] - extra)  # (L',)
+    real = columns < lengths[:, None]  # (B, L')
+    body = rows[:, 1:-1] if target else rows
+    body[real] = flat[(starts[:, None] + columns)[real]]  # memory-mapped: reads only these rows' pages
+    if target:
+        rows[:, 0] = BOS
+        rows[np.arange(len(index)), lengths + 1] = EOS
+    return rows
 
 
 def token_budget_batches(lengths, max_tokens, generator):

@@ -1,28 +1,32 @@
-"""From a dataset config to tokenizers and padded id tensors for train, valid and test."""
+"""From a dataset config to tokenizers and the token ids of train, valid and test (TokenPairs)."""
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .batching import PaddedPairs
-from .parallel import load_hub_pairs, read_pairs, split_off
+from . import cache
+from .batching import TokenPairs, concatenate, flatten, flatten_bytes, token_dtype
+from .cache import cache_folder, corpus_key
+from .parallel import detect_format, load_hub_pairs, read_pairs, split_off
 from .synthetic import TASKS, make_synthetic_splits
-from .tokenizers import SymbolTokenizer, train_tokenizer
+from .tokenizers import SymbolTokenizer, tokenizer_from_dict, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 TOO_LONG = ("filter", "truncate")
 TEXT_DATASETS = ("text_pairs", "opus_books")  # parallel text: local files, or a Hugging Face dataset
 SPLITS = ("train", "valid", "test")
+HELD_OUT = ("valid", "test")  # the splits whose text is kept, for BLEU and samples
 
 
 @dataclass
 class Data:
     src_tokenizer: object
     tgt_tokenizer: object
-    splits: dict  # split name -> PaddedPairs
-    texts: dict  # split name -> [(source text, reference text)], row for row with splits, for BLEU and samples
+    splits: dict  # split name -> TokenPairs
+    texts: dict  # valid and test -> [(source text, reference text)], row for row with splits, for BLEU and samples
     notes: dict = field(default_factory=dict)  # split name -> what was dropped or cut on the way
     dropped: dict = field(default_factory=dict)  # split name -> pairs the length filter dropped (too_long=filter)
 
@@ -50,17 +54,81 @@ def _synthetic(c) -> Data:
     splits, texts = {}, {}
     for split, examples in pairs.items():
         ids = [([offset + s for s in src], [offset + s for s in tgt]) for src, tgt in examples]
-        splits[split] = PaddedPairs(ids)
-        texts[split] = [(tokenizer.decode(s), tokenizer.decode(t)) for s, t in ids]
+        splits[split] = TokenPairs.from_lists(ids, tokenizer.vocab_size)
+        if split in HELD_OUT:
+            texts[split] = [(tokenizer.decode(s), tokenizer.decode(t)) for s, t in ids]
     return Data(tokenizer, tokenizer, splits, texts)
 
 
 def _parallel_text(c, tokenizers=None, wanted=SPLITS) -> Data:
+    """Text pairs as token ids: from the token cache (data/cache.py) for local files, tokenised here otherwise."""
     if c.too_long not in TOO_LONG:
         raise UserError(f"dataset.too_long={c.too_long} is not one of: {', '.join(TOO_LONG)}")
     for key in ("max_src_len", "max_tgt_len", "min_frequency"):
         if getattr(c, key) <= 0:
             raise UserError(f"dataset.{key}={getattr(c, key)} must be positive")
+    files = _data_files(c)
+    found = _cached(c, files, tokenizers, wanted) if c.cache and files else None
+    arrays, meta = found or _tokenised(c, tokenizers, wanted)
+    for split, lines in meta["notes"].items():
+        if split in wanted:
+            log.info(f"dataset {split}: " + "; ".join(lines))
+    if tokenizers is None:
+        src_tok = tokenizer_from_dict(meta["tokenizers"][0])
+        tgt_tok = src_tok if c.shared_vocab else tokenizer_from_dict(meta["tokenizers"][1])
+        tokenizers = src_tok, tgt_tok
+    splits = {split: TokenPairs(*(arrays[f"{split}.{name}"] for name in ("src", "src_offsets", "tgt", "tgt_offsets")))
+              for split in wanted}
+    texts = {split: list(zip(_strings(arrays, f"{split}.src_text"), _strings(arrays, f"{split}.tgt_text")))
+             for split in wanted if split in HELD_OUT}
+    return Data(*tokenizers, splits, texts, {k: v for k, v in meta["notes"].items() if k in wanted},
+                {k: v for k, v in meta["dropped"].items() if k in wanted})
+
+
+def _data_files(c) -> list:
+    """The files a text_pairs corpus reads (a Moses prefix: both of its files), when they are all there; else []:
+    a hub dataset, or eval after the training file has moved, is tokenised without the cache."""
+    if c.name != "text_pairs" or not c.train_file:
+        return []
+    files = []
+    for path in (c.train_file, c.valid_file, c.test_file):
+        if path:
+            fmt = detect_format(path, c.src_lang) if c.format == "auto" else c.format
+            files += [f"{path}.{c.src_lang}", f"{path}.{c.tgt_lang}"] if fmt == "moses" else [path]
+    return files if all(Path(f).is_file() for f in files) else []
+
+
+def _cached(c, files, tokenizers, wanted):
+    """(arrays, meta) from the token cache, built first if need be; None when eval's test split is better read
+    alone than the whole corpus tokenised for it."""
+    folder = cache_folder(c.cache_dir, files[0])
+    own = folder / f"{Path(files[0]).name}-{corpus_key(c, files)}.tokens"  # tokenizers trained on this corpus
+    if tokenizers is None:
+        return _logged(own, lambda: _tokenised(c, None, SPLITS))
+    found = cache.load(own)  # a resumed run, or eval, with the tokenizers this cache was built with: use it
+    if found is not None and [tokenizer_from_dict(d).to_dict() for d in found[1]["tokenizers"]] == \
+            [t.to_dict() for t in tokenizers]:
+        log.info(f"dataset cache: reading {own} ({own.stat().st_size / 1e6:,.1f} MB)")
+        return found
+    given = folder / f"{Path(files[0]).name}-{corpus_key(c, files, tokenizers)}.tokens"
+    if "train" in wanted or given.exists():
+        return _logged(given, lambda: _tokenised(c, tokenizers, SPLITS))
+    return None
+
+
+def _logged(path, build):
+    """cache.load_or_build, saying which."""
+    started, built = time.perf_counter(), []
+    arrays, meta = cache.load_or_build(path, lambda: built.append(True) or build())
+    took = time.perf_counter() - started
+    log.info(f"dataset cache: {'tokenised the corpus into' if built else 'reading'} {path} "
+             f"({path.stat().st_size / 1e6:,.1f} MB, {took:.1f} s)")
+    return arrays, meta
+
+
+def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
+    """Read the wanted splits, train the tokenizers unless given, and tokenise: (arrays, meta) as the cache holds
+    them (each split's ids and offsets; the held-out splits' text; the tokenizers, notes and drop counts)."""
     raw = _read_splits(c, wanted)
     notes, dropped = {}, {}
     for split, pairs in raw.items():
@@ -76,32 +144,63 @@ def _parallel_text(c, tokenizers=None, wanted=SPLITS) -> Data:
     else:
         src_tok = train_tokenizer(c.tokenizer, [s for s, _ in raw["train"]], c.vocab_size, c.min_frequency)
         tgt_tok = train_tokenizer(c.tokenizer, [t for _, t in raw["train"]], c.vocab_size, c.min_frequency)
-    splits, texts = {}, {}
+    arrays = {}
     for split, pairs in raw.items():
-        ids, kept, long = [], [], 0
-        for source, target in pairs:
-            s, t = src_tok.encode(source), tgt_tok.encode(target)
-            if len(s) > c.max_src_len or len(t) > c.max_tgt_len:
-                long += 1
-                if c.too_long == "filter":
-                    continue
-                s, t = s[: c.max_src_len], t[: c.max_tgt_len]
-            if s and t:
-                ids.append((s, t))
-                kept.append((source, target))
+        ids, kept, long = _encode(pairs, src_tok, tgt_tok, c)
         if long and c.too_long == "filter":
             dropped[split] = long
         if long:
             verb = "dropped" if c.too_long == "filter" else "truncated"
             notes.setdefault(split, []).append(f"{long} pairs longer than dataset.max_src_len={c.max_src_len} or "
                                                f"dataset.max_tgt_len={c.max_tgt_len} {verb}")
-        if not ids:
+        if not len(kept):
             raise UserError(f"dataset: no {split} pairs are left after filtering (raise dataset.max_src_len or "
                             f"dataset.max_tgt_len, or set dataset.too_long=truncate)")
-        splits[split], texts[split] = PaddedPairs(ids), kept
-    for split, lines in notes.items():
-        log.info(f"dataset {split}: " + "; ".join(lines))
-    return Data(src_tok, tgt_tok, splits, texts, notes, dropped)
+        arrays.update({f"{split}.{name}": array for name, array in ids.items()})
+        if split in HELD_OUT:
+            for side, texts in (("src", [pairs[i][0] for i in kept]), ("tgt", [pairs[i][1] for i in kept])):
+                arrays[f"{split}.{side}_text"], arrays[f"{split}.{side}_text_offsets"] = \
+                    flatten_bytes([text.encode() for text in texts])
+    meta = {"tokenizers": [src_tok.to_dict(), tgt_tok.to_dict()], "notes": notes, "dropped": dropped}
+    return arrays, meta
+
+
+CHUNK = 20_000  # pairs tokenised at a time: a large corpus never exists as Python lists of ids
+
+
+def _encode(pairs, src_tok, tgt_tok, c) -> tuple[dict, list, int]:
+    """The pairs' ids as flat arrays and offsets ({"src", "src_offsets", "tgt", "tgt_offsets"}), the numbers of the
+    pairs kept, and how many were longer than the limits (dropped or cut as dataset.too_long says)."""
+    sides = {"src": (src_tok, c.max_src_len, []), "tgt": (tgt_tok, c.max_tgt_len, [])}
+    kept, long = [], 0
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start:start + CHUNK]
+        sources = src_tok.encode_batch([s for s, _ in chunk])
+        targets = tgt_tok.encode_batch([t for _, t in chunk])
+        rows = {"src": [], "tgt": []}
+        for number, s, t in zip(range(start, start + len(chunk)), sources, targets):
+            if len(s) > c.max_src_len or len(t) > c.max_tgt_len:
+                long += 1
+                if c.too_long == "filter":
+                    continue
+                s, t = s[: c.max_src_len], t[: c.max_tgt_len]
+            if s and t:
+                rows["src"].append(s)
+                rows["tgt"].append(t)
+                kept.append(number)
+        for side, (tokenizer, _, parts) in sides.items():
+            parts.append(flatten(rows[side], token_dtype(tokenizer.vocab_size)))
+    arrays = {}
+    for side, (tokenizer, _, parts) in sides.items():
+        arrays[side], arrays[f"{side}_offsets"] = concatenate(parts) if parts else \
+            flatten([], token_dtype(tokenizer.vocab_size))
+    return arrays, kept, long
+
+
+def _strings(arrays, name) -> list:
+    """The texts a cache keeps as UTF-8 bytes end to end, with offsets."""
+    data, offsets = bytes(arrays[name]), arrays[f"{name}_offsets"].tolist()
+    return [data[a:b].decode() for a, b in zip(offsets, offsets[1:])]
 
 
 def _read_splits(c, wanted=SPLITS) -> dict:

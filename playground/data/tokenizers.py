@@ -4,8 +4,9 @@
 - `CharTokenizer`: one id per character seen in the training text.
 - `HFTokenizer`: word-level or BPE, trained with the Hugging Face `tokenizers` library on the training
   split only, and saved as its JSON.
-Each has encode(text) -> ids (no BOS/EOS), decode(ids) -> text (stopping at EOS, specials left out),
-piece(id) -> its text, vocab_size, and to_dict() -> plain values that travel inside checkpoints.
+Each has encode(text) -> ids (no BOS/EOS), encode_batch(texts) -> a list of those, decode(ids) -> text (stopping at
+EOS, specials left out), piece(id) -> its text, vocab_size, and to_dict() -> plain values that travel inside
+checkpoints.
 """
 
 from collections import Counter
@@ -29,7 +30,13 @@ def _until_eos(ids):
         yield i
 
 
-class SymbolTokenizer:
+class _Tokenizer:
+    def encode_batch(self, texts) -> list[list[int]]:
+        """encode() of each text (a tokenizer with a faster way overrides this)."""
+        return [self.encode(text) for text in texts]
+
+
+class SymbolTokenizer(_Tokenizer):
     """The synthetic tasks' vocabulary: symbols 0..n-1, written as space-separated numbers ("3 1 4")."""
 
     kind = "symbol"
@@ -51,7 +58,7 @@ class SymbolTokenizer:
         return {"kind": self.kind, "num_symbols": self.num_symbols}
 
 
-class CharTokenizer:
+class CharTokenizer(_Tokenizer):
     """One id per character that occurs at least min_frequency times in the training text."""
 
     kind = "char"
@@ -80,7 +87,7 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
 
-class HFTokenizer:
+class HFTokenizer(_Tokenizer):
     """Word-level or BPE tokenization by the `tokenizers` library (Sennrich et al. 2016 for BPE)."""
 
     def __init__(self, tokenizer, kind):
@@ -108,6 +115,10 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        """Many texts at once, on all cores (the library's Rust threads): how a large corpus is tokenised."""
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
     def piece(self, i: int) -> str:
         return self.tokenizer.id_to_token(i)
