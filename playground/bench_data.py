@@ -4,7 +4,9 @@
     python -m playground.bench_data --pairs 20000 --steps 5  # a quick look
 
 For each size it writes a synthetic corpus (data/big_corpus.py; kept in --folder for the next time), removes
-its token cache, then trains model=small twice for --steps steps, each run a new process as a user starts it:
+its token cache, then trains model=small twice for --steps steps, each run a new process as a user starts it,
+with batches of at most 2,048 tokens (trainer.max_tokens: batches cut from the lengths), and 200 valid and test
+pairs evaluated 100 at a time (evaluation is not what is measured):
 - the first run tokenises the corpus into the cache: its preprocessing time is what the log reports;
 - the second run reads the cache: its time to the first training step is measured from the outside, from the
   start of the process to the log line of step 1;
@@ -25,6 +27,7 @@ from pathlib import Path
 from .data.big_corpus import write_corpus
 from .data.cache import FOLDER
 
+HELD_OUT = 200  # valid and test pairs
 ENTRY = Path(__file__).resolve().parents[1] / "transformer_playground.py"
 
 
@@ -34,7 +37,7 @@ def run_once(paths: dict, steps: int, run_dir: Path, extra=()) -> dict:
     command = [sys.executable, str(ENTRY), "dataset=text_pairs", f"dataset.train_file={paths['train']}",
                f"dataset.valid_file={paths['valid']}", f"dataset.test_file={paths['test']}", "model=small",
                f"trainer.max_steps={steps}", "trainer.progress=log", "trainer.log_every=1",
-               f"trainer.eval_every={steps}", "trainer.checkpoint_every=0", f"hydra.run.dir={run_dir}", *extra]
+               f"trainer.eval_every={steps}", "trainer.max_tokens=2048", "trainer.eval_batch_size=100", f"hydra.run.dir={run_dir}", *extra]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -58,7 +61,7 @@ def measure(pairs: int, folder: Path, steps: int) -> dict:
     paths = {split: corpus / f"{split}.tsv" for split in ("train", "valid", "test")}
     if not all(p.is_file() for p in paths.values()):
         started = time.perf_counter()
-        write_corpus(corpus, pairs)
+        write_corpus(corpus, pairs, held_out=HELD_OUT)
         print(f"  wrote the {pairs:,}-pair corpus in {time.perf_counter() - started:.0f} s", flush=True)
     shutil.rmtree(corpus / FOLDER, ignore_errors=True)
     with tempfile.TemporaryDirectory() as runs:

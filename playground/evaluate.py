@@ -37,6 +37,24 @@ def decode_nbest(model, src, d):
                        d.no_repeat_ngram_size)
 
 
+TOKENS_AT_ONCE = 2048  # target positions whose logits an evaluation computes at once (a training batch has more)
+
+
+def _teacher_forced(model, src, tgt, autocast, label_smoothing):
+    """Sums over rows src (B, S), tgt (B, T+1) with the reference as the decoder's input: the loss, the NLL, the
+    correctly predicted tokens and the tokens."""
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
+    with autocast():
+        logits = model(src, tgt_in)  # (B, T, V)
+    flat_logits, flat_targets = logits.float().flatten(0, 1), tgt_out.flatten()
+    nll_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=PAD, reduction="sum")
+    loss_sum = nll_sum if label_smoothing == 0 else F.cross_entropy(
+        flat_logits, flat_targets, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
+    real = tgt_out != PAD
+    correct = ((logits.argmax(-1) == tgt_out) & real).sum()
+    return torch.stack([loss_sum, nll_sum, correct, real.sum()])
+
+
 @torch.no_grad()
 def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, decoding=None, rows=None, reduce=None):
     """Return ({loss, nll, ppl, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
@@ -56,19 +74,16 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, dec
     predictions = []
     for index in rows.split(batch_size):
         src, tgt = (t.to(device, non_blocking=True) for t in data.batch(index))
-        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
-        with autocast():
-            logits = model(src, tgt_in)  # (B, T, V)
-        flat_logits, flat_targets = logits.float().flatten(0, 1), tgt_out.flatten()
-        nll_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=PAD, reduction="sum")
-        loss_sum = nll_sum if label_smoothing == 0 else F.cross_entropy(
-            flat_logits, flat_targets, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
-        real = tgt_out != PAD
-        correct = ((logits.argmax(-1) == tgt_out) & real).sum()
+        tgt_out = tgt[:, 1:]  # (B, T)
+        # the teacher-forced sums a few rows at a time: B x T x V logits of a whole batch of 500 would take GBs
+        rows_at_once = max(1, TOKENS_AT_ONCE // tgt_out.size(1))
+        for part in range(0, len(index), rows_at_once):
+            totals[:4] += _teacher_forced(model, src[part:part + rows_at_once], tgt[part:part + rows_at_once],
+                                          autocast, label_smoothing).to(totals)
         with autocast():
             pred = decode(model, src, decoding)  # (B, L)
-        exact = exact_matches(pred, tgt_out).sum()
-        totals += torch.stack([loss_sum, nll_sum, correct, real.sum(), exact, torch.tensor(len(index), device=device)]).to(totals)
+        totals[4] += exact_matches(pred, tgt_out).sum()
+        totals[5] += len(index)
         predictions.extend(pred.cpu().tolist())
     model.train(was_training)
     if reduce is not None:

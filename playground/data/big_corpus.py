@@ -64,12 +64,12 @@ def make_corpus(pairs: int, seed: int = 0):
         done += n
 
 
-def write_corpus(folder: Path, pairs: int, seed: int = 0) -> dict:
-    """train.tsv with `pairs` pairs, and valid.tsv and test.tsv with HELD_OUT each; {split: path}."""
+def write_corpus(folder: Path, pairs: int, seed: int = 0, held_out: int = HELD_OUT) -> dict:
+    """train.tsv with `pairs` pairs, and valid.tsv and test.tsv with `held_out` each; {split: path}."""
     folder.mkdir(parents=True, exist_ok=True)
-    sentences = make_corpus(pairs + 2 * HELD_OUT, seed)
+    sentences = make_corpus(pairs + 2 * held_out, seed)
     paths = {}
-    for split, n in (("valid", HELD_OUT), ("test", HELD_OUT), ("train", pairs)):
+    for split, n in (("valid", held_out), ("test", held_out), ("train", pairs)):
         paths[split] = folder / f"{split}.tsv"
         with open(paths[split], "w", encoding="utf-8") as f:
             for _ in range(n):
@@ -80,13 +80,14 @@ def write_corpus(folder: Path, pairs: int, seed: int = 0) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a synthetic parallel corpus with realistic sentence lengths.")
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--pairs", type=int, default=100_000, help=f"training pairs (valid and test get {HELD_OUT:,})")
+    parser.add_argument("--pairs", type=int, default=100_000, help="training pairs")
+    parser.add_argument("--held-out", type=int, default=HELD_OUT, help="valid and test pairs each")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    paths = write_corpus(args.folder, args.pairs, args.seed)
+    paths = write_corpus(args.folder, args.pairs, args.seed, args.held_out)
     size = sum(p.stat().st_size for p in paths.values())
-    print(f"wrote {args.pairs:,} training pairs and {HELD_OUT:,} valid and test pairs each to {args.folder}/ "
+    print(f"wrote {args.pairs:,} training pairs and {args.held_out:,} valid and test pairs each to {args.folder}/ "
           f"({size / 1e6:,.0f} MB, {time.perf_counter() - started:.0f} s)")
 
 

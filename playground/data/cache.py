@@ -143,8 +143,9 @@ def read(path: Path) -> tuple[dict, dict]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(16)
-        if len(head) < 16 or head[:8] != MAGIC:
-            raise Unusable("is not a token cache (its first bytes are wrong)")
+        if head[:8] != MAGIC[:len(head)] or len(head) < 16:
+            raise Unusable(f"is truncated ({size:,} bytes)" if MAGIC.startswith(head[:8]) else
+                           "is not a token cache (its first bytes are wrong)")
         length = int.from_bytes(head[8:], "little")
         if 16 + length > size:
             raise Unusable(f"is truncated ({size:,} bytes, shorter than its own header)")
@@ -231,5 +232,9 @@ def load_or_build(path: Path, build):
             if found is not None:
                 return found
         arrays, meta = build()
-        write(path, arrays, meta)
+        try:
+            write(path, arrays, meta)
+        except OSError as e:  # a full disk, a folder turned read-only: this run goes on with the ids in memory
+            log.warning(f"dataset cache: {path} cannot be written ({e.strerror}); going on without a cache")
+            return arrays, meta
     return read(path)

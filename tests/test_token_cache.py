@@ -1,0 +1,173 @@
+"""The token cache: a text corpus tokenised once, memory-mapped by later runs, rebuilt when it must be."""
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from playground import experiment
+from playground.config import DatasetConfig
+from playground.data import BOS, EOS, PAD, load_data
+from playground.data import cache
+from playground.data.batching import TokenPairs, token_dtype
+from playground.data.toy_corpus import make_pairs, write
+from test_cli import ROOT
+from test_reliability import losses
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    pairs = make_pairs(400, seed=3)
+    write(pairs[:360], tmp_path / "train.tsv", "tsv")
+    write(pairs[360:], tmp_path / "test.tsv", "tsv")
+    return tmp_path
+
+
+def config(folder, **changes):
+    fields = dict(name="text_pairs", train_file=str(folder / "train.tsv"), test_file=str(folder / "test.tsv"),
+                  tokenizer="bpe", vocab_size=300, min_frequency=1, valid_fraction=0.1)
+    fields.update(changes)
+    return DatasetConfig(**fields)
+
+
+def cache_files(folder):
+    return sorted((folder / cache.FOLDER).glob("*.tokens"))
+
+
+def same_data(a, b):
+    """Equal tokenizers, texts, notes, and every row of every split."""
+    assert [t.to_dict() for t in (a.src_tokenizer, a.tgt_tokenizer)] == \
+        [t.to_dict() for t in (b.src_tokenizer, b.tgt_tokenizer)]
+    assert a.texts == b.texts and a.notes == b.notes and a.splits.keys() == b.splits.keys()
+    for split in a.splits:
+        rows = torch.arange(len(a.splits[split]))
+        for x, y in zip(a.splits[split].batch(rows), b.splits[split].batch(rows)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_a_batch_is_padded_to_its_own_longest_row_with_bos_and_eos_around_each_target():
+    pairs = TokenPairs.from_lists([([5, 6, 7], [8]), ([9], [10, 11, 12]), ([4] * 30, [4] * 30)], vocab_size=16)
+    src, tgt = pairs.batch(torch.tensor([1, 0]))  # the long third pair is not in this batch: no padding for it
+    assert src.tolist() == [[9, PAD, PAD], [5, 6, 7]]
+    assert tgt.tolist() == [[BOS, 10, 11, 12, EOS], [BOS, 8, EOS, PAD, PAD]]
+    assert pairs.lengths().tolist() == [3, 4, 31] and pairs.src.dtype == np.uint8
+
+
+def test_the_second_load_maps_the_cache_and_gives_what_the_text_gives(corpus, caplog):
+    caplog.set_level(logging.INFO)
+    from_text = load_data(config(corpus, cache=False))
+    assert not (corpus / cache.FOLDER).exists()
+    first = load_data(config(corpus))
+    assert "tokenised the corpus into" in caplog.text
+    caplog.clear()
+    second = load_data(config(corpus))
+    assert "dataset cache: reading" in caplog.text and "tokenised" not in caplog.text
+    same_data(from_text, first)
+    same_data(from_text, second)
+    assert isinstance(second.splits["train"].src.base, np.memmap)  # mapped, not read into memory
+    assert second.splits["train"].src.dtype == token_dtype(second.src_tokenizer.vocab_size)
+    assert [token_dtype(n) for n in (256, 257, 65536, 65537)] == [np.uint8, np.uint16, np.uint16, np.uint32]
+    assert len(cache_files(corpus)) == 1
+    # a resumed run or eval gives the tokenizers it was trained with: the cache built with them is read
+    caplog.clear()
+    alone = load_data(config(corpus), tokenizers=(second.src_tokenizer, second.tgt_tokenizer), splits=("test",))
+    assert "dataset cache: reading" in caplog.text and len(cache_files(corpus)) == 1
+    assert alone.texts["test"] == second.texts["test"]
+
+
+def test_a_changed_data_file_or_tokenizer_setting_builds_a_new_cache(corpus, caplog):
+    caplog.set_level(logging.INFO)
+    before = load_data(config(corpus))
+    with open(corpus / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("zebras quietly juggle\tle zebre giocolano piano\n")
+    caplog.clear()
+    after = load_data(config(corpus))
+    assert "tokenised the corpus into" in caplog.text
+    assert len(after.splits["train"]) + len(after.splits["valid"]) == \
+        len(before.splits["train"]) + len(before.splits["valid"]) + 1
+    caplog.clear()
+    word = load_data(config(corpus, tokenizer="word"))
+    assert "tokenised the corpus into" in caplog.text and word.src_tokenizer.kind == "word"
+    assert len(cache_files(corpus)) == 3
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[:-100]), "is truncated"),
+    (lambda path: path.write_bytes(path.read_bytes()[:10]), "is truncated"),
+    (lambda path: path.write_bytes(b"\xff" * 64), "is not a token cache"),
+    (lambda path: path.write_bytes(path.read_bytes()[:-200] + b"\x07" + path.read_bytes()[-199:]), "is corrupt"),
+], ids=["truncated", "cut short", "overwritten", "a changed byte"])
+def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(corpus, caplog, damage, message):
+    caplog.set_level(logging.INFO)
+    load_data(config(corpus))  # let go before the damage: a file cut short under a live mapping kills its reader
+    path, = cache_files(corpus)
+    damage(path)
+    caplog.clear()
+    rebuilt = load_data(config(corpus))
+    assert f"dataset cache: {path} {message}" in caplog.text and "rebuilding it" in caplog.text
+    same_data(load_data(config(corpus, cache=False)), rebuilt)
+    assert cache.read(path)  # whole again
+
+
+def test_a_cache_of_another_tokenizers_version_is_rebuilt_with_one_log_line(corpus, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(cache, "library_version", lambda: "0.0.1")
+    load_data(config(corpus))
+    monkeypatch.undo()
+    caplog.clear()
+    again = load_data(config(corpus))
+    assert "was written by another version (cache format 1, tokenizers 0.0.1; now 1 and" in caplog.text
+    assert "tokenised the corpus into" in caplog.text
+    same_data(load_data(config(corpus, cache=False)), again)
+
+
+def test_two_processes_building_the_same_cache_at_once_end_with_one_valid_cache(tmp_path):
+    write(make_pairs(6000, seed=4), tmp_path / "train.tsv", "tsv")
+    code = textwrap.dedent(f"""
+        import logging, sys, hashlib
+        sys.path.insert(0, {str(ROOT)!r})
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+        from playground.config import DatasetConfig
+        from playground.data import load_data
+        data = load_data(DatasetConfig(name="text_pairs", train_file={str(tmp_path / "train.tsv")!r},
+                                       tokenizer="bpe", vocab_size=400))
+        train = data.splits["train"]
+        print("digest", hashlib.sha256(train.src.tobytes() + train.tgt.tobytes()).hexdigest())
+    """)
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert sum("tokenised the corpus into" in out for out in outputs) == 1, outputs  # the other waited, then read
+    digests = {line for out in outputs for line in out.splitlines() if line.startswith("digest")}
+    assert len(digests) == 1
+    assert len(cache_files(tmp_path)) == 1 and not list((tmp_path / cache.FOLDER).glob("*.tmp"))
+
+
+def test_a_resumed_run_on_cached_text_continues_with_exactly_the_losses_of_the_uninterrupted_run(
+        compose_config, corpus):
+    common = ["dataset=text_pairs", f"dataset.train_file={corpus}/train.tsv", f"dataset.test_file={corpus}/test.tsv",
+              "dataset.tokenizer=word", "dataset.vocab_size=300", "model.d_model=16", "model.d_ff=32",
+              "model.heads=2", "model.enc_layers=1", "model.dec_layers=1", "model.dropout=0.1",
+              "trainer.max_tokens=200", "scheduler=noam", "scheduler.warmup_steps=4", "trainer.log_every=1",
+              "trainer.eval_every=8"]
+    experiment.run_train(compose_config(*common, "trainer.max_steps=12"), corpus / "whole")
+    experiment.run_train(compose_config(*common, "trainer.max_steps=8"), corpus / "first")
+    experiment.run_train(compose_config(*common, "trainer.max_steps=12",
+                                        f"ckpt_path={corpus}/first/checkpoints/last.pt"), corpus / "resumed")
+    expected, got = losses(corpus / "whole"), losses(corpus / "resumed")
+    assert sorted(got) == list(range(9, 13))
+    assert [got[s] for s in range(9, 13)] == [expected[s] for s in range(9, 13)]  # bit for bit
+    assert len(cache_files(corpus)) == 1  # three runs, one tokenisation
+
+
+def test_dataset_cache_dir_chooses_the_folder_and_cache_false_writes_none(corpus, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    load_data(config(corpus, cache_dir=str(elsewhere / "tokens")))
+    assert len(list((elsewhere / "tokens").glob("*.tokens"))) == 1 and not (corpus / cache.FOLDER).exists()
+    load_data(config(corpus, cache=False))
+    assert not (corpus / cache.FOLDER).exists()
