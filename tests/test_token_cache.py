@@ -14,6 +14,8 @@ from playground.config import DatasetConfig
 from playground.data import BOS, EOS, PAD, load_data
 from playground.data import cache
 from playground.data.batching import TokenPairs, token_dtype
+from playground.data.big_corpus import write_corpus
+from playground.data.parallel import read_pairs
 from playground.data.toy_corpus import make_pairs, write
 from test_cli import ROOT
 from test_reliability import losses
@@ -171,3 +173,13 @@ def test_dataset_cache_dir_chooses_the_folder_and_cache_false_writes_none(corpus
     assert len(list((elsewhere / "tokens").glob("*.tokens"))) == 1 and not (corpus / cache.FOLDER).exists()
     load_data(config(corpus, cache=False))
     assert not (corpus / cache.FOLDER).exists()
+
+
+def test_the_measuring_corpus_has_the_sentence_lengths_it_claims(tmp_path):
+    paths = write_corpus(tmp_path, 3000, held_out=50)
+    pairs = read_pairs(paths["train"], "auto", "en", "it", "dataset.train_file")
+    lengths = np.array([len(source.split()) for source, _ in pairs])
+    assert len(pairs) == 3000 and len(read_pairs(paths["test"], "auto", "en", "it", "dataset.test_file")) == 50
+    assert 21 < lengths.mean() < 25 and 18 <= np.median(lengths) <= 22 and lengths.max() <= 150
+    ratio = np.array([len(target.split()) for _, target in pairs]) / lengths
+    assert 0.9 < ratio.mean() < 1.1 and ratio.std() > 0.01  # targets spread around the source lengths
