@@ -10,8 +10,10 @@ reverse, position S-1-t; for copy, t; for sort, any position holding that symbol
 import torch
 
 from .data import EOS, PAD
+from .evaluate import TOKENS_AT_ONCE
 
-EXAMPLES = 100  # validation examples the entropy and alignment are measured on (the heatmaps show the first)
+EXAMPLES = 100  # validation examples the entropy and alignment are measured on (the heatmaps show the first), as
+# many as fit TOKENS_AT_ONCE target positions: their forward pass computes every position's logits
 
 
 def attention_entropy(weights, query_mask):
@@ -46,7 +48,9 @@ def log_attention(tracker, model, data, task, device, step) -> dict:
     head; on a synthetic task the alignment accuracy of the last decoder layer's heads. Returns
     {"attention_alignment": the best head's} on a synthetic task, else {}."""
     valid = data.splits["valid"]
-    src, tgt = (t.to(device) for t in valid.batch(torch.arange(min(EXAMPLES, len(valid)))))
+    n = min(EXAMPLES, len(valid))
+    n = max(1, min(n, TOKENS_AT_ONCE // int(valid.tgt_lengths[:n].max())))  # long sentences: fewer, as evaluate()
+    src, tgt = (t.to(device) for t in valid.batch(torch.arange(n)))
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
     was_training = model.training
     model.eval()
