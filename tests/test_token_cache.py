@@ -97,12 +97,21 @@ def test_a_changed_data_file_or_tokenizer_setting_builds_a_new_cache(corpus, cap
     assert len(cache_files(corpus)) == 3
 
 
+def test_a_file_given_as_the_valid_split_or_as_the_test_split_makes_two_caches(corpus):
+    write(make_pairs(30, seed=9), corpus / "other.tsv", "tsv")
+    as_valid = load_data(config(corpus, valid_file=str(corpus / "other.tsv"), test_file=None, test_fraction=0.1))
+    as_test = load_data(config(corpus, test_file=str(corpus / "other.tsv")))
+    assert as_valid.texts["valid"] == as_test.texts["test"] and as_valid.texts["test"] != as_test.texts["test"]
+    assert len(cache_files(corpus)) == 2
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.write_bytes(path.read_bytes()[:-100]), "is truncated"),
     (lambda path: path.write_bytes(path.read_bytes()[:10]), "is truncated"),
     (lambda path: path.write_bytes(b"\xff" * 64), "is not a token cache"),
     (lambda path: path.write_bytes(path.read_bytes()[:-200] + b"\x07" + path.read_bytes()[-199:]), "is corrupt"),
-], ids=["truncated", "cut short", "overwritten", "a changed byte"])
+    (lambda path: path.write_bytes(path.read_bytes().replace(b"<unk>", b"<unq>", 1)), "is corrupt"),
+], ids=["truncated", "cut short", "overwritten", "a changed byte", "a changed tokenizer in the header"])
 def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(corpus, caplog, damage, message):
     caplog.set_level(logging.INFO)
     load_data(config(corpus))  # let go before the damage: a file cut short under a live mapping kills its reader
@@ -115,16 +124,20 @@ def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(corpus, caplog, damag
     assert cache.read(path)  # whole again
 
 
-def test_a_cache_of_another_tokenizers_version_is_rebuilt_with_one_log_line(corpus, caplog, monkeypatch):
+def test_another_tokenizers_version_tokenises_anew_and_never_reads_the_old_cache(corpus, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(cache, "library_version", lambda: "0.0.1")
     load_data(config(corpus))
+    old, = cache_files(corpus)
     monkeypatch.undo()
     caplog.clear()
     again = load_data(config(corpus))
-    assert "was written by another version (cache format 1, tokenizers 0.0.1; now 1 and" in caplog.text
-    assert "tokenised the corpus into" in caplog.text
+    assert "tokenised the corpus into" in caplog.text  # the version is part of the key: a new file, the old kept
+    assert len(cache_files(corpus)) == 2  # for the environment that still has the other version
     same_data(load_data(config(corpus, cache=False)), again)
+    with pytest.raises(cache.Unusable, match=r"was written by another version \(cache format 1, tokenizers 0.0.1; "
+                                             r"now 1 and"):
+        cache.read(old)  # and were it found under the new name, its header would refuse it
 
 
 def test_two_processes_building_the_same_cache_at_once_end_with_one_valid_cache(tmp_path):
@@ -183,3 +196,13 @@ def test_the_measuring_corpus_has_the_sentence_lengths_it_claims(tmp_path):
     assert 21 < lengths.mean() < 25 and 18 <= np.median(lengths) <= 22 and lengths.max() <= 150
     ratio = np.array([len(target.split()) for _, target in pairs]) / lengths
     assert 0.9 < ratio.mean() < 1.1 and ratio.std() > 0.01  # targets spread around the source lengths
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_run_going_with_the_ids_in_memory(corpus, caplog, monkeypatch):
+    def full_disk(path, arrays, meta):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "write", full_disk)
+    data = load_data(config(corpus))
+    assert "cannot be written (No space left on device); going on without a cache" in caplog.text
+    same_data(load_data(config(corpus, cache=False)), data)

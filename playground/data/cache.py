@@ -68,37 +68,45 @@ def file_sha256(path) -> str:
     return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def corpus_key(c, files: list, tokenizers=None) -> str:
-    """What names a cache: the content of the data files, the dataset keys in KEYED, the cache format and, when
-    the tokenizers are given (a resumed run, eval), the tokenizers themselves."""
-    what = {"format": FORMAT, "dataset": {key: getattr(c, key) for key in KEYED},
-            "files": [file_sha256(path) for path in files]}
+def corpus_key(c, files: dict, tokenizers=None) -> str:
+    """What names a cache: the content of the data files, each by its role ({"train_file": [paths], ...}), the
+    dataset keys in KEYED, the cache format, the `tokenizers` version and, when the tokenizers are given (a
+    resumed run, eval), the tokenizers themselves."""
+    what = {"format": FORMAT, "library": library_version(), "dataset": {key: getattr(c, key) for key in KEYED},
+            "files": {role: [file_sha256(path) for path in paths] for role, paths in files.items()}}
     if tokenizers is not None:
         what["tokenizers"] = [tokenizer.to_dict() for tokenizer in tokenizers]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cache_folder(cache_dir, train_file) -> Path:
+def cache_folder(cache_dir, train_file):
     """dataset.cache_dir, or `.playground-cache` beside the training file, or the user's cache folder when that
-    one cannot be made."""
+    one cannot be written; None when none can (the run goes on without a cache)."""
     if cache_dir:
         folder = Path(cache_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"dataset.cache_dir={cache_dir} cannot be made: {e.strerror}")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"dataset.cache_dir={cache_dir} is not writable (give another folder, or "
+                            f"dataset.cache=false)")
         return folder
-    folder = Path(train_file).parent / FOLDER
-    try:
-        folder.mkdir(exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
-    except OSError:
-        pass
+    beside = Path(train_file).parent / FOLDER
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transformer-playground"
-    home.mkdir(parents=True, exist_ok=True)
-    log.info(f"dataset cache: {folder} cannot be written, so the cache goes to {home} (or set dataset.cache_dir)")
-    return home
+    for folder in (beside, home):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                if folder == home:
+                    log.info(f"dataset cache: {beside} cannot be written, so the cache goes to {home} "
+                             f"(or set dataset.cache_dir)")
+                return folder
+        except OSError:
+            pass
+    log.warning(f"dataset cache: neither {beside} nor {home} can be written; going on without a cache "
+                f"(set dataset.cache_dir)")
+    return None
 
 
 def write(path: Path, arrays: dict, meta: dict) -> None:
@@ -109,11 +117,12 @@ def write(path: Path, arrays: dict, meta: dict) -> None:
         offset = -(-offset // ALIGN) * ALIGN
         layout[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset}
         offset += array.nbytes
-    digest = hashlib.sha256()
+    described = {"format": FORMAT, "tokenizers_library": library_version(), "arrays": layout, "data_bytes": offset,
+                 "meta": meta}
+    digest = hashlib.sha256(_canonical(described))
     for chunk in _data_region(arrays, layout):
         digest.update(chunk)
-    header = json.dumps({"format": FORMAT, "tokenizers_library": library_version(), "arrays": layout,
-                         "data_bytes": offset, "sha256": digest.hexdigest(), "meta": meta}).encode()
+    header = json.dumps({**described, "sha256": digest.hexdigest()}).encode()
     start = -(-(16 + len(header)) // ALIGN) * ALIGN
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -127,6 +136,11 @@ def write(path: Path, arrays: dict, meta: dict) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _canonical(header: dict) -> bytes:
+    """The header's content, but its checksum, as the bytes the checksum covers (with the arrays' bytes)."""
+    return json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
 
 
 def _data_region(arrays, layout):
@@ -161,22 +175,27 @@ def read(path: Path) -> tuple[dict, dict]:
         if size != start + data_bytes + len(END):
             raise Unusable(f"is truncated ({size:,} of {start + data_bytes + len(END):,} bytes)")
         f.seek(start)
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(_canonical(header))
         left = data_bytes
         while left:
             block = f.read(min(left, 1 << 22))
             digest.update(block)
             left -= len(block)
         if digest.hexdigest() != header["sha256"] or f.read() != END:
-            raise Unusable("is corrupt (its token ids do not match their SHA-256)")
+            raise Unusable("is corrupt (its content does not match its SHA-256)")
     whole = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(data_bytes,)) if data_bytes else None
     arrays = {}
-    for name, entry in header["arrays"].items():
-        dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
-        count = int(np.prod(shape))
-        arrays[name] = whole[entry["offset"]:entry["offset"] + count * dtype.itemsize].view(dtype).reshape(shape) \
-            if count else np.zeros(shape, dtype)
-    return arrays, header["meta"]
+    try:
+        for name, entry in header["arrays"].items():
+            dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
+            count, begin = int(np.prod(shape)), int(entry["offset"])
+            if begin < 0 or begin + count * dtype.itemsize > data_bytes:
+                raise ValueError(f"array {name} lies outside the file")
+            arrays[name] = whole[begin:begin + count * dtype.itemsize].view(dtype).reshape(shape) if count \
+                else np.zeros(shape, dtype)
+        return arrays, header["meta"]
+    except (ValueError, KeyError, TypeError) as e:  # a header whose checksum matches, written wrong
+        raise Unusable(f"is corrupt ({e})")
 
 
 @contextlib.contextmanager
@@ -188,7 +207,12 @@ def locked(path: Path):
     except ImportError:
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
+    try:
+        lock = open(path.with_name(path.name + ".lock"), "a")
+    except OSError:  # an unwritable folder: the write will fail too, and say so
+        yield
+        return
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

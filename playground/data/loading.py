@@ -85,24 +85,29 @@ def _parallel_text(c, tokenizers=None, wanted=SPLITS) -> Data:
                 {k: v for k, v in meta["dropped"].items() if k in wanted})
 
 
-def _data_files(c) -> list:
-    """The files a text_pairs corpus reads (a Moses prefix: both of its files), when they are all there; else []:
-    a hub dataset, or eval after the training file has moved, is tokenised without the cache."""
-    if c.name != "text_pairs" or not c.train_file:
-        return []
-    files = []
-    for path in (c.train_file, c.valid_file, c.test_file):
+def _data_files(c) -> dict:
+    """The files a text_pairs corpus reads, by role ({"train_file": [path], ...}; a Moses prefix: both of its
+    files), when they are all there; else {}: a hub dataset, or eval after the training file has moved, is
+    tokenised without the cache."""
+    if c.name != "text_pairs" or not c.train_file or c.hub_name:
+        return {}
+    files = {}
+    for role in ("train_file", "valid_file", "test_file"):
+        path = getattr(c, role)
         if path:
             fmt = detect_format(path, c.src_lang) if c.format == "auto" else c.format
-            files += [f"{path}.{c.src_lang}", f"{path}.{c.tgt_lang}"] if fmt == "moses" else [path]
-    return files if all(Path(f).is_file() for f in files) else []
+            files[role] = [f"{path}.{c.src_lang}", f"{path}.{c.tgt_lang}"] if fmt == "moses" else [path]
+    return files if all(Path(f).is_file() for paths in files.values() for f in paths) else {}
 
 
 def _cached(c, files, tokenizers, wanted):
-    """(arrays, meta) from the token cache, built first if need be; None when eval's test split is better read
-    alone than the whole corpus tokenised for it."""
-    folder = cache_folder(c.cache_dir, files[0])
-    own = folder / f"{Path(files[0]).name}-{corpus_key(c, files)}.tokens"  # tokenizers trained on this corpus
+    """(arrays, meta) from the token cache, built first if need be; None when there is no folder to keep it in,
+    or when eval's test split is better read alone than the whole corpus tokenised for it."""
+    train = files["train_file"][0]
+    folder = cache_folder(c.cache_dir, train)
+    if folder is None:
+        return None
+    own = folder / f"{Path(train).name}-{corpus_key(c, files)}.tokens"  # tokenizers trained on this corpus
     if tokenizers is None:
         return _logged(own, lambda: _tokenised(c, None, SPLITS))
     found = cache.load(own)  # a resumed run, or eval, with the tokenizers this cache was built with: use it
@@ -110,7 +115,7 @@ def _cached(c, files, tokenizers, wanted):
             [t.to_dict() for t in tokenizers]:
         log.info(f"dataset cache: reading {own} ({own.stat().st_size / 1e6:,.1f} MB)")
         return found
-    given = folder / f"{Path(files[0]).name}-{corpus_key(c, files, tokenizers)}.tokens"
+    given = folder / f"{Path(train).name}-{corpus_key(c, files, tokenizers)}.tokens"
     if "train" in wanted or given.exists():
         return _logged(given, lambda: _tokenised(c, tokenizers, SPLITS))
     return None
@@ -120,9 +125,9 @@ def _logged(path, build):
     """cache.load_or_build, saying which."""
     started, built = time.perf_counter(), []
     arrays, meta = cache.load_or_build(path, lambda: built.append(True) or build())
-    took = time.perf_counter() - started
-    log.info(f"dataset cache: {'tokenised the corpus into' if built else 'reading'} {path} "
-             f"({path.stat().st_size / 1e6:,.1f} MB, {took:.1f} s)")
+    if path.exists():
+        log.info(f"dataset cache: {'tokenised the corpus into' if built else 'reading'} {path} "
+                 f"({path.stat().st_size / 1e6:,.1f} MB, {time.perf_counter() - started:.1f} s)")
     return arrays, meta
 
 
@@ -160,7 +165,7 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
         if split in HELD_OUT:
             for side, texts in (("src", [pairs[i][0] for i in kept]), ("tgt", [pairs[i][1] for i in kept])):
                 arrays[f"{split}.{side}_text"], arrays[f"{split}.{side}_text_offsets"] = \
-                    flatten_bytes([text.encode() for text in texts])
+                    flatten_bytes([text.encode("utf-8", "surrogatepass") for text in texts])
     meta = {"tokenizers": [src_tok.to_dict(), tgt_tok.to_dict()], "notes": notes, "dropped": dropped}
     return arrays, meta
 
@@ -200,7 +205,7 @@ def _encode(pairs, src_tok, tgt_tok, c) -> tuple[dict, list, int]:
 def _strings(arrays, name) -> list:
     """The texts a cache keeps as UTF-8 bytes end to end, with offsets."""
     data, offsets = bytes(arrays[name]), arrays[f"{name}_offsets"].tolist()
-    return [data[a:b].decode() for a, b in zip(offsets, offsets[1:])]
+    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets, offsets[1:])]
 
 
 def _read_splits(c, wanted=SPLITS) -> dict:
