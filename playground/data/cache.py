@@ -8,16 +8,17 @@ on one machine share the pages.
 Where: dataset.cache_dir, or by default a `.playground-cache` folder beside the training file (a user cache
 folder, ~/.cache/transformer-playground, when that one cannot be written).
 
-Key: the SHA-256 of every data file read and the dataset keys that change the tokens (tokenizer, vocab_size,
-lengths, held-out fractions, ...), so an edited file, or one replaced by another of the same size and time,
-gets a new cache. The file records the cache format and the `tokenizers` library version: a cache of another
-version is rebuilt, as is a truncated or corrupt one, each with one log line naming the file.
+Key: the SHA-256 of every data file read, by its role (train, valid, test), the dataset keys that change the
+tokens (tokenizer, vocab_size, lengths, held-out fractions, ...) and the `tokenizers` version, so an edited file,
+or one replaced by another of the same size and time, gets a new cache. A truncated or corrupt cache file (or
+one whose header names another version) is rebuilt, with one log line naming it.
 
 One file, little-endian:
     MAGIC (8 bytes) | header length (8 bytes) | JSON header | arrays, each at a 64-byte boundary | END (8 bytes)
-The header lists each array's dtype, shape and offset, the SHA-256 of the array bytes, and the meta data
-(tokenizers, notes). It is written to a temporary file renamed into place, under a lock: a second process
-building the same cache waits for the first and then reads its file; a half-written cache is never read.
+The header lists each array's dtype, shape and offset, the meta data (tokenizers, notes) and one SHA-256 of the
+rest of the header and the array bytes. The file is written to a temporary file renamed into place, under a
+lock: a second process building the same cache waits for the first and then reads its file; a half-written
+cache is never read.
 """
 
 import contextlib
