@@ -65,7 +65,8 @@ def _flops_counters(model_cfg, tgt_vocab, device, precision, d):
     which logs; half a second spent once) in the precision the matrix products run in: what perf/mfu divides."""
     m = model_cfg
     d_ff = m.d_ff * 3 // 2 if m.activation == "swiglu" else m.d_ff  # SwiGLU's W1 is twice as wide
-    step_flops = functools.partial(training_flops, m.d_model, d_ff, m.enc_layers, m.dec_layers, tgt_vocab)
+    step_flops = functools.partial(training_flops, m.d_model, d_ff, m.enc_layers, m.dec_layers, tgt_vocab,
+                                   qk_width=m.key_dim * m.heads if m.key_dim else None)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return step_flops, _peak(device, dtype) if d.is_main else None
 

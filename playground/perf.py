@@ -12,13 +12,16 @@ import torch
 from .kernels.linear import matmul_t
 
 
-def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_len, tgt_len) -> int:
-    """Matrix-product FLOPs of one training step on a (batch, src_len) source and (batch, tgt_len) target."""
+def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_len, tgt_len, qk_width=None) -> int:
+    """Matrix-product FLOPs of one training step on a (batch, src_len) source and (batch, tgt_len) target.
+    qk_width is the width of all heads' queries and keys together, heads x d_k (model.key_dim; default d_model)."""
     D, F, B, S, T = d_model, d_ff, batch, src_len, tgt_len
-    encoder = enc_layers * (2 * B * S * (4 * D * D + 2 * D * F) + 2 * 2 * B * S * S * D)  # QKV+out, FFN; QK^T, AV
-    decoder = dec_layers * (2 * B * T * (4 * D * D + 2 * D * F)  # self-attention QKV+out, FFN
-                            + 2 * B * T * 2 * D * D + 2 * B * S * 2 * D * D  # cross-attention Q, out; K, V of memory
-                            + 2 * 2 * B * T * T * D + 2 * 2 * B * T * S * D)  # self and cross QK^T, AV
+    K = qk_width or D
+    encoder = enc_layers * (2 * B * S * (2 * D * K + 2 * D * D + 2 * D * F)  # Q, K; V, out; FFN
+                            + 2 * B * S * S * (K + D))  # QK^T, AV
+    decoder = dec_layers * (2 * B * T * (2 * D * K + 2 * D * D + 2 * D * F)  # self-attention Q, K; V, out; FFN
+                            + 2 * B * T * (D * K + D * D) + 2 * B * S * (D * K + D * D)  # cross: Q, out; K, V of memory
+                            + 2 * B * T * T * (K + D) + 2 * B * T * S * (K + D))  # self and cross QK^T, AV
     output = 2 * B * T * D * tgt_vocab
     return 3 * (encoder + decoder + output)
 

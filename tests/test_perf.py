@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -9,16 +10,18 @@ from conftest import build
 from playground.perf import matmul_peak, training_flops
 
 
-def test_training_flops_are_three_times_two_flops_per_linear_weight_per_token_plus_attention():
+@pytest.mark.parametrize("key_dim", [None, 8])
+def test_training_flops_are_three_times_two_flops_per_linear_weight_per_token_plus_attention(key_dim):
     cfg = SimpleNamespace(d_model=64, heads=4, enc_layers=2, dec_layers=3, d_ff=96, dropout=0.0, norm_position="post",
                           norm="layernorm", final_norm=False, positional="sinusoidal", activation="relu",
-                          tie_embeddings="none", max_len=64)
+                          tie_embeddings="none", max_len=64, key_dim=key_dim)
     model = build(cfg, 50, 70)
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     B, L = 5, 12  # with equal source and target lengths every linear weight meets every token once
     attention_modules = cfg.enc_layers + 2 * cfg.dec_layers
-    forward = 2 * B * L * linear_weights + attention_modules * 2 * (2 * B * L * L * cfg.d_model)  # QK^T and AV
-    assert training_flops(64, 96, 2, 3, 70, B, L, L) == 3 * forward
+    qk = key_dim * cfg.heads if key_dim else cfg.d_model  # QK^T multiplies d_k-wide rows, AV d_v-wide ones
+    forward = 2 * B * L * linear_weights + attention_modules * 2 * B * L * L * (qk + cfg.d_model)
+    assert training_flops(64, 96, 2, 3, 70, B, L, L, qk_width=key_dim and qk) == 3 * forward
 
 
 def test_the_matmul_peak_is_a_positive_rate_and_leaves_the_random_stream_alone():
