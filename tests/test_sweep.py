@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from test_cli import ROOT, SMALL, run
 
+from playground.data.big_corpus import write_corpus
 from playground.sweep import summarize, within_noise
 
 
@@ -58,11 +59,14 @@ def test_the_summary_puts_the_best_job_by_the_runs_monitor_first(tmp_path, monit
 
 def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
     sweep = tmp_path / "presets"
+    paths = write_corpus(tmp_path / "corpus", 200, held_out=8, vocabulary=300, median_words=5)  # table3's files
+    files = [f"dataset.{split}_file={path}" for split, path in paths.items()]  # the synthetic presets ignore them
     result = run("-m", "experiment=glob(*)", *SMALL, "trainer.max_steps=2", "trainer.eval_every=2",
-                 "dataset.num_valid=8", "dataset.num_test=8", f"hydra.sweep.dir={sweep}")
+                 "dataset.num_valid=8", "dataset.num_test=8", *files, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     presets = {p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
-    finished = {p.parent.name.split("experiment=")[1].split(",")[0] for p in sweep.glob("*/metrics.json")}
+    finished = {o.split("=", 1)[1] for p in sweep.glob("*/metrics.json")  # each job's own record of its overrides
+                for o in OmegaConf.load(p.parent / ".hydra" / "overrides.yaml") if o.startswith("experiment=")}
     assert finished == presets
 
 
@@ -112,3 +116,24 @@ def test_the_noise_rule_is_twice_the_standard_error_of_the_difference():
     assert within_noise((0.90, 0.01, 3), (0.91, 0.01, 3))  # 0.01 < 2 * 0.0082
     assert not within_noise((0.90, 0.01, 3), (0.93, 0.01, 3))  # 0.03 > 0.0163
     assert not within_noise((0.90, 0.0, 5), (0.901, 0.0, 5))  # no spread at all: any difference is real
+
+
+ROW_CHANGES = {"base": {}, "A_1_head": {"model.heads": 1}, "A_16_heads": {"model.heads": 16},
+               "B_key_dim_16": {"model.key_dim": 16}, "C_1_layer": {"model.enc_layers": 1, "model.dec_layers": 1},
+               "C_d_model_64": {"model.d_model": 64, "model.d_ff": 256}, "D_no_dropout": {"model.dropout": 0.0},
+               "D_no_label_smoothing": {"trainer.label_smoothing": 0.0},
+               "E_learned_positions": {"model.positional": "learned"}}
+
+
+def test_each_table3_row_changes_only_what_its_row_of_the_paper_changes(compose_config):
+    def flat(cfg):
+        return {f"{group}.{key}": value for group in ("model", "dataset", "trainer", "optimizer", "scheduler")
+                for key, value in OmegaConf.to_container(cfg[group]).items()}
+
+    base = flat(compose_config("experiment=table3"))
+    assert base["dataset.name"] == "text_pairs" and base["model.dropout"] == 0.1 and base["trainer.max_steps"] == 500
+    rows = {p.stem for p in (ROOT / "configs" / "table3_row").glob("*.yaml")}
+    assert rows == set(ROW_CHANGES)
+    for row, changes in ROW_CHANGES.items():
+        composed = flat(compose_config("experiment=table3", f"table3_row={row}"))
+        assert {k: v for k, v in composed.items() if base[k] != v} == changes, row

@@ -32,21 +32,21 @@ def _words(rng, consonants, vowels, n) -> np.ndarray:
     return np.array(sorted(words, key=lambda w: (len(w), w)), dtype=object)
 
 
-def make_corpus(pairs: int, seed: int = 0):
-    """Yield `pairs` (source, target) sentence pairs."""
+def make_corpus(pairs: int, seed: int = 0, vocabulary: int = VOCABULARY, median_words: float = MEDIAN_WORDS):
+    """Yield `pairs` (source, target) sentence pairs over a vocabulary of `vocabulary` words a language."""
     rng = np.random.default_rng(seed)
-    source_words = _words(rng, list("bdfgklmnprstvz"), list("aeiou"), VOCABULARY)
+    source_words = _words(rng, list("bdfgklmnprstvz"), list("aeiou"), vocabulary)
     target_words = _words(rng, ["b", "ch", "d", "g", "l", "m", "n", "p", "r", "s", "sch", "t", "v", "z"],
-                          ["a", "e", "ei", "i", "o", "u", "au"], VOCABULARY)
-    meaning = rng.permutation(VOCABULARY)  # source word i means target word meaning[i]
-    zipf = 1.0 / np.arange(1, VOCABULARY + 1)
+                          ["a", "e", "ei", "i", "o", "u", "au"], vocabulary)
+    meaning = rng.permutation(vocabulary)  # source word i means target word meaning[i]
+    zipf = 1.0 / np.arange(1, vocabulary + 1)
     zipf /= zipf.sum()
     function_words = target_words[:8]
     done = 0
     while done < pairs:  # in blocks: a million sentences' word ids at once would take a few hundred MB
         n = min(100_000, pairs - done)
-        lengths = np.clip(np.round(rng.lognormal(np.log(MEDIAN_WORDS), SPREAD, n)), 1, LONGEST).astype(np.int64)
-        ids = rng.choice(VOCABULARY, size=int(lengths.sum()), p=zipf)
+        lengths = np.clip(np.round(rng.lognormal(np.log(median_words), SPREAD, n)), 1, LONGEST).astype(np.int64)
+        ids = rng.choice(vocabulary, size=int(lengths.sum()), p=zipf)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         swaps = rng.random(len(ids)) < 0.1
         extras = rng.integers(-1, 2, n) * (rng.random(n) < 0.5)  # a function word dropped, kept or added
@@ -64,10 +64,11 @@ def make_corpus(pairs: int, seed: int = 0):
         done += n
 
 
-def write_corpus(folder: Path, pairs: int, seed: int = 0, held_out: int = HELD_OUT) -> dict:
-    """train.tsv with `pairs` pairs, and valid.tsv and test.tsv with `held_out` each; {split: path}."""
+def write_corpus(folder: Path, pairs: int, seed: int = 0, held_out: int = HELD_OUT, **shape) -> dict:
+    """train.tsv with `pairs` pairs, and valid.tsv and test.tsv with `held_out` each; {split: path}. `shape` may
+    give make_corpus's vocabulary and median_words."""
     folder.mkdir(parents=True, exist_ok=True)
-    sentences = make_corpus(pairs + 2 * held_out, seed)
+    sentences = make_corpus(pairs + 2 * held_out, seed, **shape)
     paths = {}
     for split, n in (("valid", held_out), ("test", held_out), ("train", pairs)):
         paths[split] = folder / f"{split}.tsv"
@@ -82,10 +83,13 @@ def main(argv=None):
     parser.add_argument("folder", type=Path)
     parser.add_argument("--pairs", type=int, default=100_000, help="training pairs")
     parser.add_argument("--held-out", type=int, default=HELD_OUT, help="valid and test pairs each")
+    parser.add_argument("--vocabulary", type=int, default=VOCABULARY, help="words in each language")
+    parser.add_argument("--median-words", type=float, default=MEDIAN_WORDS, help="the median sentence length")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    paths = write_corpus(args.folder, args.pairs, args.seed, args.held_out)
+    paths = write_corpus(args.folder, args.pairs, args.seed, args.held_out, vocabulary=args.vocabulary,
+                         median_words=args.median_words)
     size = sum(p.stat().st_size for p in paths.values())
     print(f"wrote {args.pairs:,} training pairs and {args.held_out:,} valid and test pairs each to {args.folder}/ "
           f"({size / 1e6:,.0f} MB, {time.perf_counter() - started:.0f} s)")
