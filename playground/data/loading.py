@@ -158,7 +158,7 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
             verb = "dropped" if c.too_long == "filter" else "truncated"
             notes.setdefault(split, []).append(f"{long} pairs longer than dataset.max_src_len={c.max_src_len} or "
                                                f"dataset.max_tgt_len={c.max_tgt_len} {verb}")
-        if not len(kept):
+        if not kept:
             raise UserError(f"dataset: no {split} pairs are left after filtering (raise dataset.max_src_len or "
                             f"dataset.max_tgt_len, or set dataset.too_long=truncate)")
         arrays.update({f"{split}.{name}": array for name, array in ids.items()})
@@ -176,7 +176,8 @@ CHUNK = 20_000  # pairs tokenised at a time: a large corpus never exists as Pyth
 def _encode(pairs, src_tok, tgt_tok, c) -> tuple[dict, list, int]:
     """The pairs' ids as flat arrays and offsets ({"src", "src_offsets", "tgt", "tgt_offsets"}), the numbers of the
     pairs kept, and how many were longer than the limits (dropped or cut as dataset.too_long says)."""
-    sides = {"src": (src_tok, c.max_src_len, []), "tgt": (tgt_tok, c.max_tgt_len, [])}
+    dtypes = {"src": token_dtype(src_tok.vocab_size), "tgt": token_dtype(tgt_tok.vocab_size)}
+    parts = {"src": [], "tgt": []}  # (flat, offsets) of each chunk
     kept, long = [], 0
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start:start + CHUNK]
@@ -193,12 +194,11 @@ def _encode(pairs, src_tok, tgt_tok, c) -> tuple[dict, list, int]:
                 rows["src"].append(s)
                 rows["tgt"].append(t)
                 kept.append(number)
-        for side, (tokenizer, _, parts) in sides.items():
-            parts.append(flatten(rows[side], token_dtype(tokenizer.vocab_size)))
+        for side in parts:
+            parts[side].append(flatten(rows[side], dtypes[side]))
     arrays = {}
-    for side, (tokenizer, _, parts) in sides.items():
-        arrays[side], arrays[f"{side}_offsets"] = concatenate(parts) if parts else \
-            flatten([], token_dtype(tokenizer.vocab_size))
+    for side in parts:
+        arrays[side], arrays[f"{side}_offsets"] = concatenate(parts[side]) if parts[side] else flatten([], dtypes[side])
     return arrays, kept, long
 
 
