@@ -13,8 +13,10 @@ from omegaconf import DictConfig
 
 from playground.config import register_configs
 from playground.errors import UserError
+from playground.setup import bound_onednn_cache
 
 register_configs()
+bound_onednn_cache()  # before any computation: oneDNN reads it once
 
 
 def _take_text(argv) -> str | None:

@@ -15,6 +15,19 @@ import torch
 from .errors import UserError
 
 
+ONEDNN_CACHE = 16  # oneDNN primitives a CPU process keeps for reuse (oneDNN's own default is 1,024)
+
+
+def bound_onednn_cache() -> None:
+    """Keep few oneDNN primitives. On a CPU, bf16 matrix products (and the fast kernels' linear) run through
+    oneDNN, which builds a primitive for each shape and by default keeps the last 1,024. Token-budget batches come
+    in hundreds of shapes, and the kept primitives (with the heap they fragment) took a bf16 model=small training
+    process to a 1.6 GB peak in 60 steps, against 1.3 GB with 16 kept, with no speed difference we could measure
+    (docs/performance.md). oneDNN reads the setting at its first primitive, so this runs before any computation,
+    and a value exported by the user is kept."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
+
+
 def resolve_device(name: str) -> torch.device:
     """trainer.device: auto picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}

@@ -204,7 +204,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
           on_log=None) -> int:
     """Teacher-forced training from start_step to settings.max_steps; returns the last step done (less if stopped).
 
-    `data` is the training split (PaddedPairs), `batches` yields its rows batch by batch (BatchStream); a step
+    `data` is the training split (TokenPairs), `batches` yields its rows batch by batch (BatchStream); a step
     takes settings.accumulate of them. `on_eval(step)` evaluates and checkpoints, and returns True to end the
     run there (early stopping); `on_checkpoint(step)` only checkpoints; `on_log(step, train_loss, grad_norms)` sees
     each log step's mean loss and every step's gradient norm since the last (the run doctor). The only host
@@ -231,7 +231,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
                 weights = [_target_tokens(data, rows) * run.dist.world_size / total for rows in micro]
             loss = None
             for i, rows in enumerate(micro):
-                src, tgt = _to_device(data.batch(rows), run.device)  # an index into tensors padded once at load
+                src, tgt = _to_device(data.batch(rows), run.device)  # padded here, to this batch's longest row
                 tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T): the decoder reads BOS y1.., predicts y1.. EOS
                 # DDP averages across processes once, at the last batch of the step
                 with _gradients_stay_local(model, i < accumulate - 1):

@@ -5,6 +5,7 @@ import logging
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,16 @@ def test_the_notebook_tour_runs_to_the_end_as_a_script(monkeypatch, tmp_path, ca
     out = capsys.readouterr().out
     assert "test/exact_match" in out and "Both runs are TensorBoard runs" in out
     assert len(list(tmp_path.glob("playground-tour-*/cross_attention.png"))) == 1
+
+
+def test_the_unk_share_of_a_large_corpus_is_estimated_from_a_sample_that_touches_little_of_it():
+    rng = np.random.default_rng(0)
+    src = rng.integers(3, 9, 1_000_000).astype(np.uint16)
+    src[rng.random(len(src)) < 0.03] = UNK  # 3% of the source
+    tgt = np.full(1_000_000, 7, dtype=np.uint16)
+    offsets = np.arange(0, 1_000_001, 10, dtype=np.int64)  # 100,000 pairs of 10 tokens
+    split = TokenPairs(src, offsets, tgt, offsets)
+    exact = np.count_nonzero(src == UNK) / len(src)
+    source, target = split.share(UNK, at_most=1 << 16)  # reads 65,536 ids a side of 1,000,000
+    assert source == pytest.approx(exact, abs=0.003) and source != exact and target == 0.0
+    assert split.share(UNK, at_most=len(src)) == (exact, 0.0)
