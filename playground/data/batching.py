@@ -1,5 +1,7 @@
 """Batches of padded id tensors, cut from a split's token ids kept end to end, one flat array per side."""
 
+import bisect
+
 import numpy as np
 import torch
 
@@ -110,11 +112,13 @@ def token_budget_batches(lengths, max_tokens, generator):
     """
     order = torch.randperm(len(lengths), generator=generator)
     order = order[torch.sort(lengths[order], stable=True).indices]
-    batches, start, longest = [], 0, 0
-    for end, i in enumerate(order.tolist()):
-        longest = max(longest, int(lengths[i]))
-        if (end + 1 - start) * longest > max_tokens and end > start:
-            batches.append(order[start:end])
-            start, longest = end, int(lengths[i])
-    batches.append(order[start:])
+    ordered = lengths[order].numpy()  # ascending: a batch's longest row is its last
+    batches, start = [], 0
+    while start < len(order):
+        # a batch ends before the first row that would take it over budget (at least one row a batch); its padded
+        # size only grows with each row added, so that row is found by bisection, not by walking every row
+        end = bisect.bisect_right(range(start + 1, len(order)), max_tokens,
+                                  key=lambda row: (row + 1 - start) * int(ordered[row])) + start + 1
+        batches.append(order[start:end])
+        start = end
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -1,5 +1,7 @@
 """From a dataset config to tokenizers and the token ids of train, valid and test (TokenPairs)."""
 
+import ctypes
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -167,7 +169,21 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
                 arrays[f"{split}.{side}_text"], arrays[f"{split}.{side}_text_offsets"] = \
                     flatten_bytes([text.encode("utf-8", "surrogatepass") for text in texts])
     meta = {"tokenizers": [src_tok.to_dict(), tgt_tok.to_dict()], "notes": notes, "dropped": dropped}
+    del raw, pairs  # the text: 0.3 GB of Python strings at a million pairs
+    _give_back_freed_memory()
     return arrays, meta
+
+
+def _give_back_freed_memory() -> None:
+    """Return to the operating system the heap that the text and the tokenizers' training freed. glibc keeps freed
+    memory for reuse, and training never reuses this: it stayed resident (0.14 GB at 100,000 pairs, 0.18 GB at
+    1M) on top of the training's own peak. Elsewhere than glibc there is no malloc_trim, and nothing to do."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    gc.collect()
+    trim(0)
 
 
 CHUNK = 20_000  # pairs tokenised at a time: a large corpus never exists as Python lists of ids
