@@ -12,7 +12,9 @@
 The playground model runs with trainer.kernels=fast (playground/kernels/). Prints target tokens per second,
 the ratio to nn.Transformer, and MFU: model FLOPs per second over the
 matrix-multiply peak this machine reaches (measured here, once per precision). nn.Transformer is timed
-twice: with torch.optim.Adam's defaults (the ratio) and with fused Adam (the ratio vs fused).
+twice: with torch.optim.Adam's defaults (the ratio) and with fused Adam (the ratio vs fused). The sides take
+turns for 7 rounds of at least half a second each: the ratio is that of the median rounds, and "rounds'
+ratios" is the lowest and highest ratio of a single round, so a difference inside that range is noise.
 """
 
 import argparse
@@ -118,24 +120,12 @@ def playground_model(size, kernels="fast", **variant):
     return build_model(cfg, size["vocab"], size["vocab"], kernels, **MODEL_IDS)
 
 
-def timed(fn, device, warmup=3, min_seconds=3.0, min_iters=5):
-    """Seconds per call of fn, after warm-up, averaged over at least min_iters calls and min_seconds."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    n, start = 0, time.perf_counter()
-    while n < min_iters or time.perf_counter() - start < min_seconds:
-        fn()
-        n += 1
-    synchronize(device)
-    return (time.perf_counter() - start) / n
-
-
 def timed_alternating(fns, device, rounds=7, warmup=2, round_seconds=0.5):
-    """Median seconds per call of each fn, timed in alternation round by round.
+    """Seconds per call of each fn in each round, timed in alternation round by round: [[s, ...] per fn].
 
     A shared machine's speed drifts by 10% over a minute; taking turns puts both sides of a ratio under
-    the same conditions, and the median drops a round that a neighbour disturbed.
+    the same conditions, the median of the rounds drops a round that a neighbour disturbed, and the spread
+    of the rounds' own ratios says how far to trust it.
     """
     for fn in fns:
         for _ in range(warmup):
@@ -150,7 +140,13 @@ def timed_alternating(fns, device, rounds=7, warmup=2, round_seconds=0.5):
                 synchronize(device)
                 n += 1
             seconds.append((time.perf_counter() - start) / n)
-    return [statistics.median(seconds) for seconds in times]
+    return times
+
+
+def ratio_spread(theirs, ours) -> tuple[float, float]:
+    """The lowest and highest of the rounds' speed ratios ours / theirs (seconds per round of each side)."""
+    ratios = [t / o for t, o in zip(theirs, ours)]
+    return min(ratios), max(ratios)
 
 
 def size_flops(size):
@@ -205,10 +201,12 @@ def bench_training(device, precisions, sizes, compile=False):
                 model = model.to(device).train()
                 steps.append(train_step_fn(maybe_compile(model, compile, device) if compile else model, size, device,
                                            autocast, side))
-            theirs, theirs_fused, ours = (tokens / seconds for seconds in timed_alternating(steps, device))
+            rounds = timed_alternating(steps, device)
+            theirs, theirs_fused, ours = (tokens / statistics.median(seconds) for seconds in rounds)
             del steps
             mfu = ours * size_flops(size) / tokens / peaks[precision]
-            rows.append((f"train {name} {precision}{' compiled' if compile else ''}", theirs, theirs_fused, ours, mfu))
+            rows.append((f"train {name} {precision}{' compiled' if compile else ''}", theirs, theirs_fused, ours, mfu,
+                         ratio_spread(rounds[0], rounds[2])))
     return rows
 
 
@@ -249,7 +247,7 @@ def bench_stack(device, precisions, sizes):
                 model = stacked_model(size, pieces).to(device).train()
                 steps.append(train_step_fn(model, size, device, autocast, "playground",
                                            loss="fast" if piece == "loss" else "reference"))
-            rates = [tokens / seconds for seconds in timed_alternating(steps, device)]
+            rates = [tokens / statistics.median(seconds) for seconds in timed_alternating(steps, device)]
             del steps
             print(f"\n{name} {precision}, {tokens} target tokens a step")
             rows = [["", "tokens/s", "vs nn.Transformer", "MFU"],
@@ -308,11 +306,13 @@ def bench_decoding(device, batch=32, src_len=32, new_tokens=64):
         ours.generator.bias[EOS] = theirs.generator.bias[EOS] = -1e4
     src = torch.randint(4, size["vocab"], (batch, src_len), device=device)
     tokens = batch * new_tokens
-    cached = tokens / timed(lambda: ours.generate(src, new_tokens), device, min_seconds=2.0)
-    uncached = tokens / timed(lambda: ours.generate(src, new_tokens, use_cache=False), device, min_seconds=2.0)
-    reference = tokens / timed(lambda: theirs.generate_recomputing(src, new_tokens), device, min_seconds=2.0)
-    return [("decode d256 fp32 cached", reference, None, cached, None),
-            ("decode d256 fp32 uncached", reference, None, uncached, None)]
+    # in turns too, one call a round (recomputing the prefix takes seconds a call on a CPU)
+    calls = [lambda: theirs.generate_recomputing(src, new_tokens), lambda: ours.generate(src, new_tokens),
+             lambda: ours.generate(src, new_tokens, use_cache=False)]
+    rounds = timed_alternating(calls, device, rounds=5, warmup=1, round_seconds=0.0)
+    reference, cached, uncached = (tokens / statistics.median(seconds) for seconds in rounds)
+    return [("decode d256 fp32 cached", reference, None, cached, None, ratio_spread(rounds[0], rounds[1])),
+            ("decode d256 fp32 uncached", reference, None, uncached, None, ratio_spread(rounds[0], rounds[2]))]
 
 
 def main(argv=None):
@@ -352,12 +352,12 @@ def main(argv=None):
         rows += bench_training(device, precisions, sizes, args.compile)
     if args.only in (None, "decode"):
         rows += bench_decoding(device)
-    header = ["measurement", "nn.Transformer tok/s", "+ fused Adam tok/s", "playground tok/s", "ratio", "ratio vs fused",
-              "MFU"]
+    header = ["measurement", "nn.Transformer tok/s", "+ fused Adam tok/s", "playground tok/s", "ratio",
+              "rounds' ratios", "ratio vs fused", "MFU"]
     table = [header] + [[label, f"{theirs:,.0f}", f"{theirs_fused:,.0f}" if theirs_fused else "", f"{ours:,.0f}",
-                         f"{ours / theirs:.2f}x", f"{ours / theirs_fused:.2f}x" if theirs_fused else "",
-                         f"{mfu:.1%}" if mfu is not None else ""]
-                        for label, theirs, theirs_fused, ours, mfu in rows]
+                         f"{ours / theirs:.2f}x", f"{spread[0]:.2f}-{spread[1]:.2f}x" if spread else "",
+                         f"{ours / theirs_fused:.2f}x" if theirs_fused else "", f"{mfu:.1%}" if mfu is not None else ""]
+                        for label, theirs, theirs_fused, ours, mfu, spread in rows]
     print()
     print_table(table)
 
