@@ -13,10 +13,8 @@ from omegaconf import DictConfig
 
 from playground.config import register_configs
 from playground.errors import UserError
-from playground.setup import bound_onednn_cache
 
 register_configs()
-bound_onednn_cache()  # before any computation: oneDNN reads it once
 
 
 def _take_text(argv) -> str | None:
@@ -59,6 +57,9 @@ if _writes_nothing_that_lasts(sys.argv):
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from playground import experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
+    from playground.setup import bound_onednn_cache
+
+    bound_onednn_cache()  # before any computation: oneDNN reads it once
 
     run_dir = HydraConfig.get().runtime.output_dir
     if TEXT is not None:
