@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 import playground.kernels  # noqa: E402,F401  (registers build_model(..., kernels="fast"))
 from playground.config import ModelConfig, register_configs  # noqa: E402
 from playground.data import MODEL_IDS  # noqa: E402
+from playground.data.toy_corpus import make_pairs, write  # noqa: E402
 from playground.model import build_model  # noqa: E402
 from playground.setup import cpu_computes_bf16  # noqa: E402
 
@@ -67,3 +68,12 @@ LONGEST_FIRST = ["test_processes.py", "test_sweep.py", "test_reliability.py", "t
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: order within a file kept
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    """A small rule-based parallel corpus: train.tsv (360 pairs) and test.tsv (40) in tmp_path."""
+    pairs = make_pairs(400, seed=3)
+    write(pairs[:360], tmp_path / "train.tsv", "tsv")
+    write(pairs[360:], tmp_path / "test.tsv", "tsv")
+    return tmp_path

@@ -186,14 +186,6 @@ def test_a_sweeper_looking_the_other_way_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture
-def text_corpus(tmp_path):
-    pairs = make_pairs(400, seed=3)
-    write(pairs[:360], tmp_path / "train.tsv", "tsv")
-    write(pairs[360:], tmp_path / "test.tsv", "tsv")
-    return tmp_path
-
-
 def test_the_held_out_test_split_is_found_again_from_the_training_file_or_named_when_it_is_gone(text_corpus):
     config = OmegaConf.structured(DatasetConfig(name="text_pairs", train_file=str(text_corpus / "train.tsv"),
                                                 tokenizer="word", vocab_size=200, min_frequency=1))

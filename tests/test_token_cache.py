@@ -21,14 +21,6 @@ from test_cli import ROOT
 from test_reliability import losses
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    pairs = make_pairs(400, seed=3)
-    write(pairs[:360], tmp_path / "train.tsv", "tsv")
-    write(pairs[360:], tmp_path / "test.tsv", "tsv")
-    return tmp_path
-
-
 def config(folder, **changes):
     fields = dict(name="text_pairs", train_file=str(folder / "train.tsv"), test_file=str(folder / "test.tsv"),
                   tokenizer="bpe", vocab_size=300, min_frequency=1, valid_fraction=0.1)
@@ -59,50 +51,51 @@ def test_a_batch_is_padded_to_its_own_longest_row_with_bos_and_eos_around_each_t
     assert pairs.lengths().tolist() == [3, 4, 31] and pairs.src.dtype == np.uint8
 
 
-def test_the_second_load_maps_the_cache_and_gives_what_the_text_gives(corpus, caplog):
+def test_the_second_load_maps_the_cache_and_gives_what_the_text_gives(text_corpus, caplog):
     caplog.set_level(logging.INFO)
-    from_text = load_data(config(corpus, cache=False))
-    assert not (corpus / cache.FOLDER).exists()
-    first = load_data(config(corpus))
+    from_text = load_data(config(text_corpus, cache=False))
+    assert not (text_corpus / cache.FOLDER).exists()
+    first = load_data(config(text_corpus))
     assert "tokenised the corpus into" in caplog.text
     caplog.clear()
-    second = load_data(config(corpus))
+    second = load_data(config(text_corpus))
     assert "dataset cache: reading" in caplog.text and "tokenised" not in caplog.text
     same_data(from_text, first)
     same_data(from_text, second)
     assert isinstance(second.splits["train"].src.base, np.memmap)  # mapped, not read into memory
     assert second.splits["train"].src.dtype == token_dtype(second.src_tokenizer.vocab_size)
     assert [token_dtype(n) for n in (256, 257, 65536, 65537)] == [np.uint8, np.uint16, np.uint16, np.uint32]
-    assert len(cache_files(corpus)) == 1
+    assert len(cache_files(text_corpus)) == 1
     # a resumed run or eval gives the tokenizers it was trained with: the cache built with them is read
     caplog.clear()
-    alone = load_data(config(corpus), tokenizers=(second.src_tokenizer, second.tgt_tokenizer), splits=("test",))
-    assert "dataset cache: reading" in caplog.text and len(cache_files(corpus)) == 1
+    alone = load_data(config(text_corpus), tokenizers=(second.src_tokenizer, second.tgt_tokenizer), splits=("test",))
+    assert "dataset cache: reading" in caplog.text and len(cache_files(text_corpus)) == 1
     assert alone.texts["test"] == second.texts["test"]
 
 
-def test_a_changed_data_file_or_tokenizer_setting_builds_a_new_cache(corpus, caplog):
+def test_a_changed_data_file_or_tokenizer_setting_builds_a_new_cache(text_corpus, caplog):
     caplog.set_level(logging.INFO)
-    before = load_data(config(corpus))
-    with open(corpus / "train.tsv", "a", encoding="utf-8") as f:
+    before = load_data(config(text_corpus))
+    with open(text_corpus / "train.tsv", "a", encoding="utf-8") as f:
         f.write("zebras quietly juggle\tle zebre giocolano piano\n")
     caplog.clear()
-    after = load_data(config(corpus))
+    after = load_data(config(text_corpus))
     assert "tokenised the corpus into" in caplog.text
     assert len(after.splits["train"]) + len(after.splits["valid"]) == \
         len(before.splits["train"]) + len(before.splits["valid"]) + 1
     caplog.clear()
-    word = load_data(config(corpus, tokenizer="word"))
+    word = load_data(config(text_corpus, tokenizer="word"))
     assert "tokenised the corpus into" in caplog.text and word.src_tokenizer.kind == "word"
-    assert len(cache_files(corpus)) == 3
+    assert len(cache_files(text_corpus)) == 3
 
 
-def test_a_file_given_as_the_valid_split_or_as_the_test_split_makes_two_caches(corpus):
-    write(make_pairs(30, seed=9), corpus / "other.tsv", "tsv")
-    as_valid = load_data(config(corpus, valid_file=str(corpus / "other.tsv"), test_file=None, test_fraction=0.1))
-    as_test = load_data(config(corpus, test_file=str(corpus / "other.tsv")))
+def test_a_file_given_as_the_valid_split_or_as_the_test_split_makes_two_caches(text_corpus):
+    write(make_pairs(30, seed=9), text_corpus / "other.tsv", "tsv")
+    as_valid = load_data(config(text_corpus, valid_file=str(text_corpus / "other.tsv"), test_file=None,
+                                test_fraction=0.1))
+    as_test = load_data(config(text_corpus, test_file=str(text_corpus / "other.tsv")))
     assert as_valid.texts["valid"] == as_test.texts["test"] and as_valid.texts["test"] != as_test.texts["test"]
-    assert len(cache_files(corpus)) == 2
+    assert len(cache_files(text_corpus)) == 2
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -112,29 +105,29 @@ def test_a_file_given_as_the_valid_split_or_as_the_test_split_makes_two_caches(c
     (lambda path: path.write_bytes(path.read_bytes()[:-200] + b"\x07" + path.read_bytes()[-199:]), "is corrupt"),
     (lambda path: path.write_bytes(path.read_bytes().replace(b"<unk>", b"<unq>", 1)), "is corrupt"),
 ], ids=["truncated", "cut short", "overwritten", "a changed byte", "a changed tokenizer in the header"])
-def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(corpus, caplog, damage, message):
+def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(text_corpus, caplog, damage, message):
     caplog.set_level(logging.INFO)
-    load_data(config(corpus))  # let go before the damage: a file cut short under a live mapping kills its reader
-    path, = cache_files(corpus)
+    load_data(config(text_corpus))  # let go before the damage: a file cut short under a live mapping kills its reader
+    path, = cache_files(text_corpus)
     damage(path)
     caplog.clear()
-    rebuilt = load_data(config(corpus))
+    rebuilt = load_data(config(text_corpus))
     assert f"dataset cache: {path} {message}" in caplog.text and "rebuilding it" in caplog.text
-    same_data(load_data(config(corpus, cache=False)), rebuilt)
+    same_data(load_data(config(text_corpus, cache=False)), rebuilt)
     assert cache.read(path)  # whole again
 
 
-def test_another_tokenizers_version_tokenises_anew_and_never_reads_the_old_cache(corpus, caplog, monkeypatch):
+def test_another_tokenizers_version_tokenises_anew_and_never_reads_the_old_cache(text_corpus, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(cache, "library_version", lambda: "0.0.1")
-    load_data(config(corpus))
-    old, = cache_files(corpus)
+    load_data(config(text_corpus))
+    old, = cache_files(text_corpus)
     monkeypatch.undo()
     caplog.clear()
-    again = load_data(config(corpus))
+    again = load_data(config(text_corpus))
     assert "tokenised the corpus into" in caplog.text  # the version is part of the key: a new file, the old kept
-    assert len(cache_files(corpus)) == 2  # for the environment that still has the other version
-    same_data(load_data(config(corpus, cache=False)), again)
+    assert len(cache_files(text_corpus)) == 2  # for the environment that still has the other version
+    same_data(load_data(config(text_corpus, cache=False)), again)
     with pytest.raises(cache.Unusable, match=r"was written by another version \(cache format 1, tokenizers 0.0.1; "
                                              r"now 1 and"):
         cache.read(old)  # and were it found under the new name, its header would refuse it
@@ -164,28 +157,29 @@ def test_two_processes_building_the_same_cache_at_once_end_with_one_valid_cache(
 
 
 def test_a_resumed_run_on_cached_text_continues_with_exactly_the_losses_of_the_uninterrupted_run(
-        compose_config, corpus):
-    common = ["dataset=text_pairs", f"dataset.train_file={corpus}/train.tsv", f"dataset.test_file={corpus}/test.tsv",
+        compose_config, text_corpus):
+    common = ["dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
+              f"dataset.test_file={text_corpus}/test.tsv",
               "dataset.tokenizer=word", "dataset.vocab_size=300", "model.d_model=16", "model.d_ff=32",
               "model.heads=2", "model.enc_layers=1", "model.dec_layers=1", "model.dropout=0.1",
               "trainer.max_tokens=200", "scheduler=noam", "scheduler.warmup_steps=4", "trainer.log_every=1",
               "trainer.eval_every=8"]
-    experiment.run_train(compose_config(*common, "trainer.max_steps=12"), corpus / "whole")
-    experiment.run_train(compose_config(*common, "trainer.max_steps=8"), corpus / "first")
+    experiment.run_train(compose_config(*common, "trainer.max_steps=12"), text_corpus / "whole")
+    experiment.run_train(compose_config(*common, "trainer.max_steps=8"), text_corpus / "first")
     experiment.run_train(compose_config(*common, "trainer.max_steps=12",
-                                        f"ckpt_path={corpus}/first/checkpoints/last.pt"), corpus / "resumed")
-    expected, got = losses(corpus / "whole"), losses(corpus / "resumed")
+                                        f"ckpt_path={text_corpus}/first/checkpoints/last.pt"), text_corpus / "resumed")
+    expected, got = losses(text_corpus / "whole"), losses(text_corpus / "resumed")
     assert sorted(got) == list(range(9, 13))
     assert [got[s] for s in range(9, 13)] == [expected[s] for s in range(9, 13)]  # bit for bit
-    assert len(cache_files(corpus)) == 1  # three runs, one tokenisation
+    assert len(cache_files(text_corpus)) == 1  # three runs, one tokenisation
 
 
-def test_dataset_cache_dir_chooses_the_folder_and_cache_false_writes_none(corpus, tmp_path_factory):
+def test_dataset_cache_dir_chooses_the_folder_and_cache_false_writes_none(text_corpus, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    load_data(config(corpus, cache_dir=str(elsewhere / "tokens")))
-    assert len(list((elsewhere / "tokens").glob("*.tokens"))) == 1 and not (corpus / cache.FOLDER).exists()
-    load_data(config(corpus, cache=False))
-    assert not (corpus / cache.FOLDER).exists()
+    load_data(config(text_corpus, cache_dir=str(elsewhere / "tokens")))
+    assert len(list((elsewhere / "tokens").glob("*.tokens"))) == 1 and not (text_corpus / cache.FOLDER).exists()
+    load_data(config(text_corpus, cache=False))
+    assert not (text_corpus / cache.FOLDER).exists()
 
 
 def test_the_measuring_corpus_has_the_sentence_lengths_it_claims(tmp_path):
@@ -198,11 +192,11 @@ def test_the_measuring_corpus_has_the_sentence_lengths_it_claims(tmp_path):
     assert 0.9 < ratio.mean() < 1.1 and ratio.std() > 0.01  # targets spread around the source lengths
 
 
-def test_a_cache_that_cannot_be_written_leaves_the_run_going_with_the_ids_in_memory(corpus, caplog, monkeypatch):
+def test_a_cache_that_cannot_be_written_leaves_the_run_going_with_the_ids_in_memory(text_corpus, caplog, monkeypatch):
     def full_disk(path, arrays, meta):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache, "write", full_disk)
-    data = load_data(config(corpus))
+    data = load_data(config(text_corpus))
     assert "cannot be written (No space left on device); going on without a cache" in caplog.text
-    same_data(load_data(config(corpus, cache=False)), data)
+    same_data(load_data(config(text_corpus, cache=False)), data)
