@@ -9,11 +9,13 @@ import sys
 import pytest
 import torch
 
+from playground import experiment
 from test_reliability import ENTRY, FAST, losses, run, start, wait_for
 
 
 @pytest.mark.slow
-def test_two_processes_of_batch_b_share_one_run_directory_and_train_as_one_process_of_batch_2b(tmp_path):
+def test_two_processes_of_batch_b_share_one_run_directory_and_train_as_one_process_of_batch_2b(compose_config,
+                                                                                              tmp_path):
     # one thread everywhere (torchrun's own default): the sums are then ordered alike, the processes aside
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
     common = [o for o in FAST if not o.startswith("trainer.batch_size")] + [
@@ -23,9 +25,12 @@ def test_two_processes_of_batch_b_share_one_run_directory_and_train_as_one_proce
                           "trainer.batch_size=8", f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path, capture_output=True,
                          text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, ENTRY, *common, "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/one"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the one process runs here: its start-up is not what is tested
+        experiment.run_train(compose_config(*common, "trainer.batch_size=16"), tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
     run_dir = tmp_path / "two"  # one run directory for both processes
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # only rank 0 logs
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -40,11 +45,10 @@ def test_two_processes_of_batch_b_share_one_run_directory_and_train_as_one_proce
 
 
 @pytest.mark.slow
-def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(tmp_path):
+def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(compose_config, tmp_path):
     common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=10", "trainer.log_every=1",
               "trainer.max_steps=30", "trainer.eval_every=15", "trainer.checkpoint_every=5", "trainer.auto_resume=true"]
-    whole = run(*common, f"hydra.run.dir={tmp_path}/whole")
-    assert whole.returncode == 0, whole.stderr
+    experiment.run_train(compose_config(*common), tmp_path / "whole")  # here: only the job is a process of its own
     job = tmp_path / "job"
     process = start(*common, f"hydra.run.dir={job}")  # SLURM warns a job with SIGUSR2, then requeues it
     wait_for(job / "checkpoints" / "last.pt", process)
