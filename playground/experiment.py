@@ -249,12 +249,16 @@ def run_train(cfg, run_dir: Path) -> dict:
              f"{', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} examples"
              f"{f'; resuming at step {start_step}' if resume else ''}")
 
+    # checks of the batch size against the data come before the first file is written: a run refused here leaves
+    # its run directory free for the corrected command
+    batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
     tracker = Tracker(run_dir, enabled=d.is_main)
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()
     if d.is_main:  # every module's parameters and output shape, for the first training batch
-        src, tgt = (x.to(device) for x in data.splits["train"].batch(torch.arange(min(t.batch_size, 8))))
+        rows = torch.arange(min(t.batch_size, 8, len(data.splits["train"])))  # max_tokens leaves batch_size unchecked
+        src, tgt = (x.to(device) for x in data.splits["train"].batch(rows))
         tracker.text("model/summary", model_summary(model, src, tgt[:, :-1]), start_step)
 
     def report(message, step):
@@ -266,7 +270,6 @@ def run_train(cfg, run_dir: Path) -> dict:
     doctor.check_data(unk_shares(data.splits["train"]), start_step)
     evaluate_split = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, d)
     tokenizers = {"src": data.src_tokenizer.to_dict(), "tgt": data.tgt_tokenizer.to_dict()}
-    batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
     if d.is_main:  # the learned vocabularies, readable beside the checkpoints (which also carry them)
         for side, tokenizer in (("src", data.src_tokenizer), ("tgt", data.tgt_tokenizer)):
             if hasattr(tokenizer, "tokenizer"):

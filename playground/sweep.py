@@ -63,10 +63,11 @@ def summarize(sweep_dir, sort_by=None, mode="max"):
 
 
 def within_noise(a: tuple, b: tuple) -> bool:
-    """Two configurations' (mean, sd, n) are within the noise when |mean_a - mean_b| < 2 * sqrt(sd_a^2/n_a +
-    sd_b^2/n_b): the difference is under twice its standard error (about a 95% interval)."""
+    """Two configurations' (mean, sd, n) are within the noise when |mean_a - mean_b| <= 2 * sqrt(sd_a^2/n_a +
+    sd_b^2/n_b): the difference is at most twice its standard error (about a 95% interval). Equal means are within
+    it even with no spread at all (every seed at exact match 1.0, say)."""
     (mean_a, sd_a, n_a), (mean_b, sd_b, n_b) = a, b
-    return abs(mean_a - mean_b) < 2 * math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
+    return abs(mean_a - mean_b) <= 2 * math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
 
 
 def seed_statistics(jobs, sort_by: str, mode: str, metrics):
@@ -112,7 +113,7 @@ def seed_statistics(jobs, sort_by: str, mode: str, metrics):
                         *("" if c is None else f"{c[0]:.4f} ± {c[1]:.4f}" for c in cells), mark])
         csv_rows.append([*(values.get(k, "") for k in keys), len(runs),
                          *(x for c in cells for x in (("", "") if c is None else (c[0], c[1]))), mark])
-    markdown = "\n".join([f"configurations over seeds (mean ± sample sd; within the noise of the best: |difference| < "
+    markdown = "\n".join([f"configurations over seeds (mean ± sample sd; within the noise of the best: |difference| <= "
                           f"2 sqrt(sd_a²/n_a + sd_b²/n_b)), sorted by {sort_by} ({mode})", "",
                           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                           *("| " + " | ".join(row) + " |" for row in md_rows)])

@@ -116,6 +116,7 @@ def test_the_noise_rule_is_twice_the_standard_error_of_the_difference():
     assert within_noise((0.90, 0.01, 3), (0.91, 0.01, 3))  # 0.01 < 2 * 0.0082
     assert not within_noise((0.90, 0.01, 3), (0.93, 0.01, 3))  # 0.03 > 0.0163
     assert not within_noise((0.90, 0.0, 5), (0.901, 0.0, 5))  # no spread at all: any difference is real
+    assert within_noise((1.0, 0.0, 3), (1.0, 0.0, 3))  # every seed of both at exact match 1.0: the same result
 
 
 ROW_CHANGES = {"base": {}, "A_1_head": {"model.heads": 1}, "A_16_heads": {"model.heads": 16},

@@ -22,6 +22,7 @@ from test_cli import ENTRY, ROOT
 
 BAD_FILES = [
     ("notab.tsv", b"hello\tciao\nno tab here\n", 'line 2: expected "source<TAB>target", found no TAB'),
+    ("columns.tsv", b"hello\tciao\nsee you\tci vediamo\t0.93\n", 'line 2: expected "source<TAB>target", found 2 TABs'),
     ("bytes.tsv", b"a\tb\n\xff\xfe\tc\n", "line 2: not UTF-8 text (byte 0xff at column 1)"),
     ("bad.jsonl", b'{"src": "a", "tgt": "b"}\n{not json}\n', "line 2: not JSON"),
     ("keys.jsonl", b'{"src": "a", "tgt": "b"}\n{"source": "a"}\n', 'line 2: expected {"src": ..., "tgt": ...}'),
@@ -166,3 +167,17 @@ def test_without_a_network_the_hub_dataset_fails_with_one_clear_message(tmp_path
     assert result.returncode == 2
     assert result.stderr.startswith("error: dataset.hub_name=opus_books (en-it) could not be loaded from the Hugging")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_corpus_smaller_than_a_batch_is_refused_and_leaves_its_run_directory_free(compose_config, tmp_path):
+    from playground.rundir import run_file_in
+
+    (tmp_path / "tiny.tsv").write_text("".join(f"w{i} x\tv{i} y\n" for i in range(9)))  # 7 to train, 1 valid, 1 test
+    data = ["dataset=text_pairs", f"dataset.train_file={tmp_path / 'tiny.tsv'}", "dataset.tokenizer=char"]
+    with pytest.raises(UserError, match="trainer.batch_size=64 is more than the 7 training examples"):
+        experiment.run_train(compose_config(*data), tmp_path / "r")
+    assert run_file_in(tmp_path / "r") is None  # the corrected command may use the same hydra.run.dir
+    # batches by tokens leave batch_size unchecked: the model summary's probe takes the 7 pairs there are, not 8
+    experiment.run_train(compose_config(*data, "trainer.max_tokens=40", "trainer.max_steps=2", "trainer.eval_every=2"),
+                         tmp_path / "r")
+    assert (tmp_path / "r" / "metrics.json").is_file()

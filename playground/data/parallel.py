@@ -37,9 +37,11 @@ def _tsv(path):
     for number, line in _lines(path):
         if not line.strip():
             continue
-        if "\t" not in line:
-            raise UserError(f'{path} line {number}: expected "source<TAB>target", found no TAB')
-        source, target = line.split("\t", 1)
+        tabs = line.count("\t")
+        if tabs != 1:  # a third column (a score, an id) would otherwise end up inside the target sentence
+            raise UserError(f'{path} line {number}: expected "source<TAB>target", found '
+                            f'{"no TAB" if tabs == 0 else f"{tabs} TABs"}')
+        source, target = line.split("\t")
         yield number, source, target
 
 
