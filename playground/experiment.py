@@ -28,8 +28,8 @@ from .inference import model_from_checkpoint
 from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
-from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile, resolve_device,
-                    resolve_precision, resolve_recipe)
+from .setup import (OPTIMIZER_CLASSES, PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
+                    resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
 from .train import BatchStream, Monitor, StopRequest, Training, resolve_monitor, train
 
@@ -371,11 +371,7 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed:
     if "optimizer" not in state or "data_position" not in state:
         raise UserError(f"ckpt_path={path} holds weights only, not a training state to resume from")
     load_model_weights(model, state["model"], path)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError as e:
-        raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={type(optimizer).__name__} "
-                        f"({e})")
+    _restore_optimizer(optimizer, state, path, d)
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -388,6 +384,27 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed:
     else:
         torch.manual_seed(seed + 1000 * state["step"] + d.rank)  # a fresh random state for each process
     return state["step"], state["data_position"]
+
+
+def _restore_optimizer(optimizer, state, path, d: Dist) -> None:
+    """The checkpoint's optimizer state (Adam's moments, SGD's momentum) back into `optimizer`, which was built from
+    this run's config. Its hyperparameters stay this run's (a resume_override may change betas, eps, weight_decay,
+    momentum) but for the learning rate, which the schedule carries on. Another optimizer (allowed by
+    trainer.resume_override) starts afresh: one algorithm's state means nothing to another."""
+    saved, now = state["config"].get("optimizer", {}).get("name"), OPTIMIZER_CLASSES.get(type(optimizer))
+    if saved and now and saved != now:
+        if d.is_main:
+            log.warning(f"optimizer.name={now} (the checkpoint: {saved}): the optimizer's state starts afresh; the "
+                        f"weights, the schedule's step and the data position are the checkpoint's")
+        return
+    ours = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+            for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={now} ({e})")
+    for group, settings in zip(optimizer.param_groups, ours):
+        group.update(settings)
 
 
 def _restore_monitor(monitor: Monitor, state: dict, best: dict) -> None:

@@ -69,6 +69,7 @@ def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZER_CLASSES = {torch.optim.Adam: "adam", torch.optim.AdamW: "adamw", torch.optim.SGD: "sgd"}  # class -> name
 
 
 def cpu_computes_bf16() -> bool:

@@ -59,6 +59,21 @@ def test_resume_override_applies_a_new_learning_rate_and_logs_every_change(compo
     assert state["scheduler"]["base_lrs"] == [0.01]  # the restored schedule peaks at the new rate, not the old
 
 
+def test_resume_override_to_another_optimizer_starts_its_state_afresh_and_new_settings_take_effect(
+        compose_config, checkpoint, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    flat = experiment.run_train(compose_config(*FAST, "optimizer=sgd", "trainer.max_steps=10",
+                                               "trainer.resume_override=true", f"ckpt_path={checkpoint}"),
+                                tmp_path / "sgd")  # Adam's moments mean nothing to SGD (it crashed on 'momentum')
+    assert flat["last_step"] == 10
+    assert "optimizer.name=sgd (the checkpoint: adam): the optimizer's state starts afresh" in caplog.text
+    experiment.run_train(compose_config(*FAST, "optimizer.weight_decay=0.25", "optimizer.betas=[0.8,0.9]",
+                                        "trainer.max_steps=10", "trainer.resume_override=true",
+                                        f"ckpt_path={checkpoint}"), tmp_path / "adam")
+    group = torch.load(tmp_path / "adam" / "checkpoints" / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.25 and tuple(group["betas"]) == (0.8, 0.9)  # not the checkpoint's 0 and 0.98
+
+
 def test_a_changed_training_file_is_refused_and_an_overridden_resume_keeps_the_checkpoints_vocabulary(
         compose_config, tmp_path, caplog):
     pairs = make_pairs(300, seed=5)
