@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from playground.config import register_configs
+from playground.config import check_overrides, register_configs
 from playground.errors import UserError
 
 register_configs()
@@ -45,7 +45,21 @@ def _writes_nothing_that_lasts(argv) -> bool:
     return not asked and any(a in ("mode=translate", "mode=score") for a in argv)
 
 
+def _check_overrides(argv) -> None:
+    """A misspelt key, a value of the wrong type or a group option that does not exist (in a sweep, any of its jobs'
+    values that a run would refuse): one line and exit 2, before Hydra's report of several lines or the sweep's
+    first job. HYDRA_FULL_ERROR=1 leaves every error to Hydra, with its traceback."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    try:
+        check_overrides(argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 TEXT = _take_text(sys.argv)
+_check_overrides(sys.argv)
 if _writes_nothing_that_lasts(sys.argv):
     scratch = tempfile.mkdtemp(prefix="playground-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)

@@ -336,6 +336,100 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def check_overrides(args) -> None:
+    """The command line's overrides composed as Hydra will compose them, before Hydra does, so that a misspelt key,
+    a value of the wrong type or a group option that does not exist is one UserError line naming it, not Hydra's
+    report of several lines. A sweep (-m) is composed for each combination of its lists' values (the first
+    MAX_SWEEP_CHECKS) and each is given the checks run_train makes before it reads any data, so that a bad value
+    stops the sweep before its first job rather than in the middle. hydra.* overrides, range(), glob() and
+    Hydra's own flags are left to Hydra."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    sweep = any(a in ("-m", "--multirun") for a in args)
+    given = [a for a in args if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in given):  # --help, --cfg job, -cp ...: Hydra's flags, Hydra's business
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except HydraException as e:
+        lines = str(e).splitlines()
+        raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
+    choices = []  # for each override, the texts to compose with
+    for override, text in zip(parsed, given):
+        if override.key_or_group.startswith("hydra") or override.is_delete():
+            continue
+        if not override.is_sweep_override():
+            choices.append([text])
+        elif isinstance(override.value(), ChoiceSweep) and override.value().list:
+            key = text.split("=", 1)[0]
+            choices.append([f"{key}={value}" for value in override.value().list])
+    for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
+        cfg = _composed(list(combination))
+        if sweep:  # a single run makes these checks itself, first thing
+            try:
+                check_run_config(cfg)
+            except UserError as e:
+                raise UserError(f"{e} (in the sweep's job with {' '.join(combination)})") from None
+
+
+MAX_SWEEP_CHECKS = 32  # sweep combinations composed and checked before the first job
+
+
+def check_run_config(cfg):
+    """The checks a training run makes of its config before anything is read or downloaded; returns cfg.trainer as
+    its dataclass (the loop never reads the config tree)."""
+    check_choices(cfg)
+    t = OmegaConf.to_object(cfg.trainer)
+    check_trainer(t)
+    check_decode(cfg.decode, t)
+    check_model(cfg.model)
+    check_lengths(cfg.model, cfg.dataset)
+    return t
+
+
+def _composed(overrides):
+    """compose_config(overrides), with what Hydra would report in several lines as one UserError line."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose_config(overrides)
+    except MissingConfigException as e:
+        group, _, option = str(getattr(e, "missing_cfg_file", "") or "").partition("/")
+        options = getattr(e, "options", None)
+        if group and options:
+            raise UserError(f"{group}={option} is not one of: {', '.join(options)} (configs/{group}/)") from None
+        raise UserError(str(e).splitlines()[0]) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+        first = str(e).splitlines()[0].rstrip(".")
+        reason = str(cause).splitlines()[0] if cause else ""
+        hint = _close_key(getattr(cause, "full_key", None) or "") if "not in" in reason else ""
+        raise UserError(f"{first}: {reason}{hint}" if reason else first) from None
+    except ValueError as e:  # Hydra's own, for an override it parsed but cannot apply ("=3")
+        raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
+
+
+def _close_key(full_key: str) -> str:
+    """' (did you mean model.heads?)' for a misspelt model.hedas: the nearest key of the same section."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+
+    *path, name = full_key.split(".")
+    node = Config
+    for part in path:
+        match = next((f for f in fields(node) if f.name == part), None)
+        if match is None or not is_dataclass(match.default_factory if callable(match.default_factory) else None):
+            return ""
+        node = match.default_factory
+    close = difflib.get_close_matches(name, [f.name for f in fields(node)], n=1)
+    return f" (did you mean {'.'.join([*path, close[0]])}?)" if close else ""
+
+
 def register_configs() -> None:
     """Make the schema known to Hydra as `config_schema`, the first entry of configs/config.yaml's defaults,
     and the `job_dirname` resolver that names sweep folders."""

@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model, check_trainer,
-                     upgrade_saved_config)
+from .config import (check_choices, check_decode, check_decode_vocabulary, check_model,
+                     check_run_config, check_trainer, upgrade_saved_config)
 from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
@@ -184,12 +184,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     """Train (or resume from ckpt_path), evaluating on valid every trainer.eval_every steps; test the best
     weights; write metrics.json. Under torchrun, every process runs this and rank 0 writes."""
     d = distributed.from_environment()
-    check_choices(cfg)  # before anything is read or downloaded
-    t = OmegaConf.to_object(cfg.trainer)  # plain dataclass from here on: the loop never reads the config tree
-    check_trainer(t)
-    check_decode(cfg.decode, t)
-    check_model(cfg.model)
-    check_lengths(cfg.model, cfg.dataset)
+    t = check_run_config(cfg)  # before anything is read or downloaded; t: cfg.trainer as a plain dataclass
     monitor = Monitor(*resolve_monitor(t.monitor, t.monitor_mode, cfg.dataset.name not in TASKS), t.patience)
     _check_sweeper_direction(monitor.mode)
     cfg.trainer.monitor, cfg.trainer.monitor_mode = monitor.metric, monitor.mode  # recorded in the checkpoints

@@ -66,11 +66,27 @@ def test_a_users_mistake_gets_one_line_and_exit_code_2(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_an_unknown_key_is_refused_before_anything_runs(tmp_path):
-    result = run("model.nhead=8", f"hydra.run.dir={tmp_path}/bad")
-    assert result.returncode != 0
-    assert "Key 'nhead' not in 'ModelConfig'" in result.stderr
+@pytest.mark.parametrize("override, message", [
+    ("model.hedas=8", "error: Could not override 'model.hedas': Key 'hedas' not in 'ModelConfig' (did you mean "
+                      "model.heads?)"),
+    ("model.heads=abc", "error: Error merging override model.heads=abc: Value 'abc' of type 'str' could not be "
+                        "converted to Integer"),
+    ("dataset=reversed", "error: dataset=reversed is not one of: copy, opus_books, reverse, sort, text_pairs "
+                         "(configs/dataset/)"),
+    ("model.heads", "error: Error parsing override 'model.heads': missing EQUAL at '<EOF>' (write key=value)")])
+def test_a_misspelt_key_a_wrong_type_or_an_unknown_option_is_one_line_before_anything_runs(tmp_path, override,
+                                                                                           message):
+    result = run(override, f"hydra.run.dir={tmp_path}/bad")
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, "")  # not Hydra's 6-14 lines
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_sweep_with_a_value_a_run_would_refuse_stops_before_its_first_job(tmp_path):
+    result = run("-m", "model.heads=4,7", "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: model.heads=7 does not divide model.d_model=128 (try 1, 2, 4, 8, 16, 32, "
+                                     "64) (in the sweep's job with model.heads=7 trainer.max_steps=2)")
+    assert not (tmp_path / "sweep").exists()  # job 0 did not train first, only to be cut off by job 1
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
