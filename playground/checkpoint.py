@@ -57,6 +57,12 @@ def save_checkpoint(path, state: dict) -> None:
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by save_checkpoint; a missing or unreadable file is the user's error."""
     path = Path(path)
+    if path.is_dir():  # a run directory, most likely: name its checkpoints
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        inside = [f"{folder / name} {use}" for name, use in (("best.pt", "to evaluate or translate"),
+                                                             ("last.pt", "to resume")) if (folder / name).is_file()]
+        listed = f" (in it: {', '.join(inside)})" if inside else ""
+        raise UserError(f"ckpt_path={path} is a folder, not a checkpoint file{listed}")
     if not path.is_file():
         raise UserError(f"ckpt_path={path}: no such file")
     try:

@@ -127,3 +127,14 @@ def test_metrics_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         _write_metrics(tmp_path, {"test/bleu": 2.0, "step": 2})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"test/bleu": 1.0, "step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_run_folder_given_as_ckpt_path_is_refused_naming_the_checkpoints_in_it(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        save_checkpoint(tmp_path / "run" / "checkpoints" / name, {"model": {}, "config": {}})
+    with pytest.raises(UserError) as refused:
+        load_checkpoint(tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    assert str(refused.value) == (f"ckpt_path={tmp_path / 'run'} is a folder, not a checkpoint file (in it: "
+                                  f"{folder / 'best.pt'} to evaluate or translate, {folder / 'last.pt'} to resume)")

@@ -12,7 +12,7 @@ import torch
 from playground import experiment, inference
 from playground.data import load_data
 from playground.data.batching import TokenPairs, token_budget_batches
-from playground.data.parallel import read_pairs
+from playground.data.parallel import read_pairs, split_off
 from playground.data.tokenizers import tokenizer_from_dict, train_tokenizer
 from playground.data.toy_corpus import make_pairs, write
 from playground.errors import UserError
@@ -181,3 +181,10 @@ def test_a_corpus_smaller_than_a_batch_is_refused_and_leaves_its_run_directory_f
     experiment.run_train(compose_config(*data, "trainer.max_tokens=40", "trainer.max_steps=2", "trainer.eval_every=2"),
                          tmp_path / "r")
     assert (tmp_path / "r" / "metrics.json").is_file()
+
+
+def test_held_out_fractions_that_leave_nothing_to_train_on_are_refused_with_the_counts():
+    rest, _ = split_off(list(range(6000)), 0.9, 0, "dataset.valid_fraction")
+    with pytest.raises(UserError, match=r"^dataset.test_fraction=0.2 of 6000 pairs is 1200, and 600 are left: none "
+                                        r"would remain to train on"):
+        split_off(rest, 0.2, 0, "dataset.test_fraction", total=6000)

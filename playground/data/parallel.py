@@ -148,6 +148,7 @@ def split_off(pairs, fraction, seed, key, total=None):
     random.Random(seed).shuffle(order)
     n = max(1, round(fraction * (total or len(pairs))))
     if n >= len(pairs):
-        raise UserError(f"{key}={fraction} of {len(pairs)} pairs leaves none to train on")
+        raise UserError(f"{key}={fraction} of {total or len(pairs)} pairs is {n}, and {len(pairs)} are left: none "
+                        f"would remain to train on (the held-out fractions together must stay well under 1)")
     held = set(order[:n])
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in order[:n]]

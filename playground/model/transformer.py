@@ -162,7 +162,7 @@ def check_model_config(c, src_vocab_size=None, tgt_vocab_size=None) -> None:
         raise ValueError(f"model.positional=rotary needs an even head size, but d_model/heads = {c.d_model // c.heads}")
     if c.tie_embeddings == "all" and src_vocab_size != tgt_vocab_size and None not in (src_vocab_size, tgt_vocab_size):
         raise ValueError(f"model.tie_embeddings=all needs one shared vocabulary, but the source has {src_vocab_size} "
-                         f"tokens and the target {tgt_vocab_size} (use a shared vocabulary or tie_embeddings=decoder)")
+                         f"tokens and the target {tgt_vocab_size} (dataset.shared_vocab=true builds one, or use model.tie_embeddings=decoder)")
 
 
 # Faster drop-in versions of the model's pieces register themselves here by name (playground/kernels registers
