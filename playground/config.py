@@ -6,7 +6,7 @@ check (heads dividing d_model, a device this machine has) are checked where they
 playground.errors.UserError naming the key.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 import hashlib
@@ -362,6 +362,11 @@ def check_overrides(args) -> None:
     for override, text in zip(parsed, given):
         if override.key_or_group.startswith("hydra") or override.is_delete():
             continue
+        if override.is_add() and "." in override.key_or_group and not override.key_or_group.startswith("hydra"):
+            section = override.key_or_group.split(".")[0]
+            if section in {f.name for f in fields(Config)}:
+                raise UserError(f"{text}: {section} has no key {override.key_or_group.split('.', 1)[1]} to add: the "
+                                f"playground would not read it, and a checkpoint holding it could not be loaded back")
         if not override.is_sweep_override():
             choices.append([text])
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:
@@ -383,6 +388,10 @@ def check_run_config(cfg):
     """The checks a training run makes of its config before anything is read or downloaded; returns cfg.trainer as
     its dataclass (the loop never reads the config tree)."""
     check_choices(cfg)
+    given = [key for key in ("text", "input_file", "reference_file", "output_file") if cfg.get(key) is not None]
+    if given:
+        raise UserError(f"{given[0]}={cfg[given[0]]}: mode=train does not read it (it is for mode=translate or "
+                        f"mode=score): remove it")
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     check_decode(cfg.decode, t)
@@ -417,7 +426,7 @@ def _composed(overrides):
 def _close_key(full_key: str) -> str:
     """' (did you mean model.heads?)' for a misspelt model.hedas: the nearest key of the same section."""
     import difflib
-    from dataclasses import fields, is_dataclass
+    from dataclasses import is_dataclass
 
     *path, name = full_key.split(".")
     node = Config

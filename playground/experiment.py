@@ -24,7 +24,7 @@ from .errors import UserError
 from .diagnostics import log_attention, model_summary
 from .doctor import Doctor, unk_shares
 from .evaluate import evaluate, text_metrics
-from .inference import model_from_checkpoint
+from .inference import model_from_checkpoint, refuse_unused_overrides
 from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
@@ -452,6 +452,7 @@ def run_average(cfg, run_dir: Path) -> Path:
     last 5 checkpoints of its base models, Section 6.1); train with trainer.keep_last=K to keep K of them."""
     if cfg.ckpt_path is None:
         raise UserError("mode=average needs ckpt_path=FOLDER (a run's checkpoints folder, trained with trainer.keep_last=K)")
+    refuse_unused_overrides(cfg)
     folder = Path(cfg.ckpt_path)
     if (folder / "checkpoints").is_dir():
         folder = folder / "checkpoints"

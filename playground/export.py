@@ -52,10 +52,11 @@ def run_export(cfg, run_dir) -> Path:
     """Write ckpt_path's model, config and tokenizers into RUN_DIR/exported."""
     from safetensors.torch import save_model
 
-    from .inference import load_trained
+    from .inference import load_trained, refuse_unused_overrides
 
     if cfg.ckpt_path is None:
         raise UserError("mode=export needs ckpt_path=PATH (a checkpoints/best.pt, last.pt or averaged.pt of a run)")
+    refuse_unused_overrides(cfg)
     model, _, src_tok, tgt_tok, state = load_trained(cfg.ckpt_path)
     folder = Path(run_dir) / "exported"
     folder.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def model_from_checkpoint(cfg):
     if cfg.ckpt_path is None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=PATH (a checkpoints/last.pt or best.pt of a run)")
     model, saved, src_tok, tgt_tok, state = load_trained(cfg.ckpt_path, cfg.trainer.kernels)
-    _refuse_ignored_overrides(cfg, saved)
+    refuse_unused_overrides(cfg, saved)
     return model, saved, src_tok, tgt_tok, state
 
 
@@ -58,21 +58,55 @@ def load_trained(path, kernels: str = "reference"):
     return model, saved, src_tok, tgt_tok, state
 
 
-def _refuse_ignored_overrides(cfg, saved) -> None:
-    """eval, translate and score rebuild the model from the checkpoint: a command-line override they would not use
-    (model.d_model=256, optimizer.*, another dataset; any dataset.* for translate and score) is refused in one line
-    rather than dropped without a word."""
+# What each mode that starts from a checkpoint leaves unused: an override of one of these is refused, not dropped.
+# A group name stands for all its keys; the checkpoint rebuilds the model and its tokenizers.
+_INPUTS = {"text", "input_file", "reference_file", "output_file", "overwrite"}  # what translate and score read
+_TRAINING = {f"trainer.{k}" for k in ("max_steps", "batch_size", "max_tokens", "grad_clip", "log_every", "accumulate",
+                                      "eval_every", "monitor", "monitor_mode", "patience", "keep_last",
+                                      "checkpoint_every", "on_nonfinite", "compile", "num_samples", "auto_resume",
+                                      "resume_override")}
+_TOKENIZERS = {f"dataset.{k}" for k in ("tokenizer", "vocab_size", "min_frequency", "shared_vocab")}
+_FROM_CHECKPOINT = {"model", "optimizer", "scheduler", "experiment"}
+_RUNNING = {"trainer.device", "trainer.precision", "trainer.kernels", "trainer.progress"}  # what decoding reads
+UNUSED_BY_MODE = {
+    "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS,
+    "translate": _FROM_CHECKPOINT | {"dataset", "trainer", "reference_file"},
+    "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text"},
+    "average": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
+    "export": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
+}
+
+
+def refuse_unused_overrides(cfg, saved=None) -> None:
+    """eval, translate, score, average and export work from a checkpoint: a command-line override they would not use
+    (model.d_model=256, optimizer.*, a tokenizer setting, text= for eval; any dataset.* for translate and score) is
+    refused in one line rather than dropped without a word. eval may name another dataset.test_file."""
     if not HydraConfig.initialized():  # called from Python: there is no command line
         return
-    unused = {"model", "optimizer", "scheduler", "experiment"} | ({"dataset"} if cfg.mode != "eval" else set())
-    for override in HydraConfig.get().overrides.task:
+    unused = UNUSED_BY_MODE[cfg.mode]
+    overrides = list(HydraConfig.get().overrides.task)
+    if cfg.get("text") is not None:  # transformer_playground.py takes text= off before Hydra parses the rest
+        overrides.append(f"text={cfg.text}")
+    for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         group = key.split(".")[0]
-        another_dataset = key == "dataset" and value != saved.dataset.name
-        if group in unused or another_dataset:
-            uses = "its dataset (dataset.* keys excepted)" if cfg.mode == "eval" else "no dataset"
-            raise UserError(f"{override}: mode={cfg.mode} rebuilds the model from ckpt_path={cfg.ckpt_path} and uses "
-                            f"{uses}, so this would have no effect: remove it")
+        another_dataset = key == "dataset" and saved is not None and value != saved.dataset.name
+        kept = group == "trainer" and key in _RUNNING
+        if (key in unused or (group in unused and not kept)) or another_dataset:
+            raise UserError(f"{override}: mode={cfg.mode} {_WORKS_FROM[cfg.mode].format(ckpt=cfg.ckpt_path)}, so "
+                            f"this would have no effect: remove it")
+
+
+_WORKS_FROM = {
+    "eval": "rebuilds the model and its tokenizers from ckpt_path={ckpt} and reads only its test data (dataset.* keys "
+            "of files may name others)",
+    "translate": "rebuilds the model from ckpt_path={ckpt} and uses no dataset (text=, input_file=, output_file= and "
+                 "decode.* are its settings)",
+    "score": "rebuilds the model from ckpt_path={ckpt} and uses no dataset (input_file=, reference_file= and "
+             "output_file= are its settings)",
+    "average": "averages the step_N.pt checkpoints in ckpt_path={ckpt}",
+    "export": "writes the model, config and tokenizers of ckpt_path={ckpt}",
+}
 
 
 class Encoder:

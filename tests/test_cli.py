@@ -116,7 +116,7 @@ def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path):
     result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "model.d_model=256",
                  f"hydra.run.dir={tmp_path}/e")
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: model.d_model=256: mode=eval rebuilds the model from ckpt_path={run_dir}"
-                                    f"/checkpoints/best.pt and uses its dataset (dataset.* keys excepted), so this "
-                                    f"would have no effect: remove it")
+    assert result.stderr.startswith(f"error: model.d_model=256: mode=eval rebuilds the model and its tokenizers from "
+                                    f"ckpt_path={run_dir}/checkpoints/best.pt and reads only its test data (dataset.* "
+                                    f"keys of files may name others), so this would have no effect: remove it")
     assert "Traceback" not in result.stderr and not (tmp_path / "e" / "metrics.json").exists()

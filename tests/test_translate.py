@@ -4,6 +4,7 @@ import io
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -232,3 +233,39 @@ def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_
     lines = random_lines(20, seed=8, longest=8)
     assert playground.load(folder, device="cpu").translate(lines) == \
         playground.load(checkpoint[0], device="cpu").translate(lines)
+
+
+@pytest.mark.parametrize("mode, given, refused", [
+    ("eval", "output_file=o.txt", True), ("eval", "text=hello", True), ("eval", "dataset.tokenizer=char", True),
+    ("eval", "trainer.max_steps=9", True), ("eval", "dataset.test_file=t.tsv", False),
+    ("eval", "trainer.label_smoothing=0", False),  # test/loss is computed with it
+    ("translate", "trainer.label_smoothing=0.3", True), ("translate", "dataset.num_test=5", True),
+    ("translate", "trainer.device=cpu", False), ("translate", "decode.beam_size=4", False),
+    ("score", "text=hello", True), ("average", "model.heads=8", True), ("export", "decode.beam_size=3", True)])
+def test_an_override_a_mode_would_not_use_is_refused_naming_it(compose_config, monkeypatch, mode, given, refused):
+    class CommandLine:  # what Hydra holds of the command line when the entry runs
+        overrides = SimpleNamespace(task=[f"mode={mode}", "ckpt_path=c.pt", *([] if given.startswith("text=") else
+                                                                             [given])])
+
+        @staticmethod
+        def initialized():
+            return True
+
+        @classmethod
+        def get(cls):
+            return cls
+
+    monkeypatch.setattr(inference, "HydraConfig", CommandLine)
+    cfg = compose_config(f"mode={mode}", "ckpt_path=c.pt", given)  # text= reaches the config, not Hydra's overrides
+    if refused:
+        with pytest.raises(UserError, match=rf"^{given}: mode={mode} .*, so this would have no effect: remove it$"):
+            inference.refuse_unused_overrides(cfg, cfg)
+    else:
+        inference.refuse_unused_overrides(cfg, cfg)
+
+
+def test_training_refuses_the_inputs_of_translate_and_score(compose_config):
+    from playground.config import check_run_config
+
+    with pytest.raises(UserError, match=r"^text=hello: mode=train does not read it \(it is for mode=translate"):
+        check_run_config(compose_config("text=hello"))
