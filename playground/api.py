@@ -14,12 +14,14 @@ Mistakes raise playground.errors.UserError with the one-line message the command
 """
 
 import datetime
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from .config import DecodeConfig, check_decode, check_decode_vocabulary
 from .data import BOS
+from .errors import UserError
 from .inference import Encoder, load_trained, score, translate
 from .setup import autocast_for, resolve_device, resolve_precision
 
@@ -35,26 +37,47 @@ class Trained:
     def translate(self, lines, **decode):
         """Translate each line as mode=translate does, with any decode group setting (beam_size=4, nbest=3,
         sampling=True, top_p=0.9, ...): a list of texts, or with nbest > 1 a list of [(score, text), ...] best first."""
+        unknown = sorted(set(decode) - {f.name for f in fields(DecodeConfig)})
+        if unknown:
+            raise UserError(f"translate(..., {unknown[0]}=...): not a decode setting (they are: "
+                            f"{', '.join(f.name for f in fields(DecodeConfig))})")
         d = DecodeConfig(**decode)
         check_decode(d)
         check_decode_vocabulary(d, self.tokenizers["tgt"].vocab_size)
-        inputs = Encoder(self.tokenizers["src"], self.model.max_len)(list(lines))
+        inputs = Encoder(self.tokenizers["src"], self.model.max_len)(_lines(lines, "translate(lines)"))
         results = translate(self.model, inputs, self.tokenizers["tgt"], d, self.device, self.autocast)
         return [hypotheses[0][1] for hypotheses in results] if d.nbest == 1 else results
 
     def score(self, sources, targets, batch_size: int = 64):
         """Each (source, target) pair's log-probability and NLL per target token (EOS counted), as mode=score."""
-        src = Encoder(self.tokenizers["src"], self.model.max_len)(list(sources))
-        tgt = Encoder(self.tokenizers["tgt"], self.model.max_len - 1)(list(targets))
+        sources, targets = _lines(sources, "score(sources, ...)"), _lines(targets, "score(..., targets)")
+        if len(sources) != len(targets):
+            raise UserError(f"score: {len(sources)} sources but {len(targets)} targets (one target for each source)")
+        src = Encoder(self.tokenizers["src"], self.model.max_len)(sources)
+        tgt = Encoder(self.tokenizers["tgt"], self.model.max_len - 1)(targets)
         return [(log_prob, -log_prob / tokens) for log_prob, tokens in
                 score(self.model, src, tgt, batch_size, self.device, self.autocast)]
 
     def attention(self, source: str, target: str) -> dict:
         """Every attention layer's weights for one pair, teacher-forced: {name: (H, T, S)}, queries by keys
         (the target starts with BOS; self.tokenizers[side].piece(i) names each token)."""
+        if not isinstance(source, str) or not isinstance(target, str) or not source.strip():
+            raise UserError("attention(source, target) takes two texts, the source not empty")
         src = torch.tensor([self.tokenizers["src"].encode(source)], device=self.device)
         tgt_in = torch.tensor([[BOS, *self.tokenizers["tgt"].encode(target)]], device=self.device)
         return {name: weights[0] for name, weights in self.model.attention_maps(src, tgt_in).items()}
+
+
+def _lines(texts, where: str) -> list:
+    """texts as a list of strings; one string, which would be read as a list of characters, is refused."""
+    if isinstance(texts, str):
+        shown = repr(texts) if len(texts) <= 20 else repr(texts[:20]) + "..."
+        raise UserError(f"{where} takes a list of texts, not one text: write [{shown}]")
+    texts = list(texts)
+    wrong = next((t for t in texts if not isinstance(t, str)), None)
+    if wrong is not None:
+        raise UserError(f"{where} takes texts, and one item is a {type(wrong).__name__}: {wrong!r}")
+    return texts
 
 
 def load(path, device: str = "auto", precision: str = "auto", kernels: str = "reference") -> Trained:
@@ -68,10 +91,10 @@ def load(path, device: str = "auto", precision: str = "auto", kernels: str = "re
 def run(overrides=(), run_dir=None) -> tuple:
     """Train as `python transformer_playground.py OVERRIDES...` does, in this process: (metrics, run directory).
     The run directory is outputs/<date>/<time> under the current folder unless given."""
-    from .config import compose_config
+    from .config import compose_checked
     from .experiment import run_train
 
-    cfg = compose_config(overrides)
+    cfg = compose_checked(list(overrides))
     if run_dir is None:
         run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
     run_dir = Path(run_dir)

@@ -13,10 +13,9 @@ valid every trainer.eval_every steps, keeps the weights of the best trainer.moni
 import sys
 
 import torch
-from omegaconf import OmegaConf
 
 from .bench import TorchTransformer
-from .config import DecodeConfig, check_choices, check_decode, check_trainer, compose_config
+from .config import DecodeConfig, check_run_config, compose_checked
 from .data import MODEL_IDS, load_data
 from .data.synthetic import TASKS
 from .errors import UserError
@@ -36,11 +35,8 @@ def scores(model, data, split, t, decoding, device, autocast) -> dict:
 
 
 def run(overrides) -> dict:
-    cfg = compose_config(overrides)
-    check_choices(cfg)
-    t = OmegaConf.to_object(cfg.trainer)
-    check_trainer(t)
-    check_decode(cfg.decode, t)
+    cfg = compose_checked(overrides)  # a misspelt key or a wrong type: one line, as on the command line
+    t = check_run_config(cfg)  # and the checks a run makes before it reads data (model.heads dividing d_model, ...)
     d = cfg.decode  # nn.Transformer is decoded greedily, within the decode group's lengths
     decoding = DecodeConfig(max_len_a=d.max_len_a, max_len_b=d.max_len_b)
     device = resolve_device(t.device)
@@ -81,6 +77,9 @@ def run(overrides) -> dict:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip())
+        sys.exit(0)
     try:
         run(sys.argv[1:])
     except UserError as e:

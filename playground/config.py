@@ -373,7 +373,7 @@ def check_overrides(args) -> None:
             key = text.split("=", 1)[0]
             choices.append([f"{key}={value}" for value in override.value().list])
     for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
-        cfg = _composed(list(combination))
+        cfg = compose_checked(list(combination))
         if sweep:  # a single run makes these checks itself, first thing
             try:
                 check_run_config(cfg)
@@ -400,7 +400,7 @@ def check_run_config(cfg):
     return t
 
 
-def _composed(overrides):
+def compose_checked(overrides):
     """compose_config(overrides), with what Hydra would report in several lines as one UserError line."""
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException

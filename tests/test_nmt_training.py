@@ -228,3 +228,13 @@ def test_the_nn_transformer_baseline_trains_on_the_same_settings_and_reports_tes
     printed = capsys.readouterr().out
     assert "nn.Transformer:" in printed and "step 4: valid/loss" in printed
     assert {"test/bleu", "test/exact_match", "test/nll"} <= set(flat) and flat["step"] in (2, 4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.heads=7", r"^model.heads=7 does not divide model.d_model=128"),
+    ("model.hedas=7", r"^Could not override 'model.hedas': Key 'hedas' not in 'ModelConfig' \(did you mean")])
+def test_the_baseline_refuses_what_the_command_line_refuses_in_the_same_line(override, message):
+    from playground import baseline
+
+    with pytest.raises(UserError, match=message):
+        baseline.run([override])

@@ -206,6 +206,29 @@ def test_the_python_api_translates_any_text_as_the_command_line_prints_it_and_sc
         trained.translate(lines, nbest=3)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.translate("3 1 4"), r"^translate\(lines\) takes a list of texts, not one text: write \['3 1 4'\]$"),
+    (lambda t: t.translate([3, 1]), r"takes texts, and one item is a int: 3$"),
+    (lambda t: t.translate(["3 1"], beam=4), r"^translate\(\.\.\., beam=\.\.\.\): not a decode setting \(they are: "
+                                             r"beam_size, "),
+    (lambda t: t.score(["3 1", "4"], ["1 3"]), r"^score: 2 sources but 1 targets"),
+    (lambda t: t.score("3 1", "1 3"), r"^score\(sources, \.\.\.\) takes a list of texts"),
+    (lambda t: t.attention("", ""), r"^attention\(source, target\) takes two texts, the source not empty$")])
+def test_a_mistake_in_the_python_api_is_a_user_error_naming_it(checkpoint, call, message):
+    import playground
+
+    with pytest.raises(UserError, match=message):
+        call(playground.load(checkpoint[0], device="cpu"))
+
+
+def test_the_python_api_refuses_a_misspelt_override_in_one_line():
+    import playground
+
+    with pytest.raises(UserError, match=r"^Could not override 'model.hedas': Key 'hedas' not in 'ModelConfig' \(did "
+                                        r"you mean model.heads\?\)$"):
+        playground.run(["model.hedas=3"])
+
+
 def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tmp_path):
     import playground
 
