@@ -6,7 +6,7 @@ check (heads dividing d_model, a device this machine has) are checked where they
 playground.errors.UserError naming the key.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Optional
 
 import hashlib
@@ -185,7 +185,8 @@ def check_trainer(t) -> None:
         raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
     if t.on_nonfinite not in ("stop", "skip"):
         raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
-    from playground.model import KERNELS  # here, not at the top: `--help` does not wait for torch
+    import playground.kernels  # noqa: F401 (registers "fast"); here, not at the top: `--help` does not wait for torch
+    from playground.model import KERNELS
 
     if t.kernels not in KERNELS:  # reference, and fast (registered by importing playground.kernels)
         raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
@@ -201,6 +202,7 @@ def choice_options() -> dict:
     from playground.data.parallel import FORMATS
     from playground.data.synthetic import TASKS
     from playground.data.tokenizers import TOKENIZER_KINDS
+    import playground.kernels  # noqa: F401 (registers trainer.kernels=fast)
     from playground.model import KERNELS
     from playground.model.embeddings import POSITIONAL_ENCODINGS
     from playground.model.layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS
@@ -325,29 +327,32 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
     return name[: limit - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
-def compose_config(overrides=()):
-    """configs/config.yaml composed with command-line style overrides, as the command would, from Python."""
+def compose_config(overrides=(), with_hydra: bool = False):
+    """configs/config.yaml composed with command-line style overrides, as the command would, from Python (with_hydra:
+    with Hydra's own node, hydra.*, as well)."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def check_overrides(args) -> None:
     """The command line's overrides composed as Hydra will compose them, before Hydra does, so that a misspelt key,
     a value of the wrong type or a group option that does not exist is one UserError line naming it, not Hydra's
     report of several lines. A sweep (-m) is composed for each combination of its lists' values (the first
-    MAX_SWEEP_CHECKS) and each is given the checks run_train makes before it reads any data, so that a bad value
-    stops the sweep before its first job rather than in the middle. hydra.* overrides, range(), glob() and
-    Hydra's own flags are left to Hydra."""
+    MAX_SWEEP_CHECKS); a training sweep whose values all come from the command line's lists also gets the checks
+    run_train makes before it reads any data, so that a bad value stops it before its first job rather than in the
+    middle. Hydra's own flags, and keys swept by range(), interval(), glob() or the sweeper's params (Optuna's, a
+    preset's), are left to Hydra and to each job."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     sweep = any(a in ("-m", "--multirun") for a in args)
     given = [a for a in args if a not in ("-m", "--multirun")]
@@ -359,26 +364,40 @@ def check_overrides(args) -> None:
         lines = str(e).splitlines()
         raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
     choices = []  # for each override, the texts to compose with
+    swept_elsewhere = False  # a value the sweeper chooses that these combinations do not hold
+    sections = {f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING}
     for override, text in zip(parsed, given):
-        if override.key_or_group.startswith("hydra") or override.is_delete():
+        key = override.key_or_group
+        if key == "hydra.searchpath":  # where the user's own config files are: composing needs it
+            choices.append([text])
             continue
-        if override.is_add() and "." in override.key_or_group and not override.key_or_group.startswith("hydra"):
-            section = override.key_or_group.split(".")[0]
-            if section in {f.name for f in fields(Config)}:
-                raise UserError(f"{text}: {section} has no key {override.key_or_group.split('.', 1)[1]} to add: the "
-                                f"playground would not read it, and a checkpoint holding it could not be loaded back")
+        if key.startswith("hydra") or override.is_delete():
+            swept_elsewhere |= key.startswith("hydra.sweeper") or key == "hydra"
+            continue
+        if override.is_add() and "." in key and key.split(".")[0] in sections:
+            section, name = key.split(".", 1)
+            known = "." not in name and name in {f.name for f in fields(sections[section])}
+            raise UserError(f"{text}: {key} exists: write {text.lstrip('+')} (a + adds a new key)" if known else
+                            f"{text}: {section} has no key {name} to add: the playground would not read it, and a "
+                            f"checkpoint holding it could not be loaded back")
         if not override.is_sweep_override():
             choices.append([text])
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:
-            key = text.split("=", 1)[0]
-            choices.append([f"{key}={value}" for value in override.value().list])
+            prefix = text.split("=", 1)[0]
+            choices.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
+        else:
+            swept_elsewhere = True
     for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
-        cfg = compose_checked(list(combination))
-        if sweep:  # a single run makes these checks itself, first thing
-            try:
-                check_run_config(cfg)
-            except UserError as e:
-                raise UserError(f"{e} (in the sweep's job with {' '.join(combination)})") from None
+        cfg = compose_checked(list(combination), with_hydra=sweep)
+        if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
+            continue  # a single run makes these checks itself, first thing; other values than these are swept
+        try:
+            check_run_config(cfg)
+        except UserError as e:
+            shown = [c for c in combination if not c.startswith("hydra.")]
+            raise UserError(f"{e} (in the sweep's job with {' '.join(shown)})") from None
+        except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
+            raise UserError(str(e).splitlines()[0]) from None
 
 
 MAX_SWEEP_CHECKS = 32  # sweep combinations composed and checked before the first job
@@ -400,13 +419,14 @@ def check_run_config(cfg):
     return t
 
 
-def compose_checked(overrides):
-    """compose_config(overrides), with what Hydra would report in several lines as one UserError line."""
+def compose_checked(overrides, with_hydra: bool = False):
+    """compose_config(overrides), with what Hydra would report in several lines as one UserError line; with_hydra:
+    with the hydra node too (a sweeper's params)."""
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return compose_config(overrides)
+        return compose_config(overrides, with_hydra)
     except MissingConfigException as e:
         group, _, option = str(getattr(e, "missing_cfg_file", "") or "").partition("/")
         options = getattr(e, "options", None)

@@ -368,6 +368,8 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed:
     load_model_weights(model, state["model"], path)
     _restore_optimizer(optimizer, state, path, d)
     scheduler.load_state_dict(state["scheduler"])
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # a fresh optimizer's rate: the schedule's
+        group["lr"] = lr
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if state["step"] >= t.max_steps:
@@ -381,6 +383,9 @@ def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed:
     return state["step"], state["data_position"]
 
 
+CONFIGURED_SETTINGS = ("betas", "eps", "weight_decay", "momentum")  # optimizer.* keys a param group holds, lr aside
+
+
 def _restore_optimizer(optimizer, state, path, d: Dist) -> None:
     """The checkpoint's optimizer state (Adam's moments, SGD's momentum) back into `optimizer`, which was built from
     this run's config. Its hyperparameters stay this run's (a resume_override may change betas, eps, weight_decay,
@@ -392,8 +397,8 @@ def _restore_optimizer(optimizer, state, path, d: Dist) -> None:
             log.warning(f"optimizer.name={now} (the checkpoint: {saved}): the optimizer's state starts afresh; the "
                         f"weights, the schedule's step and the data position are the checkpoint's")
         return
-    ours = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
-            for group in optimizer.param_groups]
+    # only what build_optimizer takes from optimizer.*: fused, foreach and capturable stay as the state was loaded
+    ours = [{k: group[k] for k in CONFIGURED_SETTINGS if k in group} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as e:

@@ -91,7 +91,7 @@ def refuse_unused_overrides(cfg, saved=None) -> None:
         key, _, value = override.lstrip("+~").partition("=")
         group = key.split(".")[0]
         another_dataset = key == "dataset" and saved is not None and value != saved.dataset.name
-        kept = group == "trainer" and key in _RUNNING
+        kept = group == "trainer" and key in _RUNNING and cfg.mode in ("translate", "score")  # decoding reads them
         if (key in unused or (group in unused and not kept)) or another_dataset:
             raise UserError(f"{override}: mode={cfg.mode} {_WORKS_FROM[cfg.mode].format(ckpt=cfg.ckpt_path)}, so "
                             f"this would have no effect: remove it")

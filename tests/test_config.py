@@ -200,3 +200,25 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
     cfg = compose_config("dataset=opus_books", override)  # opus_books would download: it must not get that far
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         experiment.run_train(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "model.d_model=range(96,97)", "model.heads=3"],  # the sweep's d_model, not the default's, meets heads=3
+    ["-m", "hparams_search=optuna", "hydra.sweeper.params.model.d_model=choice(96,192)", "model.heads=3"],
+    ["-m", "mode=translate", "ckpt_path=a.pt,b.pt", "input_file=in.txt"],  # not a training sweep
+    ["-m", "trainer.kernels=fast", "model.heads=1,2"], ["-m", "optimizer.lr=null,0.001"],
+    ["-m", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"]])
+def test_the_command_lines_own_check_lets_every_valid_sweep_and_flag_through(args):
+    from playground.config import check_overrides
+
+    check_overrides(args)  # Hydra, and each job, judge these: nothing is refused ahead of them
+
+
+def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
+    from playground.config import check_overrides
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 1\n")
+    check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
+    with pytest.raises(UserError, match=r"^\+model.d_model=64: model.d_model exists: write model.d_model=64"):
+        check_overrides(["+model.d_model=64"])
