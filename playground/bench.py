@@ -282,6 +282,10 @@ def bench_profile(device, precisions, sizes, steps=3, top=12):
                     step()
                 synchronize(device)
             events = prof.key_averages()
+            if device.type == "cuda":  # each operation's kernels' time; the kernels' own rows would count it twice
+                from torch.autograd import DeviceType
+
+                events = [e for e in events if e.device_type == DeviceType.CPU and e.self_device_time_total > 0]
             where = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
             times = {e.key: getattr(e, where) / steps / 1e3 for e in events}  # ms per step
             total = sum(times.values())
