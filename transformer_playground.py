@@ -9,10 +9,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from playground.config import check_overrides, register_configs
 from playground.errors import UserError
+from playground.sweep import FAILED
 
 register_configs()
 
@@ -96,6 +98,11 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper"):
+            print(f"error: job {hydra_cfg.job.num}: {e}", file=sys.stderr)  # this job only: the sweep goes on,
+            (Path(run_dir) / FAILED).write_text(f"{e}\n")  # and its summary names the job and the reason
+            return None  # (an Optuna study has no way to take a refused trial: it stops there, as a single run does)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except experiment.Interrupted as e:

@@ -11,10 +11,19 @@ import csv
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+
+
+FAILED = "failed.txt"  # in a sweep job's directory: the one-line reason the job was refused
+
+
+def failed_jobs(sweep_dir: Path) -> list:
+    """[(job directory name, reason)] for each job of the sweep that was refused."""
+    return [(f.parent.name, f.read_text().strip()) for f in sorted(Path(sweep_dir).glob(f"*/{FAILED}"))]
 
 
 def collect(sweep_dir: Path):
@@ -139,3 +148,10 @@ class SweepSummary(Callback):
         table = summarize(sweep_dir, self.sort_by, self.mode)
         if table:
             print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{table}")
+        failed = failed_jobs(sweep_dir)
+        if failed:  # the other jobs ran and are summarised; the command still ends as a mistake does
+            with open(sweep_dir / "summary.md", "a") as f:
+                f.write("\n\nrefused jobs:\n" + "".join(f"- {name}: {reason}\n" for name, reason in failed))
+            print(f"error: {len(failed)} job{'s' * (len(failed) != 1)} of the sweep refused: "
+                  + "; ".join(f"{name}: {reason}" for name, reason in failed), file=sys.stderr)
+            sys.exit(2)

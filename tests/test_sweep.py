@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from test_cli import ROOT, SMALL, run
+from test_reliability import FAST
 
 from playground.data.big_corpus import write_corpus
 from playground.sweep import summarize, within_noise
@@ -138,3 +139,16 @@ def test_each_table3_row_changes_only_what_its_row_of_the_paper_changes(compose_
     for row, changes in ROW_CHANGES.items():
         composed = flat(compose_config("experiment=table3", f"table3_row={row}"))
         assert {k: v for k, v in composed.items() if base[k] != v} == changes, row
+
+
+def test_a_job_refused_for_its_data_leaves_the_rest_of_the_sweep_running_and_summarised(tmp_path):
+    sweep = tmp_path / "sweep"  # 400 pairs a batch passes every config check; only the data (300 pairs) refuses it
+    result = run("-m", "trainer.batch_size=400,16", *[o for o in FAST if not o.startswith("trainer.batch_size")],
+                 "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    assert "error: job 0: trainer.batch_size=400 is more than the 300 training examples" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the summary of the jobs that ran: which were refused, why
+    assert last.startswith("error: 1 job of the sweep refused: 0_") and last.endswith("more than the 300 training examples")
+    assert "Traceback" not in result.stderr
+    assert [p.parent.name.split("_")[0] for p in sweep.glob("*/metrics.json")] == ["1"]  # job 1 ran after it
+    assert "refused jobs:" in (sweep / "summary.md").read_text()
