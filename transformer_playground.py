@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from playground.config import check_overrides, register_configs
 from playground.errors import UserError
+from playground.rundir import run_file_in
 from playground.sweep import FAILED
 
 register_configs()
@@ -80,6 +81,13 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     if TEXT is not None:
         cfg.text = TEXT
+    hydra_cfg = HydraConfig.get()
+    # a job of a sweep that a refusal does not stop (Hydra's basic sweeper): not one whose folder holds an earlier run
+    # (a sweep repeated into its own folder stops at the first job, and no finished run is marked refused)
+    goes_on = (hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
+               and run_file_in(Path(run_dir)) is None)
+    if goes_on:
+        (Path(run_dir) / FAILED).unlink(missing_ok=True)  # an earlier refusal of this job is not this one's
     try:
         if cfg.mode == "train":
             flat = experiment.run_train(cfg, run_dir)
@@ -98,8 +106,7 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper"):
+        if goes_on:
             print(f"error: job {hydra_cfg.job.num}: {e}", file=sys.stderr)  # this job only: the sweep goes on,
             (Path(run_dir) / FAILED).write_text(f"{e}\n")  # and its summary names the job and the reason
             return None  # (an Optuna study has no way to take a refused trial: it stops there, as a single run does)

@@ -395,7 +395,7 @@ def check_overrides(args) -> None:
             check_run_config(cfg)
         except UserError as e:
             shown = [c for c in combination if not c.startswith("hydra.")]
-            raise UserError(f"{e} (in the sweep's job with {' '.join(shown)})") from None
+            raise UserError(f"{str(e).splitlines()[0]} (in the sweep's job with {' '.join(shown)})") from None
         except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
             raise UserError(str(e).splitlines()[0]) from None
 

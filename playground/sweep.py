@@ -150,8 +150,9 @@ class SweepSummary(Callback):
             print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{table}")
         failed = failed_jobs(sweep_dir)
         if failed:  # the other jobs ran and are summarised; the command still ends as a mistake does
-            with open(sweep_dir / "summary.md", "a") as f:
-                f.write("\n\nrefused jobs:\n" + "".join(f"- {name}: {reason}\n" for name, reason in failed))
+            refused = "refused jobs:\n" + "".join(f"- {name}: {reason}\n" for name, reason in failed)
+            with open(sweep_dir / "summary.md", "a" if table else "w") as f:  # below this sweep's table, if any
+                f.write(f"\n\n{refused}" if table else refused)
             print(f"error: {len(failed)} job{'s' * (len(failed) != 1)} of the sweep refused: "
                   + "; ".join(f"{name}: {reason}" for name, reason in failed), file=sys.stderr)
             sys.exit(2)
