@@ -391,6 +391,8 @@ def check_overrides(args) -> None:
         cfg = compose_checked(list(combination), with_hydra=sweep)
         if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
             continue  # a single run makes these checks itself, first thing; other values than these are swept
+        if any("${" in text for text in combination):
+            continue  # an interpolation (${hydra:job.num}, say) is resolved in the job, where Hydra's own node is set
         try:
             check_run_config(cfg)
         except UserError as e:

@@ -207,7 +207,8 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
     ["-m", "hparams_search=optuna", "hydra.sweeper.params.model.d_model=choice(96,192)", "model.heads=3"],
     ["-m", "mode=translate", "ckpt_path=a.pt,b.pt", "input_file=in.txt"],  # not a training sweep
     ["-m", "trainer.kernels=fast", "model.heads=1,2"], ["-m", "optimizer.lr=null,0.001"],
-    ["-m", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"]])
+    ["-m", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"],
+    ["-m", "seed=1,2", "trainer.progress=${hydra:job.name}"]])  # Hydra's own node exists in the job only
 def test_the_command_lines_own_check_lets_every_valid_sweep_and_flag_through(args):
     from playground.config import check_overrides
 
