@@ -389,6 +389,11 @@ def check_overrides(args) -> None:
             swept_elsewhere = True
     for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
         cfg = compose_checked(list(combination), with_hydra=sweep)
+        if not sweep and not any("${hydra:" in text for text in combination):
+            try:  # an interpolation that names no key, now rather than as several lines when the run first reads it
+                OmegaConf.to_container(cfg, resolve=True)
+            except OmegaConfBaseException as e:
+                raise UserError(str(e).splitlines()[0]) from None
         if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
             continue  # a single run makes these checks itself, first thing; other values than these are swept
         if any("${" in text for text in combination):

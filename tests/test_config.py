@@ -223,3 +223,6 @@ def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
     check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
     with pytest.raises(UserError, match=r"^\+model.d_model=64: model.d_model exists: write model.d_model=64"):
         check_overrides(["+model.d_model=64"])
+    with pytest.raises(UserError, match=r"^Interpolation key 'model.nope' not found$"):
+        check_overrides(["model.d_ff=${model.nope}"])
+    check_overrides(["model.d_ff=${model.d_model}"])
