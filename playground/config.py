@@ -365,7 +365,7 @@ def check_overrides(args) -> None:
         raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
     choices = []  # for each override, the texts to compose with
     swept_elsewhere = False  # a value the sweeper chooses that these combinations do not hold
-    sections = {f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING}
+    sections = _sections()
     for override, text in zip(parsed, given):
         key = override.key_or_group
         if key == "hydra.searchpath":  # where the user's own config files are: composing needs it
@@ -450,19 +450,18 @@ def compose_checked(overrides, with_hydra: bool = False):
         raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
 
 
+def _sections() -> dict:
+    """The schema's sections by name: {"model": ModelConfig, ...}."""
+    return {f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING}
+
+
 def _close_key(full_key: str) -> str:
     """' (did you mean model.heads?)' for a misspelt model.hedas: the nearest key of the same section."""
     import difflib
-    from dataclasses import is_dataclass
 
     *path, name = full_key.split(".")
-    node = Config
-    for part in path:
-        match = next((f for f in fields(node) if f.name == part), None)
-        if match is None or not is_dataclass(match.default_factory if callable(match.default_factory) else None):
-            return ""
-        node = match.default_factory
-    close = difflib.get_close_matches(name, [f.name for f in fields(node)], n=1)
+    node = Config if not path else _sections().get(path[0]) if len(path) == 1 else None
+    close = difflib.get_close_matches(name, [f.name for f in fields(node)], n=1) if node else []
     return f" (did you mean {'.'.join([*path, close[0]])}?)" if close else ""
 
 
