@@ -1,7 +1,7 @@
 """Benchmarks (not tests): training-step and decoding throughput against torch.nn.Transformer, in one process.
 
     python -m playground.bench                 # everything: training at two sizes, fp32 and bf16, and decoding
-    python -m playground.bench --only decode   # cached greedy decoding vs recomputing the prefix
+    python -m playground.bench --only decode   # cached greedy and beam decoding vs recomputing the prefix
     python -m playground.bench --only translate   # a 1,000-line file: batches of similar length vs line by line
     python -m playground.bench --only train --device cuda
     python -m playground.bench --size base --precision bf16 --compile   # the paper's base model, ~25k-token batches
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .data import EOS, MODEL_IDS, PAD
+from .data import BOS, EOS, MODEL_IDS, PAD
 from .model import build_model
 from .model.attention import MultiHeadAttention
+from .model.decoding import beam_search
 from .model.dropout import Dropout
 from .model.layers import PositionwiseFeedForward
 from .model.embeddings import sinusoid_table
@@ -109,6 +110,26 @@ class TorchTransformer(nn.Module):
             if bool(done.all()):
                 break
         return ys[:, 1:]
+
+
+class RecomputingBeams:
+    """nn.Transformer behind the model interface that beam_search (playground/model/decoding.py) decodes, so that
+    both sides run the same search: encode, decode with a "cache", and the special ids. nn.Transformer has no key
+    and value cache, so the cache here holds the prefix only (in the nesting beam_search reorders with its beams),
+    and every step puts the whole prefix through the decoder again."""
+
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
+
+    def __init__(self, model: TorchTransformer):
+        self.model = model
+
+    def encode(self, src):
+        return self.model.encode(src), src  # the source ids stand in for the padding mask: decode compares them
+
+    def decode(self, tgt_in, memory, src, cache, offset):
+        prefix = cache.setdefault("prefix", {"ids": {}})["ids"]
+        prefix["ys"] = tgt_in if offset == 0 else torch.cat([prefix["ys"], tgt_in], dim=1)  # (B*K, offset + 1)
+        return self.model.decode(prefix["ys"], memory, src)
 
 
 def playground_model(size, kernels="fast", **variant):
@@ -315,8 +336,20 @@ def bench_decoding(device, batch=32, src_len=32, new_tokens=64):
              lambda: ours.generate(src, new_tokens, use_cache=False)]
     rounds = timed_alternating(calls, device, rounds=5, warmup=1, round_seconds=0.0)
     reference, cached, uncached = (tokens / statistics.median(seconds) for seconds in rounds)
-    return [("decode d256 fp32 cached", reference, None, cached, None, ratio_spread(rounds[0], rounds[1])),
+    rows = [("decode d256 fp32 cached", reference, None, cached, None, ratio_spread(rounds[0], rounds[1])),
             ("decode d256 fp32 uncached", reference, None, uncached, None, ratio_spread(rounds[0], rounds[2]))]
+    # beam search, the same search on both sides (beam_search in playground/model/decoding.py): nn.Transformer puts
+    # 4 x 32 whole prefixes through its decoder at every step, about 20 s a call on 2 CPU cores, so 3 rounds, and
+    # the warm-up for the playground's side only
+    beams = 4
+    calls = [lambda: beam_search(RecomputingBeams(theirs), src, new_tokens, beams),
+             lambda: ours.generate(src, new_tokens, beam_size=beams)]
+    calls[1]()
+    rounds = timed_alternating(calls, device, rounds=3, warmup=0, round_seconds=0.0)
+    reference, cached = (tokens / statistics.median(seconds) for seconds in rounds)
+    rows.append((f"decode d256 fp32 beam {beams} cached", reference, None, cached, None,
+                 ratio_spread(rounds[0], rounds[1])))
+    return rows
 
 
 def main(argv=None):

@@ -42,3 +42,22 @@ def test_the_benchmark_stack_starts_at_the_reference_model_and_ends_at_the_fast_
     every_piece = {piece for _, piece in bench.STACK if piece not in (None, "loss")}
     assert classes(bench.stacked_model(size, every_piece)) == classes(bench.playground_model(size, kernels="fast"))
     assert bench.STACK[-1][1] == "loss"  # the last rung adds the blockwise loss: trainer.kernels=fast in full
+
+
+def test_the_benchmark_beam_searches_nn_transformer_with_the_playground_search_recomputing_each_prefix(seeded):
+    from playground import bench
+    from playground.model.decoding import beam_search
+
+    theirs = bench.TorchTransformer(40, 16, 2, 1, 32, dropout=0.0).eval()
+    with torch.no_grad():
+        theirs.generator.bias[bench.EOS] = -1e4  # as in the benchmark: every hypothesis runs to the limit
+    src = torch.randint(4, 40, (3, 5))
+    ids, _ = beam_search(bench.RecomputingBeams(theirs), src, 6, beam_size=1)
+    assert torch.equal(ids[:, 0], theirs.generate_recomputing(src, 6))  # one beam: its greedy decoding
+    ids, scores = beam_search(bench.RecomputingBeams(theirs), src, 6, beam_size=3, length_penalty=0.0)
+    # each prefix reordered with its beam: a hypothesis's score is what teacher forcing gives it
+    best = ids[:, 0]  # (B, 6)
+    with torch.no_grad():
+        tgt_in = torch.cat([torch.full((3, 1), bench.BOS), best[:, :-1]], dim=1)
+        log_prob = theirs(src, tgt_in).log_softmax(-1).gather(-1, best[..., None]).sum((1, 2))
+    torch.testing.assert_close(scores[:, 0], log_prob)

@@ -144,8 +144,11 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6, nbest=1, no_
 
 
 def _reorder_cache(cache, index):
-    """Select (and repeat) the batch rows of every cached key/value tensor, for beam search."""
+    """Select (and repeat) the batch rows of every cached key/value tensor, for beam search. The cross-attention's
+    keys and values are left as they are: they come from the source, the same for every beam of a sentence, and
+    a beam is only ever continued by beams of its own sentence."""
     for layer in cache.values():
-        for attn in layer.values():
-            for key in attn:
-                attn[key] = attn[key].index_select(0, index)
+        for name, attn in layer.items():
+            if name != "cross":
+                for key in attn:
+                    attn[key] = attn[key].index_select(0, index)
