@@ -238,7 +238,7 @@ STACK = [
     ("+ oneDNN linear (kernels/linear.py)", nn.Linear),
     ("+ fused ReLU feed-forward (kernels/feed_forward.py)", PositionwiseFeedForward),
     ("+ attention kernel (kernels/attention.py)", MultiHeadAttention),
-    ("+ 16-bit-mask dropout (kernels/dropout.py)", Dropout),
+    ("+ random-byte-mask dropout (kernels/dropout.py)", Dropout),
     ("+ blockwise loss (kernels/loss.py) = fast", "loss"),
 ]
 

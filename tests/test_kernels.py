@@ -37,7 +37,9 @@ def assert_as_close_as_reference(fast, reference, exact, dtype):
         return
     for ours, theirs, truth in zip(fast, reference, exact):
         error = lambda t: ((t.float() - truth).norm() / truth.norm()).item()
-        assert error(ours) < max(2 * error(theirs), 0.01)
+        # bf16 keeps 8 significant bits (0.4%): a bias's gradient, summed over few positions, lands 0.5-2% from
+        # fp32 by either path depending on the dropout mask drawn (over 8 masks: 0.0044-0.0192, either path)
+        assert error(ours) < max(2 * error(theirs), 0.02)
 
 
 def fast_copy(module):
@@ -133,6 +135,18 @@ def test_the_fast_dropout_drops_the_configured_fraction_and_scales_what_it_keeps
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4, atol=0)
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(grad, y.detach())  # the gradient flows through the kept elements only, scaled the same
+
+
+def test_elements_that_share_a_random_byte_in_the_fast_dropout_drop_all_but_independently(seeded):
+    from playground.kernels.dropout import SHARED
+
+    p, columns = 0.1, 200_000  # 0.1 is 6553.6 / 65536: the shared low byte decides the ties
+    keep, _ = keep_mask((SHARED, columns), p, "cpu")  # row r of column c: the elements sharing column c's byte
+    dropped = 1 - keep.double()
+    assert abs(dropped.mean().item() - p) < 1e-3
+    centred = dropped - dropped.mean(1, keepdim=True)
+    correlation = (centred[0] * centred[1]).mean() / (centred[0].std() * centred[1].std())
+    assert abs(correlation.item()) < 0.01  # at most 3.8e-6 / 0.09 by construction; 1 / sqrt(columns) of noise
 
 
 def test_the_fast_dropout_is_the_identity_in_evaluation_and_the_same_for_the_same_seed():

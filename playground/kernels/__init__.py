@@ -9,7 +9,7 @@ only its forward (so the weights, their names and checkpoints are the same which
 | attention.py: MultiHeadAttention         | attention.py: FastMultiHeadAttention (cpu_attention, SDPA)   |
 | layers.py: PositionwiseFeedForward       | feed_forward.py: FusedFeedForward (ReLU, CPU training)       |
 | torch.nn.Linear                          | linear.py: OneDNNLinear (fp32, CPU)                          |
-| dropout.py: Dropout                      | dropout.py: MaskDropout (16-bit mask, CPU)                   |
+| dropout.py: Dropout                      | dropout.py: MaskDropout (random-byte mask, CPU)              |
 | loss.py: sequence_loss                   | loss.py: blockwise_sequence_loss                             |
 
 Each one checks once, on first use, that it computes what the reference piece computes on this machine,
