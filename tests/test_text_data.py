@@ -127,7 +127,7 @@ def test_training_on_a_rule_based_corpus_reaches_a_bleu_above_50_and_translates_
     experiment.run_train(compose_config(
         "dataset=text_pairs", f"dataset.train_file={folder}/train.tsv", f"dataset.valid_file={folder}/valid.tsv",
         f"dataset.test_file={folder}/test.tsv", f"dataset.tokenizer={tokenizer}", "dataset.vocab_size=400",
-        "trainer.max_steps=100", "trainer.eval_every=100", "trainer.max_tokens=1200"), tmp_path / "run")
+        "trainer.max_steps=70", "trainer.eval_every=70", "trainer.max_tokens=1200"), tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test/bleu"] > 50, metrics
     assert {"test/chrf", "test/cer", "test/wer", "valid/bleu"} <= set(metrics)
@@ -141,7 +141,8 @@ def test_training_on_a_rule_based_corpus_reaches_a_bleu_above_50_and_translates_
     inference.run_translate(compose_config("mode=translate", f"ckpt_path={tmp_path}/run/checkpoints/best.pt",
                                            f"text={english}"))
     translated = capsys.readouterr().out.strip()
-    # the run's own test exact match is 0.9-1.0 after 100 steps: ask for a close translation, not a perfect one
+    # the run's own test exact match is 0.88-0.99 after 70 steps (BLEU 94-99.5, fp32 and bf16): ask for a close
+    # translation, not a perfect one
     assert sacrebleu.sentence_chrf(translated, [italian]).score > 60, (translated, italian)
 
 
