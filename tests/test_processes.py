@@ -1,6 +1,7 @@
 """Runs of several processes (torchrun) and jobs a cluster stops and starts again."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,11 +14,11 @@ import torch
 from playground import experiment
 from playground.checkpoint import rng_state
 from playground.distributed import Dist
-from test_reliability import ENTRY, FAST, losses, run, start, wait_for
+from test_reliability import ENTRY, FAST, losses, start, wait_for
 
 
 @pytest.mark.slow
-def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(compose_config, tmp_path):
+def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(compose_config, tmp_path, caplog):
     common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=10", "trainer.log_every=1",
               "trainer.max_steps=30", "trainer.eval_every=15", "trainer.checkpoint_every=5", "trainer.auto_resume=true"]
     experiment.run_train(compose_config(*common), tmp_path / "whole")  # here: only the job is a process of its own
@@ -29,10 +30,10 @@ def test_a_requeued_job_resumes_itself_from_its_own_directory_exactly(compose_co
     assert process.returncode == 140, stderr
     stopped_at = torch.load(job / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert f"resume with: python transformer_playground.py {' '.join(common)} hydra.run.dir={job}" in stderr
-    requeued = run(*common, f"hydra.run.dir={job}")  # the same command, into the same directory
-    assert requeued.returncode == 0, requeued.stderr
+    with caplog.at_level(logging.INFO, logger="playground.experiment"):  # the same run, into the same directory:
+        experiment.run_train(compose_config(*common), job)  # here, as the requeued command would call it
     assert f"trainer.auto_resume=true: resuming this run directory from {job / 'checkpoints' / 'last.pt'}" in \
-        requeued.stderr + requeued.stdout
+        caplog.text
     expected, got = losses(tmp_path / "whole"), losses(job)
     assert stopped_at < 30 and sorted(got) == list(range(1, 31))
     assert [got[s] for s in range(1, 31)] == [expected[s] for s in range(1, 31)]  # bit for bit, both segments
