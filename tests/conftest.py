@@ -1,4 +1,6 @@
+import logging
 import os
+import runpy
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -6,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +49,38 @@ def compose_config():
     return _compose
 
 
+@pytest.fixture
+def entry(monkeypatch, capfd):
+    """Run `python transformer_playground.py ARGS` in this process, as its own process would (a sweep's jobs run
+    in one process either way), without a new process's seconds of start-up. Returns returncode, stdout, stderr.
+    What the command changes for the process (the logging handlers Hydra sets up, Hydra's global state, the
+    environment) is put back afterwards."""
+
+    def run_entry(*args):
+        root = logging.getLogger()
+        handlers, level, environment = root.handlers[:], root.level, dict(os.environ)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "transformer_playground.py"), *args])
+        monkeypatch.chdir(ROOT)
+        code = 0
+        try:
+            runpy.run_path(str(ROOT / "transformer_playground.py"), run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            GlobalHydra.instance().clear()
+            os.environ.clear()
+            os.environ.update(environment)
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run_entry
+
+
 def tiny_model_config(**changes):
     """A ModelConfig small enough for fast tests, with any field changed."""
     fields = dict(d_model=32, heads=4, enc_layers=2, dec_layers=2, d_ff=64, dropout=0.0)
@@ -61,8 +96,8 @@ def seeded():
 
 # The test files that take longest go to the two workers first (pytest.ini: each file runs on one worker), so that
 # neither worker is left with a long file at the end while the other idles.
-LONGEST_FIRST = ["test_processes.py", "test_sweep.py", "test_reliability.py", "test_reference.py",
-                 "test_text_data.py", "test_translate.py", "test_cli.py"]
+LONGEST_FIRST = ["test_processes.py", "test_sweep.py", "test_text_data.py", "test_reliability.py",
+                 "test_token_cache.py", "test_cli.py", "test_translate.py", "test_reference.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -8,16 +8,16 @@ from omegaconf import OmegaConf
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from test_cli import ROOT, SMALL, run
+from test_cli import ROOT, SMALL
 from test_reliability import FAST
 
 from playground.data.big_corpus import write_corpus
 from playground.sweep import summarize, within_noise
 
 
-def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(tmp_path):
+def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(entry, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run("-m", "model.heads=1,2,4", *SMALL, "trainer.max_steps=10", "trainer.eval_every=10",
+    result = entry("-m", "model.heads=1,2,4", *SMALL, "trainer.max_steps=10", "trainer.eval_every=10",
                  f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -58,11 +58,11 @@ def test_the_summary_puts_the_best_job_by_the_runs_monitor_first(tmp_path, monit
     assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == order
 
 
-def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
+def test_every_experiment_preset_composes_and_runs_a_few_steps(entry, tmp_path):
     sweep = tmp_path / "presets"
     paths = write_corpus(tmp_path / "corpus", 200, held_out=8, vocabulary=300, median_words=5)  # table3's files
     files = [f"dataset.{split}_file={path}" for split, path in paths.items()]  # the synthetic presets ignore them
-    result = run("-m", "experiment=glob(*)", *SMALL, "trainer.max_steps=2", "trainer.eval_every=2",
+    result = entry("-m", "experiment=glob(*)", *SMALL, "trainer.max_steps=2", "trainer.eval_every=2",
                  "dataset.num_valid=8", "dataset.num_test=8", *files, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     presets = {p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
@@ -71,9 +71,9 @@ def test_every_experiment_preset_composes_and_runs_a_few_steps(tmp_path):
     assert finished == presets
 
 
-def test_a_three_trial_optuna_study_minimises_the_monitor_and_reports_the_best_parameters(tmp_path):
+def test_a_three_trial_optuna_study_minimises_the_monitor_and_reports_the_best_parameters(entry, tmp_path):
     sweep = tmp_path / "optuna"
-    result = run("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=minimize",
+    result = entry("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=minimize",
                  "trainer.monitor=valid/nll", *SMALL, "trainer.max_steps=10", "trainer.eval_every=10",
                  f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
@@ -141,9 +141,9 @@ def test_each_table3_row_changes_only_what_its_row_of_the_paper_changes(compose_
         assert {k: v for k, v in composed.items() if base[k] != v} == changes, row
 
 
-def test_a_job_refused_for_its_data_leaves_the_rest_of_the_sweep_running_and_summarised(tmp_path):
+def test_a_job_refused_for_its_data_leaves_the_rest_of_the_sweep_running_and_summarised(entry, tmp_path):
     sweep = tmp_path / "sweep"  # 400 pairs a batch passes every config check; only the data (300 pairs) refuses it
-    result = run("-m", "trainer.batch_size=400,16", *[o for o in FAST if not o.startswith("trainer.batch_size")],
+    result = entry("-m", "trainer.batch_size=400,16", *[o for o in FAST if not o.startswith("trainer.batch_size")],
                  "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 2
     assert "error: job 0: trainer.batch_size=400 is more than the 300 training examples" in result.stderr
@@ -152,7 +152,7 @@ def test_a_job_refused_for_its_data_leaves_the_rest_of_the_sweep_running_and_sum
     assert "Traceback" not in result.stderr
     assert [p.parent.name.split("_")[0] for p in sweep.glob("*/metrics.json")] == ["1"]  # job 1 ran after it
     assert "refused jobs:" in (sweep / "summary.md").read_text()
-    again = run("-m", "trainer.batch_size=400,16", *[o for o in FAST if not o.startswith("trainer.batch_size")],
-                "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}")  # into the same folder
+    again = entry("-m", "trainer.batch_size=400,16", *[o for o in FAST if not o.startswith("trainer.batch_size")],
+                  "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}")  # into the same folder
     assert again.returncode == 2 and "already holds a run's checkpoints" in again.stderr  # it stops there, as before
     assert [p.parent.name.split("_")[0] for p in sweep.glob("*/failed.txt")] == ["0"]  # job 1's run is not "refused"
