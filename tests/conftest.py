@@ -59,11 +59,12 @@ def entry(monkeypatch, capfd):
     def run_entry(*args):
         root = logging.getLogger()
         handlers, level, environment = root.handlers[:], root.level, dict(os.environ)
-        monkeypatch.setattr(sys, "argv", [str(ROOT / "transformer_playground.py"), *args])
+        entry_point = str(ROOT / "transformer_playground.py")
+        monkeypatch.setattr(sys, "argv", [entry_point, *args])
         monkeypatch.chdir(ROOT)
         code = 0
         try:
-            runpy.run_path(str(ROOT / "transformer_playground.py"), run_name="__main__")
+            runpy.run_path(entry_point, run_name="__main__")
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         finally:

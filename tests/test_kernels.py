@@ -137,7 +137,7 @@ def test_the_fast_dropout_drops_the_configured_fraction_and_scales_what_it_keeps
     assert torch.equal(grad, y.detach())  # the gradient flows through the kept elements only, scaled the same
 
 
-def test_elements_that_share_a_random_byte_in_the_fast_dropout_drop_all_but_independently(seeded):
+def test_elements_that_share_a_random_byte_in_the_fast_dropout_drop_almost_independently(seeded):
     from playground.kernels.dropout import SHARED
 
     p, columns = 0.1, 200_000  # 0.1 is 6553.6 / 65536: the shared low byte decides the ties
