@@ -1,6 +1,7 @@
 """Each fast kernel (playground/kernels/) computes what the reference piece it replaces computes, forward and
 backward, in every dtype this CPU computes natively; and a kernel that fails its check leaves the reference."""
 
+import copy
 import logging
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from conftest import NATIVE_DTYPES, build, tiny_model_config
 from playground.data import PAD
 from playground.kernels import FAST_PIECES, support, use_fast_kernels
-from playground.kernels.attention import FastMultiHeadAttention
+from playground.kernels.attention import FastMultiHeadAttention, append_to_cache
 from playground.kernels.dropout import MaskDropout, keep_mask, mask_dropout
 from playground.kernels.feed_forward import FusedFeedForward
 from playground.kernels.linear import OneDNNLinear
@@ -213,6 +214,38 @@ def test_fast_kernels_keep_the_weights_and_their_names_and_swap_only_the_referen
     model = build(tiny_model_config(), 20, 20)
     model.encoder.layers[0].feed_forward.__class__ = MyFeedForward
     assert type(use_fast_kernels(model).encoder.layers[0].feed_forward) is MyFeedForward
+
+
+def test_the_growing_decoding_cache_holds_what_concatenation_holds_and_never_changes_a_tensor_handed_out():
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 2, 1 if i else 5, 4) for i in range(40)]  # a prompt of 5 positions, then one at a time
+    cached, views, buffers = None, [], set()
+    for i, new in enumerate(steps):
+        cached = append_to_cache(cached, new)
+        views.append((cached, cached.clone()))
+        buffers.add(cached._base.data_ptr())
+        torch.testing.assert_close(cached, torch.cat(steps[: i + 1], dim=2), rtol=0, atol=0)
+        if i == 20:  # a copied cache that appends its own position: both branches keep their own contents
+            branch = append_to_cache(views[19][0], torch.ones(3, 2, 1, 4))
+            torch.testing.assert_close(branch, torch.cat([*steps[:20], torch.ones(3, 2, 1, 4)], dim=2), rtol=0, atol=0)
+    assert all(torch.equal(view, contents) for view, contents in views)
+    assert len(buffers) <= 5  # written in place: 44 positions in buffers of 16, 32, 64 (and one for the branch)
+    reordered = cached.index_select(0, torch.tensor([2, 0, 0]))  # beam search's reorder: a tensor from elsewhere
+    longer = append_to_cache(reordered, steps[0][:, :, :1])
+    torch.testing.assert_close(longer, torch.cat([reordered, steps[0][:, :, :1]], dim=2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_fast_kernels_decode_what_the_reference_decodes_with_and_without_the_cache(beam_size):
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(), 20, 20).eval()
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    src = torch.randint(4, 20, (5, 7))
+    src[1, 4:] = PAD
+    expected = reference.generate(src, max_len=30, beam_size=beam_size)
+    assert expected.size(1) > 16  # past the growing cache's first buffer
+    assert torch.equal(fast.generate(src, max_len=30, beam_size=beam_size), expected)
+    assert torch.equal(fast.generate(src, max_len=30, beam_size=beam_size, use_cache=False), expected)
 
 
 def test_a_kernel_that_fails_its_check_leaves_its_piece_to_the_reference_with_one_log_line(monkeypatch, caplog):

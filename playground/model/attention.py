@@ -79,11 +79,8 @@ class MultiHeadAttention(nn.Module):
             offset = cache["k"].size(2) if cache is not None and "k" in cache else 0
             if rotary is not None:
                 q, k = rotary(q, offset), rotary(k, offset)
-            if cache is not None:  # incremental decoding: append this step's keys and values
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)  # (B, H, t+T, Dh)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+            if cache is not None:  # incremental decoding
+                k, v = self.extend_cache(cache, k, v)  # (B, H, t+T, Dk), (B, H, t+T, Dh)
             return q, k, v
         (q,) = self.split_heads(self.q_proj(x), (self.key_dim,))  # (B, H, T, Dk)
         if cache is not None and "k" in cache:  # the source does not change while decoding
@@ -92,6 +89,14 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             cache["k"], cache["v"] = k, v
         return q, k, v
+
+    def extend_cache(self, cache, k, v):
+        """Append this step's keys and values (B, H, T, *) to the self-attention's cache; returns all so far."""
+        if "k" in cache:
+            k = torch.cat([cache["k"], k], dim=2)  # (B, H, t+T, Dk)
+            v = torch.cat([cache["v"], v], dim=2)  # (B, H, t+T, Dh)
+        cache["k"], cache["v"] = k, v
+        return k, v
 
     def merge_heads(self, out):
         """(B, H, T, Dh) -> (B, T, D): the heads concatenated, ready for W^O."""
