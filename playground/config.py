@@ -6,11 +6,12 @@ check (heads dividing d_model, a device this machine has) are checked where they
 playground.errors.UserError naming the key.
 """
 
+import hashlib
+import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Optional
 
-import hashlib
-
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
@@ -418,8 +419,12 @@ def check_run_config(cfg):
     if given:
         raise UserError(f"{given[0]}={cfg[given[0]]}: mode=train does not read it (it is for mode=translate or "
                         f"mode=score): remove it")
+    from playground.setup import check_optimizer, check_scheduler  # here, not at the top: --help does not wait for torch
+
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
+    check_optimizer(cfg.optimizer)
+    check_scheduler(cfg.scheduler)
     check_decode(cfg.decode, t)
     check_model(cfg.model)
     check_lengths(cfg.model, cfg.dataset)
@@ -441,13 +446,29 @@ def compose_checked(overrides, with_hydra: bool = False):
             raise UserError(f"{group}={option} is not one of: {', '.join(options)} (configs/{group}/)") from None
         raise UserError(str(e).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException) as e:
-        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-        first = str(e).splitlines()[0].rstrip(".")
+        # the reason is Hydra's cause for an override, and the exception it was handling for a YAML file's value
+        cause = next((c for c in (e.__cause__, e.__context__) if isinstance(c, OmegaConfBaseException)), None)
+        first = str(e).splitlines()[0].rstrip(".").replace(" raised while composing config", "").rstrip(":")
         reason = str(cause).splitlines()[0] if cause else ""
-        hint = _close_key(getattr(cause, "full_key", None) or "") if "not in" in reason else ""
-        raise UserError(f"{first}: {reason}{hint}" if reason else first) from None
+        key = getattr(cause, "full_key", None) or ""
+        hint = _close_key(key) if "not in" in reason else ""
+        where = f"{key}: " if key and key not in first + reason else ""
+        raise UserError(f"{first}: {where}{reason}{hint}" if reason else first) from None
+    except yaml.YAMLError as e:  # a config file that is not YAML: its path and line
+        mark = getattr(e, "problem_mark", None)
+        where = f"{_shown_path(mark.name)} line {mark.line + 1}" if mark else "a config file"
+        what = ": ".join(str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part)
+        raise UserError(f"{where}: not valid YAML: {what or e}") from None
     except ValueError as e:  # Hydra's own, for an override it parsed but cannot apply ("=3")
         raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
+
+
+def _shown_path(path: str) -> str:
+    """A config file's path as the user knows it: relative to the working folder where it lies below it."""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:  # another drive
+        return path
 
 
 def _sections() -> dict:

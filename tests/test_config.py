@@ -226,3 +226,19 @@ def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
     with pytest.raises(UserError, match=r"^Interpolation key 'model.nope' not found$"):
         check_overrides(["model.d_ff=${model.nope}"])
     check_overrides(["model.d_ff=${model.d_model}"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  heads: 8\n  d_model: [128\n", r"^\S*mine\.yaml line 5: not valid YAML: while parsing a flow sequence: "
+                                             r"expected ',' or '\]', but got '<stream end>'$"),
+    ("model:\n  hedas: 8\n", r"^In 'experiment/mine': ConfigKeyError: model\.hedas: Key 'hedas' not in 'ModelConfig' "
+                             r"\(did you mean model\.heads\?\)$"),
+    ("trainer:\n  max_steps: ten\n", r"^In 'experiment/mine': ValidationError: trainer\.max_steps: Value 'ten' of type "
+                                     r"'str' could not be converted to Integer$")])
+def test_a_mistake_inside_a_users_yaml_file_is_one_line_naming_the_file_and_the_key_or_line(tmp_path, text, message):
+    from playground.config import check_overrides
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n" + text)
+    with pytest.raises(UserError, match=message):
+        check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -68,6 +69,28 @@ BAD_TRAINER = [
     ("trainer.monitor=valid/blue", "trainer.monitor=valid/blue is not a metric of the validation runs"),
     ("trainer.monitor_mode=up", "trainer.monitor_mode=up is not one of: max, min"),
 ]
+
+
+BAD_OPTIMIZATION = [
+    ("optimizer.eps=-1", "optimizer.eps=-1.0 must be positive (the paper's: 1e-9)"),
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay=-0.1 must be 0 (none) or positive"),
+    ("optimizer.lr=-0.001", "optimizer.lr=-0.001 must be positive (or null: 2e-3 * sqrt(128 / model.d_model))"),
+    ("optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+    ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1.0 must be 0 (none) or positive"),
+    ("scheduler.min_lr_ratio=-2", "scheduler.min_lr_ratio=-2.0 must be in [0, 1] (a fraction of the peak)"),
+    ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be 0 (no warmup) or positive"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_OPTIMIZATION, ids=[b[0] for b in BAD_OPTIMIZATION])
+def test_a_bad_optimizer_or_schedule_value_is_refused_naming_the_key_before_any_data_is_read(compose_config, tmp_path,
+                                                                                             monkeypatch, overrides,
+                                                                                             message):
+    from playground import experiment
+
+    monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("data was read before the check"))
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        run_train(compose_config(*overrides.split()), tmp_path)
 
 
 @pytest.mark.parametrize("override, message", BAD_TRAINER, ids=[b[0] for b in BAD_TRAINER])
