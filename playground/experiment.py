@@ -213,7 +213,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     fingerprint = data_fingerprint(config["dataset"])  # checkpoints record it: a resumed run reads the same data
     if resume is not None:
         changes = check_resume(cfg.ckpt_path, resume["config"], config, resume.get("data"), fingerprint,
-                               t.resume_override)
+                               t.resume_override, in_place)
         if changes and d.is_main:
             log.warning(f"trainer.resume_override=true: resuming with {'; '.join(changes)}")
     # a resumed run keeps its checkpoint's vocabularies, whatever the training file holds now

@@ -66,14 +66,18 @@ def data_changes(saved: dict, now: dict) -> list:
     return changes
 
 
-def check_resume(path, saved_config: dict, config: dict, saved_data: dict, data: dict, override: bool) -> list:
+def check_resume(path, saved_config: dict, config: dict, saved_data: dict, data: dict, override: bool,
+                 in_place: bool = False) -> list:
     """Refuse to resume checkpoint `path` into a different experiment, in one line; with override, return the
-    changes for the log instead."""
+    changes for the log instead. in_place: trainer.auto_resume found the checkpoint in this run's directory."""
     changes = config_changes(saved_config, config) + data_changes(saved_data, data)
     if changes and not override:
         what = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
-        raise UserError(f"ckpt_path={path} was trained differently: {what}. Resuming would continue another "
-                        f"experiment than it began ({OVERRIDE}, or start a new run without ckpt_path)")
+        fresh = ("start a new run in its own directory, hydra.run.dir=..." if in_place else
+                 "start a new run without ckpt_path")
+        found = f"{path} (trainer.auto_resume=true found it in this run directory)" if in_place else path
+        raise UserError(f"ckpt_path={found} was trained differently: {what}. Resuming would continue another "
+                        f"experiment than it began ({OVERRIDE}, or {fresh})")
     return changes
 
 

@@ -22,6 +22,25 @@ def run_file_in(folder: Path):
     return events.name if events else None
 
 
+_RECORD = {}  # the used run directory's .hydra/ files as they were before this command: {path: bytes}
+
+
+def keep_record(record_dir: Path | None) -> None:
+    """Remember the files of a run's record (its .hydra/ folder) before Hydra writes this command's over them."""
+    _RECORD.clear()
+    if record_dir is not None and record_dir.is_dir():
+        _RECORD.update({path: path.read_bytes() for path in record_dir.iterdir() if path.is_file()})
+
+
+def restore_record() -> None:
+    """Put the run's record back as it was (a refused resume did not run: the record still describes the run)."""
+    for path, data in _RECORD.items():
+        temporary = path.with_name(path.name + ".restoring")
+        temporary.write_bytes(data)
+        temporary.replace(path)
+    _RECORD.clear()
+
+
 class RunDirectoryGuard(Callback):
     """Registered in configs/config.yaml: Hydra calls on_run_start before it makes or writes the run directory."""
 
@@ -33,7 +52,10 @@ class RunDirectoryGuard(Callback):
             sys.exit(2)
         folder = Path(config.hydra.run.dir)
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
-            return  # a requeued job resuming itself: the one used directory a run may write into
+            # a requeued job resuming itself: the one used directory a run may write into. Hydra is about to write
+            # this command's config into its .hydra/ folder: kept, to be put back if the resume is refused
+            keep_record(folder / config.hydra.output_subdir if config.hydra.output_subdir is not None else None)
+            return
         found = run_file_in(folder) if folder.is_dir() else None
         if found:
             print(f"error: {folder} already holds a run ({found}): refusing to write into it (give this run its own "

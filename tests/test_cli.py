@@ -103,6 +103,21 @@ def test_starting_a_run_in_a_used_directory_changes_nothing_there(trained_run, m
     assert [f.read_bytes() for f in files] == before  # .hydra/ included: Hydra had not written it yet
 
 
+def test_a_refused_auto_resume_into_the_runs_own_directory_leaves_its_record_and_checkpoints_as_they_were(
+        trained_run, entry):
+    run_dir, _ = trained_run
+    files = [run_dir / "checkpoints" / "last.pt", run_dir / "metrics.json",
+             *sorted((run_dir / ".hydra").iterdir())]  # config.yaml, hydra.yaml, overrides.yaml
+    before = [f.read_bytes() for f in files]
+    result = entry(*SMALL, "model.d_model=64", "trainer.auto_resume=true", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: ckpt_path={run_dir / 'checkpoints' / 'last.pt'} (trainer.auto_resume=true "
+                                    f"found it in this run directory) was trained differently: model.d_model=64 (the "
+                                    f"checkpoint: 32)")
+    assert result.stderr.endswith("or start a new run in its own directory, hydra.run.dir=...)\n")
+    assert [f.read_bytes() for f in files] == before  # Hydra wrote the refused command's config: it is put back
+
+
 @pytest.mark.full  # the whole default experiment: 25 s alone, 40 s beside the suite's other worker; `pytest -m full`
 def test_the_default_command_learns_to_reverse_sequences(tmp_path):
     result = run(f"hydra.run.dir={tmp_path}/default")
