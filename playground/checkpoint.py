@@ -75,7 +75,21 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
+    missing = [key for key in ("tokenizers", "step") if key not in state]  # every checkpoint this project writes has them
+    if missing:
+        raise UserError(f"ckpt_path={path}: not a complete Transformer Playground checkpoint (no {' and no '.join(missing)})")
     return state
+
+
+def checkpoint_tokenizers(state: dict, path) -> tuple:
+    """The source and target tokenizers a checkpoint carries; one that cannot be rebuilt is the file's fault."""
+    from .data import tokenizer_from_dict  # here: the data package is not needed to read a checkpoint's weights
+
+    try:
+        return tuple(tokenizer_from_dict(state["tokenizers"][side]) for side in ("src", "tgt"))
+    except Exception as e:  # a missing side or field, a tokenizer JSON that does not parse
+        raise UserError(f"ckpt_path={path}: its tokenizers cannot be rebuilt ({type(e).__name__}: "
+                        f"{next(iter(str(e).splitlines()), '')})") from None
 
 
 def load_to_resume(path) -> dict:

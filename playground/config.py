@@ -284,10 +284,11 @@ def upgrade_saved_config(config: dict) -> dict:
     return config
 
 
-def check_lengths(model_cfg, dataset_cfg) -> None:
+def check_lengths(model_cfg, dataset_cfg, checkpoint=None) -> None:
     """The longest sequences the data may hold must fit the positions the model has (model.max_len): checked
-    before any data is read or downloaded, rather than as a shape error part-way through training. The decoder
-    reads BOS and the target, one position more than the target's length."""
+    before any data is read or downloaded, rather than as a shape error part-way through training or evaluation.
+    The decoder reads BOS and the target, one position more than the target's length. checkpoint: the path of
+    the trained model being evaluated, whose max_len cannot change."""
     from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
 
     if dataset_cfg.name in TASKS:
@@ -296,6 +297,9 @@ def check_lengths(model_cfg, dataset_cfg) -> None:
         needs = {"dataset.max_src_len": (dataset_cfg.max_src_len, dataset_cfg.max_src_len),
                  "dataset.max_tgt_len": (dataset_cfg.max_tgt_len, dataset_cfg.max_tgt_len + 1)}
     for key, (value, positions) in needs.items():
+        if positions > model_cfg.max_len and checkpoint is not None:
+            raise UserError(f"{key}={value} needs {positions} positions but the model of ckpt_path={checkpoint} has "
+                            f"model.max_len={model_cfg.max_len} (lower {key})")
         if positions > model_cfg.max_len:
             raise UserError(f"{key}={value} needs {positions} positions but model.max_len={model_cfg.max_len} "
                             f"(raise model.max_len or lower {key})")

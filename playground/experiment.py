@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, check_same_parameters, load_checkpoint, load_model_weights, load_to_resume,
-                         rng_state, save_checkpoint, set_rng_state)
-from .config import (check_choices, check_decode, check_decode_vocabulary, check_model,
+from .checkpoint import (atomic_write, check_same_parameters, checkpoint_tokenizers, load_checkpoint, load_model_weights,
+                         load_to_resume, rng_state, save_checkpoint, set_rng_state)
+from .config import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
                      check_run_config, check_trainer, upgrade_saved_config)
-from .data import MODEL_IDS, Data, load_data, tokenizer_from_dict
+from .data import MODEL_IDS, Data, load_data
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
 from .errors import UserError
@@ -217,7 +217,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         if changes and d.is_main:
             log.warning(f"trainer.resume_override=true: resuming with {'; '.join(changes)}")
     # a resumed run keeps its checkpoint's vocabularies, whatever the training file holds now
-    data = load_data(cfg.dataset, tokenizers=_checkpoint_tokenizers(resume) if resume else None)
+    data = load_data(cfg.dataset, tokenizers=checkpoint_tokenizers(resume, cfg.ckpt_path) if resume else None)
     torch.manual_seed(cfg.seed)
     check_model(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
     check_decode_vocabulary(cfg.decode, data.tgt_tokenizer.vocab_size)
@@ -357,10 +357,6 @@ def _saved_config(cfg) -> dict:
     return config
 
 
-def _checkpoint_tokenizers(state) -> tuple:
-    return tuple(tokenizer_from_dict(state["tokenizers"][side]) for side in ("src", "tgt"))
-
-
 def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed: int):
     """Put a training checkpoint's weights, optimiser, schedule and random generators back; return (step, data position)."""
     if "optimizer" not in state or "data_position" not in state:
@@ -440,6 +436,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # none from Python
     given = [o for o in overrides if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
+    check_lengths(saved.model, dataset, checkpoint=cfg.ckpt_path)
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")
     flat = _flat_metrics("test", metrics, state["step"], _test_counts(data))

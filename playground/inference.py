@@ -15,10 +15,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from .checkpoint import atomic_write, load_checkpoint, load_model_weights
+from .checkpoint import atomic_write, checkpoint_tokenizers, load_checkpoint, load_model_weights
 from .config import (Config, check_choices, check_decode, check_decode_vocabulary, check_model, check_trainer,
                      upgrade_saved_config)
-from .data import BOS, EOS, MODEL_IDS, PAD, tokenizer_from_dict
+from .data import BOS, EOS, MODEL_IDS, PAD
 from .data.parallel import decode_lines
 from .errors import UserError
 from .evaluate import decode, decode_nbest
@@ -47,8 +47,7 @@ def load_trained(path, kernels: str = "reference"):
     except Exception as e:  # a key this version does not know, or a value of another type
         raise UserError(f"ckpt_path={path}: its config does not fit this version of the playground "
                         f"({str(e).splitlines()[0]})")
-    src_tok = tokenizer_from_dict(state["tokenizers"]["src"])
-    tgt_tok = tokenizer_from_dict(state["tokenizers"]["tgt"])
+    src_tok, tgt_tok = checkpoint_tokenizers(state, path)
     check_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size)
     model = build_model(saved.model, src_tok.vocab_size, tgt_tok.vocab_size, kernels, **MODEL_IDS)
     if exported:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from test_cli import run
 
 
 def test_a_saved_checkpoint_loads_without_running_code_and_leaves_no_temporary_file(tmp_path):
-    state = {"model": build(tiny_model_config(), 20, 20).state_dict(), "config": {"seed": 1}, "step": 7}
+    state = {"model": build(tiny_model_config(), 20, 20).state_dict(), "config": {"seed": 1}, "step": 7,
+             "tokenizers": {}}
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 7
@@ -46,6 +48,23 @@ def test_a_pickled_object_is_not_loaded(tmp_path):
     torch.save({"model": {}, "config": {}, "payload": object()}, path)
     with pytest.raises(UserError, match="not a checkpoint of this project"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda state: state.pop("tokenizers"), "not a complete Transformer Playground checkpoint (no tokenizers)"),
+    (lambda state: state.pop("step"), "not a complete Transformer Playground checkpoint (no step)"),
+    (lambda state: state["tokenizers"]["tgt"].pop("num_symbols"), "its tokenizers cannot be rebuilt (KeyError: "
+                                                                   "'num_symbols')"),
+    (lambda state: state["tokenizers"].pop("src"), "its tokenizers cannot be rebuilt (KeyError: 'src')")])
+def test_a_checkpoint_without_the_parts_eval_and_translate_read_is_refused_by_name(tmp_path, change, message):
+    from playground.inference import load_trained
+
+    state = torch.load(OLD / "best.pt", weights_only=True)
+    change(state)
+    path = tmp_path / "incomplete.pt"
+    save_checkpoint(path, state)
+    with pytest.raises(UserError, match=f"^{re.escape(f'ckpt_path={path}: {message}')}$"):
+        load_trained(path)
 
 
 OLD = Path(__file__).resolve().parent / "data" / "checkpoint_6eeb92a"  # written by main at 6eeb92a (model.attention=sdpa)
@@ -88,7 +107,7 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_and_no_tempo
     from playground import checkpoint
 
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "step": 1})
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "step": 1, "tokenizers": {}})
 
     def disk_full(obj, f, *args, **kwargs):
         f.write(b"PK\x03\x04 half a checkpoint")  # some bytes reach the file, then the disk is full

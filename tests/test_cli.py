@@ -126,6 +126,15 @@ def test_the_default_command_learns_to_reverse_sequences(tmp_path):
     assert metrics["test/exact_match"] >= 0.99
 
 
+def test_eval_refuses_test_data_longer_than_the_checkpoints_model_holds_before_evaluating(trained_run, tmp_path, entry):
+    run_dir, _ = trained_run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    result = entry("mode=eval", f"ckpt_path={ckpt}", "dataset.max_len=600", f"hydra.run.dir={tmp_path}/e")
+    assert (result.returncode, result.stderr) == (2, f"error: dataset.max_len=600 needs 601 positions but the model of "
+                                                     f"ckpt_path={ckpt} has model.max_len=512 (lower dataset.max_len)\n")
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
 def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path):
     run_dir, _ = trained_run
     result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "model.d_model=256",
