@@ -286,10 +286,12 @@ def _pairs(cfg) -> tuple:
         return sources, references
     pairs = []
     for number, line in enumerate(sources, 1):
-        if "\t" not in line:
-            raise UserError(f"{cfg.input_file} line {number}: expected \"source<TAB>reference\", found no TAB "
+        tabs = line.count("\t")
+        if tabs != 1:
+            found = "no TAB" if tabs == 0 else f"{tabs} TABs"
+            raise UserError(f"{cfg.input_file} line {number}: expected \"source<TAB>reference\", found {found} "
                             f"(or give the references in reference_file=PATH)")
-        pairs.append(line.split("\t", 1))
+        pairs.append(line.split("\t"))
     return [s for s, _ in pairs], [r for _, r in pairs]
 
 

@@ -207,7 +207,7 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
     ["-m", "hparams_search=optuna", "hydra.sweeper.params.model.d_model=choice(96,192)", "model.heads=3"],
     ["-m", "mode=translate", "ckpt_path=a.pt,b.pt", "input_file=in.txt"],  # not a training sweep
     ["-m", "trainer.kernels=fast", "model.heads=1,2"], ["-m", "optimizer.lr=null,0.001"],
-    ["-m", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"],
+    ["-m", "dataset=text_pairs", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"],
     ["-m", "seed=1,2", "trainer.progress=${hydra:job.name}"]])  # Hydra's own node exists in the job only
 def test_the_command_lines_own_check_lets_every_valid_sweep_and_flag_through(args):
     from playground.config import check_overrides
@@ -242,3 +242,23 @@ def test_a_mistake_inside_a_users_yaml_file_is_one_line_naming_the_file_and_the_
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n" + text)
     with pytest.raises(UserError, match=message):
         check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
+
+
+def test_a_data_file_given_to_a_generated_task_is_refused_rather_than_ignored(compose_config):
+    from playground.config import check_run_config
+
+    with pytest.raises(UserError, match=r"^dataset.train_file=data/train.tsv: dataset=reverse generates its examples "
+                                        r"and reads no files \(to train on files: dataset=text_pairs\)$"):
+        check_run_config(compose_config("dataset.train_file=data/train.tsv"))
+    check_run_config(compose_config("dataset=text_pairs", "dataset.train_file=data/train.tsv"))
+
+
+def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
+    from playground.config import check_run_config
+
+    text = ["dataset=text_pairs", "dataset.train_file=data/train.tsv", "model.tie_embeddings=all"]
+    with pytest.raises(UserError, match=r"^model.tie_embeddings=all gives source and target tokens one embedding, so it "
+                                        r"needs one vocabulary for both: add dataset.shared_vocab=true"):
+        check_run_config(compose_config(*text))
+    check_run_config(compose_config(*text, "dataset.shared_vocab=true"))
+    check_run_config(compose_config("model.tie_embeddings=all"))  # a generated task has one vocabulary

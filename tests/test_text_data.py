@@ -92,6 +92,21 @@ def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_
     assert len(truncated.splits["train"]) == 320 and int(truncated.splits["train"].src_lengths.max()) == 6
 
 
+def test_a_split_left_empty_says_why_naming_its_file(tmp_path):
+    (tmp_path / "sourceless.tsv").write_text("".join(f"\tciao {i}\n" for i in range(30)))
+    write(make_pairs(60), tmp_path / "all.tsv", "tsv")
+    c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "sourceless.tsv"), tokenizer="word",
+                      min_frequency=1, cache=False, valid_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(UserError, match=f"^dataset.train_file={tmp_path / 'sourceless.tsv'}: no train pairs are left "
+                                        r"\(24 pairs with an empty side dropped\)$"):
+        load_data(c)
+    c.train_file, c.max_src_len = str(tmp_path / "all.tsv"), 2  # every sentence has more than 2 words
+    with pytest.raises(UserError, match=f"^dataset.train_file={tmp_path / 'all.tsv'}: no train pairs are left "
+                                        r"\(48 pairs longer than dataset.max_src_len=2 or dataset.max_tgt_len=\d+ "
+                                        r"dropped\) \(raise dataset.max_src_len"):
+        load_data(c)
+
+
 def test_token_budget_batches_cover_every_pair_once_and_pad_less_than_random_batches():
     g = torch.Generator().manual_seed(0)
     pairs = [([5] * n, [6] * n) for n in torch.randint(1, 40, (500,), generator=g).tolist()]

@@ -140,6 +140,7 @@ def test_score_reads_references_from_their_own_file_as_well(translate, tmp_path)
     (["text=3 1 4", "input_file=EXISTING"], "text= and input_file= are both given"),
     (["mode=score", "input_file=EXISTING"], r"existing.txt line 1: expected \"source<TAB>reference\""),
     (["mode=score", "input_file=EXISTING", "reference_file=TWO"], "has 2 lines and input_file=.* 1"),
+    (["mode=score", "input_file=TABS"], r"tabs.tsv line 2: expected \"source<TAB>reference\", found 2 TABs"),
     (["mode=score"], "mode=score needs input_file=PATH"),
     (["output_file=FOLDER"], "output_file=.* is a folder: give a file"),
     (["decode.beam_size=19"], "decode.beam_size=19 is more than the 18 tokens an output can start with"),
@@ -151,8 +152,9 @@ def test_bad_translate_and_score_settings_are_refused_by_name(checkpoint, compos
     existing.write_text("3 1 4\n")
     two.write_text("1\n2\n")
     (tmp_path / "latin1.txt").write_bytes("3 1\nè più\n".encode("latin-1"))
+    (tmp_path / "tabs.tsv").write_text("3 1\t1 3\n3 1\t1 3\t0.5\n")  # a third column: not part of the reference
     names = {"MISSING": tmp_path / "missing.txt", "EXISTING": existing, "TWO": two, "FOLDER": tmp_path,
-             "LATIN1": tmp_path / "latin1.txt"}
+             "LATIN1": tmp_path / "latin1.txt", "TABS": tmp_path / "tabs.tsv"}
     overrides = [o.split("=")[0] + "=" + str(names.get(o.split("=")[1], o.split("=")[1])) for o in overrides]
     mode = "mode=score" if "mode=score" in overrides else "mode=translate"
     cfg = compose_config(mode, f"ckpt_path={checkpoint[0]}", *[o for o in overrides if not o.startswith("mode=")])

@@ -161,8 +161,13 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
             notes.setdefault(split, []).append(f"{long} pairs longer than dataset.max_src_len={c.max_src_len} or "
                                                f"dataset.max_tgt_len={c.max_tgt_len} {verb}")
         if not kept:
-            raise UserError(f"dataset: no {split} pairs are left after filtering (raise dataset.max_src_len or "
-                            f"dataset.max_tgt_len, or set dataset.too_long=truncate)")
+            given = getattr(c, f"{split}_file", None) or c.train_file  # held-out splits come from the training file
+            source = f"dataset.{split}_file={given}" if getattr(c, f"{split}_file", None) else (
+                f"dataset.train_file={given}" if given else f"dataset={c.name}")
+            why = notes.get(split) or ["none were read"]  # empty sides dropped, pairs too long dropped
+            hint = (" (raise dataset.max_src_len or dataset.max_tgt_len, or set dataset.too_long=truncate)" if long
+                    else "")
+            raise UserError(f"{source}: no {split} pairs are left ({'; '.join(why)}){hint}")
         arrays.update({f"{split}.{name}": array for name, array in ids.items()})
         if split in HELD_OUT:
             for side, texts in (("src", [pairs[i][0] for i in kept]), ("tgt", [pairs[i][1] for i in kept])):
