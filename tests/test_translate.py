@@ -143,6 +143,8 @@ def test_score_reads_references_from_their_own_file_as_well(translate, tmp_path)
     (["mode=score", "input_file=TABS"], r"tabs.tsv line 2: expected \"source<TAB>reference\", found 2 TABs"),
     (["mode=score"], "mode=score needs input_file=PATH"),
     (["output_file=FOLDER"], "output_file=.* is a folder: give a file"),
+    (["input_file=EXISTING", "output_file=EXISTING", "overwrite=true"], "output_file=.*existing.txt is the input_file: "
+                                                                        "the outputs would replace what they are made"),
     (["decode.beam_size=19"], "decode.beam_size=19 is more than the 18 tokens an output can start with"),
     (["input_file=LATIN1"], "latin1.txt line 2: not UTF-8 text"),
 ])
