@@ -284,18 +284,26 @@ def upgrade_saved_config(config: dict) -> dict:
     return config
 
 
-def check_dataset_files(dataset_cfg, model_cfg=None) -> None:
-    """A data file given to a generated task would be ignored, and the run would train on the task instead. With
-    the model: one embedding for source and target (model.tie_embeddings=all) needs text read into one vocabulary
-    (a generated task has one), even where the two vocabularies would happen to have the same size."""
+def unread_dataset_files(dataset_cfg) -> str | None:
+    """The line a run logs where data files are given to a generated task, which reads none: forgetting
+    dataset=text_pairs would otherwise train on the task without a word. (A warning, not a refusal: a sweep over
+    every preset gives one command line's files to the text presets and the generated ones alike.)"""
     from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
 
-    if dataset_cfg.name in TASKS:
-        for key in ("train_file", "valid_file", "test_file", "hub_name"):
-            if dataset_cfg.get(key):
-                raise UserError(f"dataset.{key}={dataset_cfg[key]}: dataset={dataset_cfg.name} generates its examples "
-                                f"and reads no files (to train on files: dataset=text_pairs)")
-    elif model_cfg is not None and model_cfg.tie_embeddings == "all" and not dataset_cfg.shared_vocab:
+    given = [f"dataset.{key}={dataset_cfg[key]}" for key in ("train_file", "valid_file", "test_file", "hub_name")
+             if dataset_cfg.name in TASKS and dataset_cfg.get(key)]
+    if given:
+        return (f"{', '.join(given)} not read: dataset={dataset_cfg.name} generates its examples (to train on files: "
+                f"dataset=text_pairs)")
+    return None
+
+
+def check_tied_vocabulary(model_cfg, dataset_cfg) -> None:
+    """One embedding for source and target (model.tie_embeddings=all) needs text read into one vocabulary (a
+    generated task has one), even where two vocabularies would happen to have the same size."""
+    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
+
+    if model_cfg.tie_embeddings == "all" and dataset_cfg.name not in TASKS and not dataset_cfg.shared_vocab:
         raise UserError("model.tie_embeddings=all gives source and target tokens one embedding, so it needs one "
                         "vocabulary for both: add dataset.shared_vocab=true (or use model.tie_embeddings=decoder)")
 
@@ -447,7 +455,7 @@ def check_run_config(cfg):
     check_scheduler(cfg.scheduler)
     check_decode(cfg.decode, t)
     check_model(cfg.model)
-    check_dataset_files(cfg.dataset, cfg.model)
+    check_tied_vocabulary(cfg.model, cfg.dataset)
     check_lengths(cfg.model, cfg.dataset)
     return t
 

@@ -1,3 +1,4 @@
+import logging
 import re
 from pathlib import Path
 
@@ -244,13 +245,17 @@ def test_a_mistake_inside_a_users_yaml_file_is_one_line_naming_the_file_and_the_
         check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
 
 
-def test_a_data_file_given_to_a_generated_task_is_refused_rather_than_ignored(compose_config):
-    from playground.config import check_run_config
+def test_a_data_file_given_to_a_generated_task_is_named_in_a_warning_rather_than_ignored(compose_config, tmp_path,
+                                                                                        caplog):
+    from playground import experiment
 
-    with pytest.raises(UserError, match=r"^dataset.train_file=data/train.tsv: dataset=reverse generates its examples "
-                                        r"and reads no files \(to train on files: dataset=text_pairs\)$"):
-        check_run_config(compose_config("dataset.train_file=data/train.tsv"))
-    check_run_config(compose_config("dataset=text_pairs", "dataset.train_file=data/train.tsv"))
+    cfg = compose_config("dataset.train_file=data/train.tsv", "trainer.max_steps=1", "dataset.num_train=64",
+                         "dataset.num_valid=4", "dataset.num_test=4", "model.d_model=16", "model.d_ff=16")
+    with caplog.at_level(logging.WARNING, logger="playground.experiment"):
+        experiment.run_train(cfg, tmp_path)
+    assert [r.getMessage() for r in caplog.records if "not read" in r.getMessage()] == [
+        "dataset.train_file=data/train.tsv not read: dataset=reverse generates its examples (to train on files: "
+        "dataset=text_pairs)"]
 
 
 def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
