@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from playground.config import check_overrides, register_configs
 from playground.errors import UserError
-from playground.rundir import restore_record, run_file_in
+from playground.rundir import run_file_in, undo_refused_run
 from playground.sweep import FAILED
 
 register_configs()
@@ -110,7 +110,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"error: job {hydra_cfg.job.num}: {e}", file=sys.stderr)  # this job only: the sweep goes on,
             (Path(run_dir) / FAILED).write_text(f"{e}\n")  # and its summary names the job and the reason
             return None  # (an Optuna study has no way to take a refused trial: it stops there, as a single run does)
-        restore_record()  # a refused resume into its own directory leaves the run's .hydra/ record as it was
+        undo_refused_run()  # the run directory it made is removed; a used one's .hydra/ record is put back
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except experiment.Interrupted as e:

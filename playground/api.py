@@ -93,10 +93,16 @@ def run(overrides=(), run_dir=None) -> tuple:
     The run directory is outputs/<date>/<time> under the current folder unless given."""
     from .config import compose_checked
     from .experiment import run_train
+    from .rundir import note_created, undo_refused_run
 
     cfg = compose_checked(list(overrides))
     if run_dir is None:
         run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
     run_dir = Path(run_dir)
+    note_created(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_train(cfg, run_dir), run_dir
+    try:
+        return run_train(cfg, run_dir), run_dir
+    except UserError:
+        undo_refused_run()  # a refused run leaves no run directory behind
+        raise

@@ -1,6 +1,7 @@
 """A new run never writes into another run's directory, a new sweep never into another sweep's, and a sweep preset
 never runs without -m: each refused before Hydra writes its .hydra/ files (or a sweep's multirun.yaml)."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def run_file_in(folder: Path):
 
 
 _RECORD = {}  # the used run directory's .hydra/ files as they were before this command: {path: bytes}
+_CREATED = []  # the run directory, if this command makes it, and the folders above it that it makes too
 
 
 def keep_record(record_dir: Path | None) -> None:
@@ -32,13 +34,33 @@ def keep_record(record_dir: Path | None) -> None:
         _RECORD.update({path: path.read_bytes() for path in record_dir.iterdir() if path.is_file()})
 
 
-def restore_record() -> None:
-    """Put the run's record back as it was (a refused resume did not run: the record still describes the run)."""
+def note_created(folder: Path) -> None:
+    """Note the folders Hydra is about to make for this run: `folder` and any missing folders above it."""
+    _CREATED.clear()
+    while not folder.exists():
+        _CREATED.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+
+
+def undo_refused_run() -> None:
+    """A refused command leaves the place it was run in as it was: a run directory it made holds only Hydra's
+    record and log, and is removed (with the folders made above it, where they are empty: another run may have
+    made one of them since); a used one gets its .hydra/ record back (a refused resume did not run)."""
     for path, data in _RECORD.items():
         temporary = path.with_name(path.name + ".restoring")
         temporary.write_bytes(data)
         temporary.replace(path)
     _RECORD.clear()
+    if _CREATED and _CREATED[0].is_dir() and run_file_in(_CREATED[0]) is None:
+        shutil.rmtree(_CREATED[0], ignore_errors=True)
+        for folder in _CREATED[1:]:
+            try:
+                folder.rmdir()  # only while empty
+            except OSError:
+                break
+    _CREATED.clear()
 
 
 class RunDirectoryGuard(Callback):
@@ -51,6 +73,7 @@ class RunDirectoryGuard(Callback):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         folder = Path(config.hydra.run.dir)
+        note_created(folder)
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
             # a requeued job resuming itself: the one used directory a run may write into. Hydra is about to write
             # this command's config into its .hydra/ folder: kept, to be put back if the resume is refused

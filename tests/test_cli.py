@@ -64,6 +64,18 @@ def test_a_users_mistake_gets_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: model.heads=7 does not divide model.d_model=128 (try 1, 2, 4, 8, 16, 32, 64)"
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "bad").exists()  # a refused run leaves no run directory behind
+
+
+def test_a_run_refused_for_its_data_removes_the_folders_it_made_and_only_those(tmp_path, entry):
+    (tmp_path / "outputs" / "day").mkdir(parents=True)
+    (tmp_path / "outputs" / "day" / "other").mkdir()  # another run's folder beside it: kept
+    missing = tmp_path / "missing.tsv"
+    for run_dir in (tmp_path / "outputs" / "day" / "new", tmp_path / "outputs" / "newday" / "new"):
+        result = entry("dataset=text_pairs", f"dataset.train_file={missing}", f"hydra.run.dir={run_dir}")
+        assert result.returncode == 2 and f"dataset.train_file={missing}: no such file" in result.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "outputs", "outputs/day", "outputs/day/other"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -225,12 +225,15 @@ def test_a_mistake_in_the_python_api_is_a_user_error_naming_it(checkpoint, call,
         call(playground.load(checkpoint[0], device="cpu"))
 
 
-def test_the_python_api_refuses_a_misspelt_override_in_one_line():
+def test_the_python_api_refuses_a_misspelt_override_or_a_bad_value_in_one_line_leaving_no_folder(tmp_path):
     import playground
 
     with pytest.raises(UserError, match=r"^Could not override 'model.hedas': Key 'hedas' not in 'ModelConfig' \(did "
                                         r"you mean model.heads\?\)$"):
-        playground.run(["model.hedas=3"])
+        playground.run(["model.hedas=3"], tmp_path / "a")
+    with pytest.raises(UserError, match=r"^model.heads=7 does not divide model.d_model=128"):
+        playground.run(["model.heads=7"], tmp_path / "runs" / "b")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tmp_path):
