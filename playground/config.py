@@ -447,12 +447,13 @@ def check_run_config(cfg):
     if given:
         raise UserError(f"{given[0]}={cfg[given[0]]}: mode=train does not read it (it is for mode=translate or "
                         f"mode=score): remove it")
-    from playground.setup import check_optimizer, check_scheduler  # here, not at the top: --help does not wait for torch
+    from playground.setup import check_optimizer, check_scheduler, check_unused_settings  # not at the top: --help
 
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg.scheduler)
+    check_unused_settings(cfg.optimizer, cfg.scheduler)
     check_decode(cfg.decode, t)
     check_model(cfg.model)
     check_tied_vocabulary(cfg.model, cfg.dataset)

@@ -3,7 +3,7 @@ in TensorBoard's TEXT tab (tag "doctor"), with its likely cause and the key to c
 
 | signature | when it fires |
 |---|---|
-| not learning | after 20% of the steps, the training loss is still within 5% of ln(V), the loss of a uniform guess |
+| not learning | after 20% of the steps (and at least 20), the training loss is still above 95% of ln(V), the loss of a uniform guess |
 | decoding fails | valid BLEU below 1 while teacher-forced token accuracy is 0.5 or more; or exact match 0 while token accuracy is above 0.9 |
 | overfitting | the valid loss rose at 3 evaluations in a row, by 1% or more in all, while the training loss fell |
 | unstable | one step's gradient norm is over 10 times the median of the previous (up to 500) steps' norms, once 50 are known |
@@ -16,8 +16,9 @@ from collections import deque
 
 from .data import UNK
 
-CHANCE_MARGIN = 0.05  # the loss counts as "at chance" within 5% of ln(V)
-NOT_LEARNING_AFTER = 0.2  # share of max_steps
+CHANCE_MARGIN = 0.05  # the loss counts as "at chance" above 95% of ln(V) (label smoothing can put it above ln(V))
+NOT_LEARNING_AFTER, NOT_LEARNING_MIN_STEPS = 0.2, 20  # share of max_steps, and at least this many: a smoke test of
+# 10 steps is not expected to have learned
 RISES = 3  # evaluations in a row
 RISE_AT_LEAST = 0.01  # relative rise of the valid loss over those evaluations
 SPIKE_FACTOR, SPIKE_HISTORY, SPIKE_MIN_HISTORY = 10.0, 500, 50
@@ -58,9 +59,10 @@ class Doctor:
     def on_log(self, step: int, train_loss: float, grad_norms) -> None:
         """At each log step: the window's mean training loss and each of its steps' gradient norms (oldest first)."""
         self.train_loss = train_loss
-        if step >= NOT_LEARNING_AFTER * self.max_steps and train_loss > (1 - CHANCE_MARGIN) * self.chance:
+        late_enough = step >= max(NOT_LEARNING_AFTER * self.max_steps, NOT_LEARNING_MIN_STEPS)
+        if late_enough and train_loss > (1 - CHANCE_MARGIN) * self.chance:
             self._fire("not learning", f"train/loss {train_loss:.3f} at step {step} of {self.max_steps} is still "
-                       f"within {CHANCE_MARGIN:.0%} of ln(V) = {self.chance:.3f}, a uniform guess: the model is not "
+                       f"above {1 - CHANCE_MARGIN:.0%} of ln(V) = {self.chance:.3f}, a uniform guess: the model is not "
                        f"learning. Lower optimizer.lr or lengthen scheduler.warmup_steps (post-norm needs warmup); "
                        f"check that the targets depend on the sources", step)
         for norm in grad_norms:

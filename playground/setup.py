@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from .config import OptimizerConfig, SchedulerConfig
 from .errors import UserError
 
 
@@ -122,6 +123,27 @@ def check_optimizer(opt_cfg) -> None:
         raise UserError(f"optimizer.weight_decay={opt_cfg.weight_decay} must be 0 (none) or positive")
     if opt_cfg.name == "sgd" and opt_cfg.momentum < 0:
         raise UserError(f"optimizer.momentum={opt_cfg.momentum} must be 0 (none) or positive")
+
+
+def check_unused_settings(opt_cfg, sched_cfg) -> None:
+    """A setting the chosen optimizer or schedule does not read (momentum for Adam, warmup for the constant
+    schedule), given a value other than the schema's default, is refused rather than ignored."""
+    unused = []
+    if opt_cfg.name != "sgd" and opt_cfg.momentum != OptimizerConfig.momentum:
+        unused.append((f"optimizer.momentum={opt_cfg.momentum}", f"optimizer={opt_cfg.name}", "optimizer=sgd"))
+    if opt_cfg.name == "sgd" and list(opt_cfg.betas) != OptimizerConfig().betas:
+        unused.append((f"optimizer.betas={list(opt_cfg.betas)}", "optimizer=sgd", "optimizer=adam or adamw"))
+    if opt_cfg.name == "sgd" and opt_cfg.eps != OptimizerConfig.eps:
+        unused.append((f"optimizer.eps={opt_cfg.eps}", "optimizer=sgd", "optimizer=adam or adamw"))
+    if sched_cfg.name == "constant" and sched_cfg.warmup_steps:
+        unused.append((f"scheduler.warmup_steps={sched_cfg.warmup_steps}", "scheduler=constant",
+                       "scheduler=noam or cosine"))
+    if sched_cfg.name != "cosine" and sched_cfg.min_lr_ratio != SchedulerConfig.min_lr_ratio:
+        unused.append((f"scheduler.min_lr_ratio={sched_cfg.min_lr_ratio}", f"scheduler={sched_cfg.name}",
+                       "scheduler=cosine"))
+    if unused:
+        setting, chosen, users = unused[0]
+        raise UserError(f"{setting}: {chosen} does not use it (it is for {users}): remove it, or choose {users}")
 
 
 def check_scheduler(sched_cfg) -> None:

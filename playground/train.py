@@ -439,5 +439,6 @@ class NonFinite:
         if bad >= 0:
             scheduler = self.run.scheduler
             lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](bad - 1)
-            raise UserError(f"train/loss is not finite at step {bad} (lr {lr:.3g}): lower optimizer.lr, raise "
-                            f"scheduler.warmup_steps, or set trainer.on_nonfinite=skip to skip such steps")
+            raise UserError(f"train/loss is not finite at step {bad} (lr {lr:.3g}): lower optimizer.lr, warm up "
+                            f"longer (scheduler.warmup_steps, with scheduler=noam or cosine), or set "
+                            f"trainer.on_nonfinite=skip to skip such steps")

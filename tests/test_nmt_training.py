@@ -79,6 +79,15 @@ BAD_OPTIMIZATION = [
     ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1.0 must be 0 (none) or positive"),
     ("scheduler.min_lr_ratio=-2", "scheduler.min_lr_ratio=-2.0 must be in [0, 1] (a fraction of the peak)"),
     ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be 0 (no warmup) or positive"),
+    ("scheduler=constant scheduler.warmup_steps=100", "scheduler.warmup_steps=100: scheduler=constant does not use it "
+                                                      "(it is for scheduler=noam or cosine): remove it, or choose "
+                                                      "scheduler=noam or cosine"),
+    ("scheduler=noam scheduler.min_lr_ratio=0.1", "scheduler.min_lr_ratio=0.1: scheduler=noam does not use it (it is "
+                                                  "for scheduler=cosine): remove it, or choose scheduler=cosine"),
+    ("optimizer.momentum=0.5", "optimizer.momentum=0.5: optimizer=adam does not use it (it is for optimizer=sgd): "
+                               "remove it, or choose optimizer=sgd"),
+    ("optimizer=sgd optimizer.betas=[0.1,0.2]", "optimizer.betas=[0.1, 0.2]: optimizer=sgd does not use it (it is for "
+                                                "optimizer=adam or adamw): remove it, or choose optimizer=adam or adamw"),
 ]
 
 
