@@ -185,6 +185,29 @@ def test_without_a_network_the_hub_dataset_fails_with_one_clear_message(tmp_path
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_an_unreachable_hub_is_named_at_once_and_the_libraries_are_left_online(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import socket
+
+    from playground.data import parallel
+
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+
+    def no_network(address, timeout=None):
+        assert address == ("huggingface.co", 443) and timeout <= 5
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(parallel.socket, "create_connection", no_network)
+    before = datasets.config.HF_HUB_OFFLINE
+    with pytest.raises(UserError, match=r"^dataset.hub_name=opus_books \(en-it\) could not be loaded from the Hugging "
+                                        r"Face hub: the hub cannot be reached \(huggingface.co: Name or service not "
+                                        r"known\) and no copy is in the local cache"):
+        parallel.load_hub_pairs("opus_books", None, "en", "it")
+    assert datasets.config.HF_HUB_OFFLINE == before
+
+
 def test_a_corpus_smaller_than_a_batch_is_refused_and_leaves_its_run_directory_free(compose_config, tmp_path):
     from playground.rundir import run_file_in
 

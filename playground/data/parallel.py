@@ -7,8 +7,12 @@ Formats (dataset.format, or `auto` from the file name):
 A mistake in a file stops the run before training, naming the file and line.
 """
 
+import contextlib
 import json
+import os
 import random
+import socket
+import urllib.parse
 from pathlib import Path
 
 from ..errors import UserError
@@ -110,6 +114,39 @@ def read_pairs(path, fmt, src_lang, tgt_lang, key) -> list[tuple[str, str]]:
     return pairs
 
 
+HUB_PROBE_SECONDS = 5.0
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (a name that does not resolve, a connection refused or
+    timed out), or None where it can, or where this cannot tell: behind a proxy, or in offline mode already."""
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+        return None
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as e:
+        return f"{host.hostname}: {e.strerror or type(e).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """The Hugging Face libraries in offline mode for a while: cached files only, no network calls or retries."""
+    import datasets
+    import huggingface_hub
+
+    modules = [m for m in (datasets.config, huggingface_hub.constants) if hasattr(m, "HF_HUB_OFFLINE")]
+    before = [m.HF_HUB_OFFLINE for m in modules]
+    for m in modules:
+        m.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, before):
+            m.HF_HUB_OFFLINE = value
+
+
 def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
     """Sentence pairs of a Hugging Face dataset with a `translation` column (opus_books, wmt14, ...).
 
@@ -119,15 +156,21 @@ def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
         import datasets
     except ImportError:
         raise UserError(f"dataset.hub_name={name} needs the `datasets` package: pip install -r requirements.txt")
+    unreachable = None if Path(name).is_dir() else hub_unreachable()
     try:
         if Path(name).is_dir():
             loaded = datasets.load_from_disk(name)
+        elif unreachable:  # no network: the local cache only, at once, rather than half a minute of retries
+            with _hub_offline():
+                loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
         else:
             loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
     except Exception as e:  # no network, an unknown name or language pair, a broken cache
         first_line = next(iter(str(e).splitlines()), type(e).__name__)
+        why = (f"the hub cannot be reached ({unreachable}) and no copy is in the local cache" if unreachable else
+               first_line[:300])
         raise UserError(f"dataset.hub_name={name} ({config or f'{src_lang}-{tgt_lang}'}) could not be loaded from the "
-                        f"Hugging Face hub: {first_line[:300]} (is there a network connection? a local copy "
+                        f"Hugging Face hub: {why} (is there a network connection? a local copy "
                         f"saved with save_to_disk can be given as dataset.hub_name=FOLDER)")
     split = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
     pairs = []
