@@ -72,7 +72,7 @@ def run(overrides) -> dict:
     model.load_state_dict(best["weights"])
     flat = {f"test/{k}": v for k, v in scores(model, data, "test", t, decoding, device, autocast).items()}
     flat.update({"step": best["step"], monitor.metric: monitor.best})
-    print("\n".join(f"{k:<20}  {v:.4f}" for k, v in flat.items()))
+    print("\n".join(f"{k:<20}  {v:.4f}" if isinstance(v, float) else f"{k:<20}  {v}" for k, v in flat.items()))
     return flat
 
 

@@ -220,8 +220,9 @@ def bench_training(device, precisions, sizes, compile=False):
                 model = (playground_model(size) if side == "playground" else
                          TorchTransformer(size["vocab"], size["d_model"], size["heads"], size["layers"], size["d_ff"]))
                 model = model.to(device).train()
-                steps.append(train_step_fn(maybe_compile(model, compile, device) if compile else model, size, device,
-                                           autocast, side))
+                if compile:  # the benchmark's own warm-up rounds wait for the compiler: no message
+                    model = maybe_compile(model, compile, device, inform=lambda message: None)
+                steps.append(train_step_fn(model, size, device, autocast, side))
             rounds = timed_alternating(steps, device)
             theirs, theirs_fused, ours = (tokens / statistics.median(seconds) for seconds in rounds)
             del steps

@@ -65,6 +65,11 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"ckpt_path={path} is a folder, not a checkpoint file{listed}")
     if not path.is_file():
         raise UserError(f"ckpt_path={path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head and head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before torch 1.6)
+        raise UserError(f"ckpt_path={path}: not a checkpoint of this project (not a file torch.save writes: a data "
+                        f"or text file?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # another program's pickle, or one holding Python objects (never run here)

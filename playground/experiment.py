@@ -306,7 +306,7 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
     run = Training(model=maybe_compile(DistributedDataParallel(model) if d.enabled else model, t.compile, device,
-                                       log.warning),
+                                       log.warning, log.info if d.is_main else lambda message: None),
                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss_fn=kernels.loss_function(t.kernels),
                    pad_id=MODEL_IDS["pad_id"], device=device, autocast=autocast, dist=d, step_flops=step_flops,
                    peak_flops=peak_flops)

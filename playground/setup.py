@@ -51,8 +51,9 @@ def compile_unavailable(device: torch.device):
     return None
 
 
-def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
-    """trainer.compile: the model under torch.compile, or, where it cannot be compiled, the model itself and a message.
+def maybe_compile(model, enabled: bool, device: torch.device, warn=print, inform=print):
+    """trainer.compile: the model under torch.compile (inform says the first steps wait for it), or, where it cannot
+    be compiled, the model itself and a warning.
 
     A graph that fails to compile later (an unsupported operation, a compiler error) runs eagerly instead of
     stopping the run: torch._dynamo.config.suppress_errors, which prints what failed.
@@ -64,6 +65,7 @@ def maybe_compile(model, enabled: bool, device: torch.device, warn=print):
         warn(f"trainer.compile=true but {reason}: training without torch.compile")
         return model
     torch._dynamo.config.suppress_errors = True
+    inform("trainer.compile=true: the first steps compile the model and wait for it (about a minute on a CPU)")
     return torch.compile(model)
 
 

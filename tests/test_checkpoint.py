@@ -35,6 +35,9 @@ def test_a_checkpoint_missing_a_layer_says_which(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a checkpoint of this project"),
+                                              (b"hello\tciao\n", r"not a checkpoint of this project \(not a file "
+                                                                r"torch.save writes: a data or text file\?\)"),
+                                              (b"PK\x03\x04 half a checkpoint", "not a readable checkpoint"),
                                               (b"", "not a readable checkpoint")])
 def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(tmp_path, content, message):
     path = tmp_path / "broken.pt"

@@ -39,9 +39,12 @@ def test_a_broken_data_file_is_refused_naming_the_file_and_line(tmp_path, name, 
         read_pairs(path, "auto", "en", "it", "dataset.train_file")
 
 
-def test_a_missing_file_and_unequal_moses_files_are_refused(tmp_path):
+def test_a_missing_file_a_folder_and_unequal_moses_files_are_refused(tmp_path):
     with pytest.raises(UserError, match="dataset.valid_file=.*nope.tsv: no such file"):
         read_pairs(tmp_path / "nope.tsv", "auto", "en", "it", "dataset.valid_file")
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(UserError, match=r"dataset.train_file=.*corpus is a folder: give a file \(TSV, JSONL, or a "):
+        read_pairs(tmp_path / "corpus", "tsv", "en", "it", "dataset.train_file")
     (tmp_path / "m.en").write_text("a\nb\n")
     (tmp_path / "m.it").write_text("x\n")
     with pytest.raises(UserError, match="m.en has 2 lines but .*m.it has 1"):

@@ -105,6 +105,8 @@ def read_pairs(path, fmt, src_lang, tgt_lang, key) -> list[tuple[str, str]]:
         rows = _moses(path, src_lang, tgt_lang)
     else:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{key}={path} is a folder: give a file (TSV, JSONL, or a Moses prefix)")
         if not path.is_file():
             raise UserError(f"{key}={path}: no such file")
         rows = _tsv(path) if fmt == "tsv" else _jsonl(path, src_lang, tgt_lang)
