@@ -2,7 +2,8 @@
 
 playground/model/ is the Transformer as the paper writes it, and what trains by default. The files here
 compute the same things faster, one file per piece, each a subclass of the reference piece that replaces
-only its forward (so the weights, their names and checkpoints are the same whichever runs):
+only its forward (attention also its decoding cache's append), so the weights, their names and checkpoints are
+the same whichever runs:
 
 | reference piece (playground/model/)      | fast drop-in (playground/kernels/)                           |
 |------------------------------------------|--------------------------------------------------------------|
