@@ -80,9 +80,10 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
-    missing = [key for key in ("tokenizers", "step") if key not in state]  # every checkpoint this project writes has them
+    missing = [key for key in ("tokenizers", "step") if key not in state]  # every checkpoint written here has both
     if missing:
-        raise UserError(f"ckpt_path={path}: not a complete Transformer Playground checkpoint (no {' and no '.join(missing)})")
+        raise UserError(f"ckpt_path={path}: not a complete Transformer Playground checkpoint "
+                        f"(no {' and no '.join(missing)})")
     return state
 
 

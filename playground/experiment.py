@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, check_same_parameters, checkpoint_tokenizers, load_checkpoint, load_model_weights,
-                         load_to_resume, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (atomic_write, check_same_parameters, checkpoint_tokenizers, load_checkpoint,
+                         load_model_weights, load_to_resume, rng_state, save_checkpoint, set_rng_state)
 from .config import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
                      check_run_config, check_trainer, unread_dataset_files, upgrade_saved_config)
 from .data import MODEL_IDS, Data, load_data
@@ -190,8 +190,8 @@ def run_train(cfg, run_dir: Path) -> dict:
     cfg.trainer.monitor, cfg.trainer.monitor_mode = monitor.metric, monitor.mode  # recorded in the checkpoints
     if d.is_main:
         log.info(_kernels_line(t.kernels))
-        if unread_dataset_files(cfg.dataset):
-            log.warning(unread_dataset_files(cfg.dataset))
+        if unread := unread_dataset_files(cfg.dataset):
+            log.warning(unread)
     device = distributed.init(d, resolve_device(t.device))
     t.precision = cfg.trainer.precision = resolve_precision(device, t.precision)  # checkpoints record the one used
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
@@ -438,8 +438,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # none from Python
     given = [o for o in overrides if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
-    if unread_dataset_files(dataset):
-        log.warning(unread_dataset_files(dataset))
+    if unread := unread_dataset_files(dataset):
+        log.warning(unread)
     check_lengths(saved.model, dataset, checkpoint=cfg.ckpt_path)
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")

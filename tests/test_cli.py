@@ -142,8 +142,9 @@ def test_eval_refuses_test_data_longer_than_the_checkpoints_model_holds_before_e
     run_dir, _ = trained_run
     ckpt = run_dir / "checkpoints" / "best.pt"
     result = entry("mode=eval", f"ckpt_path={ckpt}", "dataset.max_len=600", f"hydra.run.dir={tmp_path}/e")
-    assert (result.returncode, result.stderr) == (2, f"error: dataset.max_len=600 needs 601 positions but the model of "
-                                                     f"ckpt_path={ckpt} has model.max_len=512 (lower dataset.max_len)\n")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: dataset.max_len=600 needs 601 positions but the model of ckpt_path={ckpt} has "
+                             f"model.max_len=512 (lower dataset.max_len)\n")
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 

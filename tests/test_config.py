@@ -262,8 +262,8 @@ def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_
     from playground.config import check_run_config
 
     text = ["dataset=text_pairs", "dataset.train_file=data/train.tsv", "model.tie_embeddings=all"]
-    with pytest.raises(UserError, match=r"^model.tie_embeddings=all gives source and target tokens one embedding, so it "
-                                        r"needs one vocabulary for both: add dataset.shared_vocab=true"):
+    with pytest.raises(UserError, match=r"^model.tie_embeddings=all gives source and target tokens one embedding, so "
+                                        r"it needs one vocabulary for both: add dataset.shared_vocab=true"):
         check_run_config(compose_config(*text))
     check_run_config(compose_config(*text, "dataset.shared_vocab=true"))
     check_run_config(compose_config("model.tie_embeddings=all"))  # a generated task has one vocabulary

@@ -86,8 +86,9 @@ BAD_OPTIMIZATION = [
                                                   "for scheduler=cosine): remove it, or choose scheduler=cosine"),
     ("optimizer.momentum=0.5", "optimizer.momentum=0.5: optimizer=adam does not use it (it is for optimizer=sgd): "
                                "remove it, or choose optimizer=sgd"),
-    ("optimizer=sgd optimizer.betas=[0.1,0.2]", "optimizer.betas=[0.1, 0.2]: optimizer=sgd does not use it (it is for "
-                                                "optimizer=adam or adamw): remove it, or choose optimizer=adam or adamw"),
+    ("optimizer=sgd optimizer.betas=[0.1,0.2]", "optimizer.betas=[0.1, 0.2]: optimizer=sgd does not use it (it is "
+                                                "for optimizer=adam or adamw): remove it, or choose optimizer=adam or "
+                                                "adamw"),
 ]
 
 

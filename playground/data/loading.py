@@ -161,9 +161,9 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
             notes.setdefault(split, []).append(f"{long} pairs longer than dataset.max_src_len={c.max_src_len} or "
                                                f"dataset.max_tgt_len={c.max_tgt_len} {verb}")
         if not kept:
-            given = getattr(c, f"{split}_file", None) or c.train_file  # held-out splits come from the training file
-            source = f"dataset.{split}_file={given}" if getattr(c, f"{split}_file", None) else (
-                f"dataset.train_file={given}" if given else f"dataset={c.name}")
+            own = getattr(c, f"{split}_file", None)  # else the split is held out of the training file
+            source = (f"dataset.{split}_file={own}" if own else f"dataset.train_file={c.train_file}" if c.train_file
+                      else f"dataset={c.name}")
             why = notes.get(split) or ["none were read"]  # empty sides dropped, pairs too long dropped
             hint = (" (raise dataset.max_src_len or dataset.max_tgt_len, or set dataset.too_long=truncate)" if long
                     else "")
