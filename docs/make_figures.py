@@ -20,7 +20,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from playground.experiment import _model_from_checkpoint  # noqa: E402
+from playground.inference import load_trained  # noqa: E402
 from playground.data import load_data  # noqa: E402
 from playground.model.embeddings import sinusoid_table  # noqa: E402
 from playground.config import TrainerConfig  # noqa: E402
@@ -55,8 +55,7 @@ def warmup_schedule():
 
 def attention_reverse(run_dir: Path):
     ckpt = run_dir / "checkpoints" / "best.pt"
-    cfg = type("Args", (), {"ckpt_path": str(ckpt), "mode": "eval"})()
-    model, saved, src_tok, tgt_tok, _ = _model_from_checkpoint(cfg)
+    model, saved, src_tok, tgt_tok, _ = load_trained(ckpt)
     model.eval()
     data = load_data(saved.dataset)
     valid = data.splits["valid"]

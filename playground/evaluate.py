@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .config import DecodeConfig
 from .data import PAD
+from .model import loss as model_loss
 from .model.decoding import beam_search
 
 
@@ -40,32 +41,34 @@ def decode_nbest(model, src, d):
 TOKENS_AT_ONCE = 2048  # target positions whose logits an evaluation computes at once (a training batch has more)
 
 
-def _teacher_forced(model, src, tgt, autocast, label_smoothing):
-    """Sums over rows src (B, S), tgt (B, T+1) with the reference as the decoder's input: the loss, the NLL, the
-    correctly predicted tokens and the tokens."""
+def _teacher_forced(model, src, tgt, autocast, label_smoothing, loss_fn):
+    """Sums over rows src (B, S), tgt (B, T+1) with the reference as the decoder's input: the loss (the training
+    loss function's, so that an edit to it shows in the valid and test loss too), the NLL, the correctly predicted
+    tokens and the tokens."""
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
     with autocast():
         logits = model(src, tgt_in)  # (B, T, V)
-    flat_logits, flat_targets = logits.float().flatten(0, 1), tgt_out.flatten()
-    nll_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=PAD, reduction="sum")
-    loss_sum = nll_sum if label_smoothing == 0 else F.cross_entropy(
-        flat_logits, flat_targets, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
     real = tgt_out != PAD
+    nll_sum = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
+    loss_sum = loss_fn(logits, tgt_out, label_smoothing, PAD) * real.sum()  # the loss is a mean over real tokens
     correct = ((logits.argmax(-1) == tgt_out) & real).sum()
     return torch.stack([loss_sum, nll_sum, correct, real.sum()])
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, decoding=None, rows=None, reduce=None):
+def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, decoding=None, rows=None, reduce=None,
+             loss_fn=None):
     """Return ({loss, nll, ppl, token_accuracy, exact_match}, predictions) over `rows` of data (default: all).
 
     loss is the label-smoothed training objective (never below about 0.6 with epsilon 0.1 and a 16-symbol
     vocabulary, however good the model); nll is the plain negative log-likelihood per target token, in nats,
     and ppl = exp(nll) the perplexity. predictions are the outputs decoded as `decoding` says (a DecodeConfig;
     default greedy), one id list per evaluated row. With several processes each evaluates its own rows and
-    `reduce` sums the totals across them before the metrics are computed.
+    `reduce` sums the totals across them before the metrics are computed. loss_fn is the training loss function
+    (default: the model's `sequence_loss`, looked up now, so that an edit to it is what evaluates).
     """
     decoding = decoding or DecodeConfig()
+    loss_fn = loss_fn or model_loss.sequence_loss
     was_training = model.training
     model.eval()
     rows = torch.arange(len(data)) if rows is None else rows
@@ -79,7 +82,7 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, dec
         rows_at_once = max(1, TOKENS_AT_ONCE // tgt_out.size(1))
         for part in range(0, len(index), rows_at_once):
             totals[:4] += _teacher_forced(model, src[part:part + rows_at_once], tgt[part:part + rows_at_once],
-                                          autocast, label_smoothing).to(totals)
+                                          autocast, label_smoothing, loss_fn).to(totals)
         with autocast():
             pred = decode(model, src, decoding)  # (B, L)
         totals[4] += exact_matches(pred, tgt_out).sum()

@@ -98,7 +98,8 @@ def _evaluator(model, data: Data, t, decoding, device, autocast, d: Dist):
     def run(split):
         rows = torch.arange(len(data.splits[split])).tensor_split(d.world_size)[d.rank]  # rank 0 starts at row 0
         metrics, predictions = evaluate(model, data.splits[split], t.eval_batch_size, device, autocast,
-                                        t.label_smoothing, decoding, rows=rows, reduce=lambda totals: sum_across(d, totals))
+                                        t.label_smoothing, decoding, rows=rows, reduce=lambda totals: sum_across(d, totals),
+                                        loss_fn=kernels.loss_function(t.kernels))
         hypotheses = [data.tgt_tokenizer.decode(ids) for ids in predictions]
         references = [data.texts[split][i][1] for i in rows.tolist()]
         gathered = distributed.gather_to_main(d, (hypotheses, references))

@@ -1,5 +1,5 @@
-"""A new run never writes into another run's directory, a new sweep never into another sweep's, and a sweep preset
-never runs without -m: each refused before Hydra writes its .hydra/ files (or a sweep's multirun.yaml)."""
+"""A new run never writes into another run's directory, and a sweep preset never runs without -m: both refused
+before Hydra writes its .hydra/ files. A refused command leaves what it found as it was."""
 
 import shutil
 import sys
@@ -83,19 +83,4 @@ class RunDirectoryGuard(Callback):
         if found:
             print(f"error: {folder} already holds a run ({found}): refusing to write into it (give this run its own "
                   f"directory with hydra.run.dir=...)", file=sys.stderr)
-            sys.exit(2)
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        """A sweep into a folder whose jobs already hold runs (the same sweep repeated, say) is refused before the
-        sweeper rewrites its multirun.yaml and each job its .hydra/ record: unless trainer.auto_resume=true, with
-        which each job resumes its own run."""
-        folder = Path(config.hydra.sweep.dir)
-        if config.trainer.auto_resume or not folder.is_dir():
-            return
-        used = sorted(job.name for job in folder.iterdir() if job.is_dir() and run_file_in(job))
-        if used:
-            more = f" and {len(used) - 1} more" if len(used) > 1 else ""
-            print(f"error: {folder} already holds a sweep's runs ({used[0]}{more}): refusing to write into it (give "
-                  f"this sweep its own directory with hydra.sweep.dir=..., or resume its jobs with "
-                  f"trainer.auto_resume=true)", file=sys.stderr)
             sys.exit(2)

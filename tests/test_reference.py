@@ -1,7 +1,9 @@
 """The code a learner reads in playground/model/ is the code the default run trains, and the fast kernels train the
 same model: an edit to each reference piece changes the next default run, and reference and fast give one loss curve."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,12 +78,30 @@ def test_an_edit_to_the_feed_forward_changes_the_default_run(compose_config, tmp
 
 
 def test_an_edit_to_dropout_changes_the_default_run(compose_config, tmp_path, monkeypatch, default_losses):
-    textbook = dropout.dropout
-    monkeypatch.setattr(dropout, "dropout", lambda x, p, training: textbook(x, max(p, 0.3), training))
+    # the edit a learner makes inside `dropout`: F.dropout(x, 0.3, training=True), in a default model whose
+    # model.dropout is 0 (the line must run even then, or the edit would do nothing)
+    monkeypatch.setattr(dropout, "F", SimpleNamespace(dropout=lambda x, p, training: F.dropout(x, 0.3, training)))
     assert_changed(train_losses(compose_config, tmp_path), default_losses)
 
 
-def test_an_edit_to_the_loss_changes_the_default_run(compose_config, tmp_path, monkeypatch, default_losses):
+def test_an_edit_to_the_loss_changes_the_default_runs_training_and_validation_loss(compose_config, tmp_path,
+                                                                                    monkeypatch, default_losses):
     textbook = loss.sequence_loss
     monkeypatch.setattr(loss, "sequence_loss", lambda logits, tgt, eps, pad_id: textbook(logits, tgt, 0.0, pad_id))
     assert_changed(train_losses(compose_config, tmp_path), default_losses)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["valid/loss"] == pytest.approx(metrics["valid/nll"])  # no smoothing: the loss is the NLL
+
+
+def test_with_fast_kernels_an_edited_loss_fails_the_fast_loss_check_and_trains_as_edited(compose_config, tmp_path,
+                                                                                          monkeypatch):
+    from playground.kernels import loss_function, support
+
+    textbook = loss.sequence_loss
+    monkeypatch.setattr(loss, "sequence_loss", lambda logits, tgt, eps, pad_id: textbook(logits, tgt, 0.0, pad_id))
+    support.works.cache_clear()
+    try:
+        logits, target = torch.randn(2, 3, 20, requires_grad=True), torch.randint(4, 20, (2, 3))
+        torch.testing.assert_close(loss_function("fast")(logits, target, 0.1, 0), textbook(logits, target, 0.0, 0))
+    finally:
+        support.works.cache_clear()

@@ -79,8 +79,15 @@ KERNELS["fast"] = use_fast_kernels  # build_model(..., kernels="fast")
 
 def loss_function(kernels: str):
     """The training loss for trainer.kernels: the model's `sequence_loss` (looked up when asked, so that an edit
-    to it, or a test's monkeypatch, is what trains) or the blockwise one."""
-    return model_loss.sequence_loss if kernels == "reference" else blockwise_sequence_loss
+    to it, or a test's monkeypatch, is what trains), or the blockwise one where it passes its check for the
+    logits' device and dtype (else the model's, as for every other piece)."""
+    return model_loss.sequence_loss if kernels == "reference" else _fast_loss
+
+
+def _fast_loss(logits, tgt_out, label_smoothing: float, pad_id: int):
+    if works("blockwise_loss", logits.device.type, logits.dtype):
+        return blockwise_sequence_loss(logits, tgt_out, label_smoothing, pad_id)
+    return model_loss.sequence_loss(logits, tgt_out, label_smoothing, pad_id)
 
 
 __all__ = ["use_fast_kernels", "loss_function", "check_all", "works", "CHECKS", "FAST_PIECES"]

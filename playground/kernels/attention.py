@@ -203,7 +203,7 @@ class FastMultiHeadAttention(MultiHeadAttention):
                 out = cpu_attention(self.q_proj(x), self.kv_proj(memory), self.heads, mask, self.dropout.p)
             return self.out_proj(out)
         if not cpu_training and (compiling or works("sdpa_attention", x.device.type, dtype)):
-            q, k, v = self.project(x, memory, rotary, cache)  # (B, H, T, Dh), (B, H, S, Dh), (B, H, S, Dh)
+            q, k, v = self.project(x, memory, rotary, cache)  # (B,H,T,Dk), (B,H,S,Dk), (B,H,S,Dh); self: S = T
             out = sdpa_attention(q, k, v, mask, self.dropout.p if self.training else 0.0)  # (B, H, T, Dh)
             return self.out_proj(self.merge_heads(out))
         return super().forward(x, memory, mask, rotary, cache)

@@ -39,7 +39,8 @@ def works(name: str, device_type: str, dtype: torch.dtype) -> bool:
     except Exception as e:  # a wrong result or an error: either way this piece is not used here
         reason = next(iter(str(e).strip().splitlines()), "")[:200]
         log.warning(f"trainer.kernels=fast: {what} fails its check on {device_type} in {_name(dtype)} "
-                    f"({type(e).__name__}: {reason}); that piece runs the reference code instead")
+                    f"({type(e).__name__}: {reason}); that piece runs the reference code instead (if you edited "
+                    f"playground/model/, this is expected: the check compares the kernel with your version)")
         return False
 
 

@@ -105,7 +105,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, memory=None, mask=None, rotary=None, cache=None):
         """x (B, T, D) queries; memory (B, S, D) for cross-attention; cache: a dict kept across decoding steps."""
-        q, k, v = self.project(x, memory, rotary, cache)  # (B, H, T, Dh), (B, H, S, Dh), (B, H, S, Dh)
+        q, k, v = self.project(x, memory, rotary, cache)  # (B,H,T,Dk), (B,H,S,Dk), (B,H,S,Dh); self: S = T
         out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.scaled)  # (B,H,T,Dh), (B,H,T,S)
         if self.record_weights:
             self.weights = weights

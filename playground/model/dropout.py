@@ -12,9 +12,9 @@ from torch import nn
 
 def dropout(x, p: float, training: bool):
     """Zero each element of x with probability p and scale the rest by 1 / (1 - p), in training only."""
-    if not training or p == 0.0:
+    if not training:
         return x
-    return F.dropout(x, p, training=True)  # a Bernoulli(1 - p) mask per element, times x / (1 - p)
+    return F.dropout(x, p, training=True)  # a Bernoulli(1 - p) mask per element, times x / (1 - p); p = 0: x
 
 
 class Dropout(nn.Module):
