@@ -56,7 +56,10 @@ def log_attention(tracker, model, data, task, device, step) -> dict:
     model.eval()
     maps = model.attention_maps(src, tgt_in)  # {name: (B, H, T, S)}
     model.train(was_training)
-    n_src, n_tgt = int((src[0] != PAD).sum()), int((tgt_in[0] != PAD).sum())
+    # the decoder's real inputs are BOS and the target (as many as tgt_out's real tokens): a row shorter than the
+    # batch's longest also has its EOS in tgt_in, an input the decoder never predicts from
+    decoder_queries = tgt_out != PAD  # (B, T)
+    n_src, n_tgt = int((src[0] != PAD).sum()), int(decoder_queries[0].sum())
     src_pieces = [data.src_tokenizer.piece(i) for i in src[0, :n_src].tolist()]
     tgt_pieces = [data.tgt_tokenizer.piece(i) for i in tgt_in[0, :n_tgt].tolist()]
     entropies = {}
@@ -64,7 +67,7 @@ def log_attention(tracker, model, data, task, device, step) -> dict:
         queries = src_pieces if name.startswith("encoder") else tgt_pieces
         keys = tgt_pieces if name.startswith("decoder") and name.endswith("self_attn") else src_pieces
         tracker.attention(f"attention/{name}", weights[0, :, : len(queries), : len(keys)], queries, keys, step)
-        query_mask = (src if name.startswith("encoder") else tgt_in) != PAD  # (B, T)
+        query_mask = src != PAD if name.startswith("encoder") else decoder_queries  # (B, S) or (B, T)
         for head, value in enumerate(attention_entropy(weights.float(), query_mask).tolist()):
             entropies[f"attention_entropy/{name}/head_{head}"] = value
     tracker.scalars(entropies, step)

@@ -3,7 +3,7 @@ in TensorBoard's TEXT tab (tag "doctor"), with its likely cause and the key to c
 
 | signature | when it fires |
 |---|---|
-| not learning | after 20% of the steps (and at least 20), the training loss is still above 95% of ln(V), the loss of a uniform guess |
+| not learning | after 20% of the steps (and at least 20), the training loss of a log window after the first is still above 95% of ln(V), the loss of a uniform guess |
 | decoding fails | valid BLEU below 1 while teacher-forced token accuracy is 0.5 or more; or exact match 0 while token accuracy is above 0.9 |
 | overfitting | the valid loss rose at 3 evaluations in a row, by 1% or more in all, while the training loss fell |
 | unstable | one step's gradient norm is over 10 times the median of the previous (up to 500) steps' norms, once 50 are known |
@@ -39,6 +39,7 @@ class Doctor:
         self.chance, self.max_steps, self.report = math.log(vocab_size), max_steps, report
         self.found = {}  # signature -> message
         self.train_loss = None
+        self.logs = 0  # log windows seen: the first one's mean includes the first steps, before any learning
         self.evals = []  # (valid loss, train loss) at each evaluation
         self.norms = deque(maxlen=SPIKE_HISTORY)
 
@@ -58,12 +59,12 @@ class Doctor:
 
     def on_log(self, step: int, train_loss: float, grad_norms) -> None:
         """At each log step: the window's mean training loss and each of its steps' gradient norms (oldest first)."""
-        self.train_loss = train_loss
-        late_enough = step >= max(NOT_LEARNING_AFTER * self.max_steps, NOT_LEARNING_MIN_STEPS)
+        self.train_loss, self.logs = train_loss, self.logs + 1
+        late_enough = step >= max(NOT_LEARNING_AFTER * self.max_steps, NOT_LEARNING_MIN_STEPS) and self.logs > 1
         if late_enough and train_loss > (1 - CHANCE_MARGIN) * self.chance:
             self._fire("not learning", f"train/loss {train_loss:.3f} at step {step} of {self.max_steps} is still "
                        f"above {1 - CHANCE_MARGIN:.0%} of ln(V) = {self.chance:.3f}, a uniform guess: the model is not "
-                       f"learning. Lower optimizer.lr or lengthen scheduler.warmup_steps (post-norm needs warmup); "
+                       f"learning. Lower optimizer.lr or lengthen scheduler.warmup_steps (post-norm, the default, needs warmup); "
                        f"check that the targets depend on the sources", step)
         for norm in grad_norms:
             if len(self.norms) >= SPIKE_MIN_HISTORY:

@@ -26,6 +26,25 @@ def test_entropy_is_ln_s_for_even_attention_zero_for_one_key_and_ignores_padding
     torch.testing.assert_close(entropy, torch.tensor([math.log(4), 0.0]))
 
 
+def test_decoder_heatmaps_show_bos_and_the_target_but_not_the_eos_a_shorter_row_reads_as_padding():
+    from types import SimpleNamespace
+
+    from playground.data.tokenizers import SymbolTokenizer
+    from playground.diagnostics import log_attention
+
+    torch.manual_seed(0)
+    tokenizer = SymbolTokenizer(16)
+    valid = TokenPairs.from_lists([([5, 6, 7], [7, 6]), ([5, 6, 7, 8], [8, 7, 6, 5])])  # row 0 is the shorter
+    data = SimpleNamespace(splits={"valid": valid}, src_tokenizer=tokenizer, tgt_tokenizer=tokenizer)
+    shown = {}
+    tracker = SimpleNamespace(attention=lambda tag, weights, queries, keys, step: shown.update({tag: (queries, keys)}),
+                              scalars=lambda values, step: None)
+    log_attention(tracker, build(tiny_model_config(), 20, 20), data, None, torch.device("cpu"), step=1)
+    bos, target = tokenizer.piece(1), [tokenizer.piece(i) for i in (7, 6)]
+    assert shown["attention/decoder.layers.0.self_attn"] == ([bos, *target], [bos, *target])
+    assert shown["attention/decoder.layers.0.cross_attn"][0] == [bos, *target]
+
+
 def test_alignment_targets_follow_each_task():
     src = torch.tensor([[5, 6, 7, PAD], [8, 8, 9, 4]])
     reverse = alignment_targets("reverse", src, torch.tensor([[7, 6, 5, EOS], [4, 9, 8, 8]]))
@@ -55,12 +74,15 @@ def fired(run):
 
 def test_the_doctor_sees_a_loss_that_stays_at_chance_after_a_fifth_of_the_run_but_not_in_a_smoke_test():
     chance = math.log(20)
-    assert fired(lambda d: d.on_log(10, chance, [])) == []  # too early to say
-    assert fired(lambda d: d.on_log(30, 0.9 * chance, [])) == []  # learning
-    [message] = fired(lambda d: d.on_log(30, 1.2 * chance, []))  # label smoothing can put the loss above ln(V)
+    assert fired(lambda d: (d.on_log(5, chance, []), d.on_log(10, chance, []))) == []  # too early to say
+    assert fired(lambda d: (d.on_log(20, chance, []), d.on_log(30, 0.9 * chance, []))) == []  # learning
+    assert fired(lambda d: d.on_log(30, chance, [])) == []  # one window: its mean holds the first steps too
+    # label smoothing can put the loss above ln(V)
+    [message] = fired(lambda d: (d.on_log(20, chance, []), d.on_log(30, 1.2 * chance, [])))
     assert message.startswith("doctor: train/loss 3.595 at step 30 of 100 is still above 95% of ln(V) = 2.996")
     assert "optimizer.lr" in message and "scheduler.warmup_steps" in message
     smoke = Doctor(vocab_size=20, max_steps=10, report=lambda message, step: pytest.fail(message))
+    smoke.on_log(5, chance, [])
     smoke.on_log(10, chance, [])  # 10 steps of 10: too few to expect learning
 
 
