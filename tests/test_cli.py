@@ -148,10 +148,10 @@ def test_eval_refuses_test_data_longer_than_the_checkpoints_model_holds_before_e
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 
-def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path):
+def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path, entry):
     run_dir, _ = trained_run
-    result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "model.d_model=256",
-                 f"hydra.run.dir={tmp_path}/e")
+    result = entry("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "model.d_model=256",
+                   f"hydra.run.dir={tmp_path}/e")
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: model.d_model=256: mode=eval rebuilds the model and its tokenizers from "
                                     f"ckpt_path={run_dir}/checkpoints/best.pt and reads only its test data (dataset.* "
