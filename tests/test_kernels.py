@@ -248,6 +248,18 @@ def test_fast_kernels_decode_what_the_reference_decodes_with_and_without_the_cac
     assert torch.equal(fast.generate(src, max_len=30, beam_size=beam_size, use_cache=False), expected)
 
 
+def test_fast_kernels_name_the_settings_under_which_a_piece_still_trains_with_its_reference_code(caplog):
+    with caplog.at_level(logging.INFO, logger="playground.kernels"):
+        build(tiny_model_config(), 20, 20, kernels="fast")
+        assert caplog.records == []  # the paper's model: every piece takes its fast path
+        build(tiny_model_config(positional="rotary", activation="gelu"), 20, 20, kernels="fast")
+    assert [r.getMessage() for r in caplog.records] == [
+        "trainer.kernels=fast: attention trains on the CPU with its reference code under model.positional=rotary "
+        "(the CPU attention kernel does not rotate positions)",
+        "trainer.kernels=fast: the feed-forward trains on the CPU with its reference code under model.activation=gelu "
+        "(the fused kernel is ReLU's, the paper's)"]
+
+
 def test_a_kernel_that_fails_its_check_leaves_its_piece_to_the_reference_with_one_log_line(monkeypatch, caplog):
     def broken(device, dtype):
         raise RuntimeError("could not create a primitive descriptor")

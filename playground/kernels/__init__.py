@@ -27,6 +27,7 @@ from ..model import KERNELS
 from ..model import loss as model_loss
 from ..model.attention import MultiHeadAttention
 from ..model.dropout import Dropout
+from ..model.embeddings import RotaryPositionalEncoding
 from ..model.layers import PositionwiseFeedForward
 from .attention import FastMultiHeadAttention
 from .dropout import MaskDropout
@@ -72,7 +73,23 @@ def use_fast_kernels(model: nn.Module, pieces=None) -> nn.Module:
     for ablation, name in sorted(kept):
         log.info(f"trainer.kernels=fast: {name} runs its reference code under {ablation} "
                  f"(its fast kernel computes the paper's version only)")
+    for line in sorted(_cpu_training_fallbacks(model, pieces)):
+        log.info(line)
     return model
+
+
+def _cpu_training_fallbacks(model, pieces) -> set:
+    """The settings under which a swapped piece still trains with its reference code on the CPU, one line each
+    (the check of each kernel logs its own failures; these are the settings its fast path does not cover)."""
+    lines = set()
+    for module in model.modules():
+        if isinstance(module, RotaryPositionalEncoding) and (pieces is None or MultiHeadAttention in pieces):
+            lines.add("trainer.kernels=fast: attention trains on the CPU with its reference code under "
+                      "model.positional=rotary (the CPU attention kernel does not rotate positions)")
+        if type(module) is FusedFeedForward and module.activation != "relu":
+            lines.add(f"trainer.kernels=fast: the feed-forward trains on the CPU with its reference code under "
+                      f"model.activation={module.activation} (the fused kernel is ReLU's, the paper's)")
+    return lines
 
 
 KERNELS["fast"] = use_fast_kernels  # build_model(..., kernels="fast")
