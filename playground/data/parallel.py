@@ -126,7 +126,8 @@ def hub_unreachable() -> str | None:
         return None
     host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        socket.create_connection((host.hostname, host.port or 443), timeout=HUB_PROBE_SECONDS).close()
+        port = host.port or (80 if host.scheme == "http" else 443)
+        socket.create_connection((host.hostname, port), timeout=HUB_PROBE_SECONDS).close()
     except OSError as e:
         return f"{host.hostname}: {e.strerror or type(e).__name__}"
     return None
