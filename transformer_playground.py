@@ -110,7 +110,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"error: job {hydra_cfg.job.num}: {e}", file=sys.stderr)  # this job only: the sweep goes on,
             (Path(run_dir) / FAILED).write_text(f"{e}\n")  # and its summary names the job and the reason
             return None  # (an Optuna study has no way to take a refused trial: it stops there, as a single run does)
-        undo_refused_run()  # the run directory it made is removed; a used one's .hydra/ record is put back
+        undo_refused_run(run_dir)  # the run directory it made is removed; a used one's .hydra/ record is put back
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except experiment.Interrupted as e:

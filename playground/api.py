@@ -104,5 +104,5 @@ def run(overrides=(), run_dir=None) -> tuple:
     try:
         return run_train(cfg, run_dir), run_dir
     except UserError:
-        undo_refused_run()  # a refused run leaves no run directory behind
+        undo_refused_run(run_dir)  # a refused run leaves no run directory behind
         raise

@@ -37,6 +37,7 @@ def keep_record(record_dir: Path | None) -> None:
 def note_created(folder: Path) -> None:
     """Note the folders Hydra is about to make for this run: `folder` and any missing folders above it."""
     _CREATED.clear()
+    folder = Path(folder).resolve()  # now: with hydra.job.chdir=true the working folder changes before a refusal
     while not folder.exists():
         _CREATED.append(folder)
         if folder.parent == folder:
@@ -44,16 +45,18 @@ def note_created(folder: Path) -> None:
         folder = folder.parent
 
 
-def undo_refused_run() -> None:
-    """A refused command leaves the place it was run in as it was: a run directory it made holds only Hydra's
-    record and log, and is removed (with the folders made above it, where they are empty: another run may have
-    made one of them since); a used one gets its .hydra/ record back (a refused resume did not run)."""
+def undo_refused_run(run_dir) -> None:
+    """A refused command leaves the place it was run in as it was: the run directory `run_dir`, if this command
+    made it, holds only Hydra's record and log, and is removed (with the folders made above it, where they are
+    empty: another run may have made one of them since); a used one gets its .hydra/ record back (a refused resume
+    did not run)."""
     for path, data in _RECORD.items():
         temporary = path.with_name(path.name + ".restoring")
         temporary.write_bytes(data)
         temporary.replace(path)
     _RECORD.clear()
-    if _CREATED and _CREATED[0].is_dir() and run_file_in(_CREATED[0]) is None:
+    made = bool(_CREATED) and _CREATED[0].is_dir() and _CREATED[0] == Path(run_dir).resolve()
+    if made and run_file_in(_CREATED[0]) is None:
         shutil.rmtree(_CREATED[0], ignore_errors=True)
         for folder in _CREATED[1:]:
             try:
