@@ -27,16 +27,24 @@ _RECORD = {}  # the used run directory's .hydra/ files as they were before this 
 _CREATED = []  # the run directory, if this command makes it, and the folders above it that it makes too
 
 
-def keep_record(record_dir: Path | None) -> None:
-    """Remember the files of a run's record (its .hydra/ folder) before Hydra writes this command's over them."""
+def keep_record(record_dir: Path | None, checkpoint: Path) -> None:
+    """Remember the files of a run's record (its .hydra/ folder) before Hydra writes this command's over them, and
+    the state of its last checkpoint: the record goes back only if the refused command wrote no checkpoint."""
     _RECORD.clear()
     if record_dir is not None and record_dir.is_dir():
         _RECORD.update({path: path.read_bytes() for path in record_dir.iterdir() if path.is_file()})
+        _RECORD[checkpoint] = _stamp(checkpoint)
+
+
+def _stamp(path: Path):
+    """When and how large a file was last written (None: it is not there)."""
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
 
 
 def note_created(folder: Path) -> None:
     """Note the folders Hydra is about to make for this run: `folder` and any missing folders above it."""
     _CREATED.clear()
+    _RECORD.clear()  # a record kept by an earlier run in this process is that run's, not this one's
     folder = Path(folder).resolve()  # now: with hydra.job.chdir=true the working folder changes before a refusal
     while not folder.exists():
         _CREATED.append(folder)
@@ -50,10 +58,12 @@ def undo_refused_run(run_dir) -> None:
     made it, holds only Hydra's record and log, and is removed (with the folders made above it, where they are
     empty: another run may have made one of them since); a used one gets its .hydra/ record back (a refused resume
     did not run)."""
+    untrained = all(_stamp(path) == data for path, data in _RECORD.items() if not isinstance(data, bytes))
     for path, data in _RECORD.items():
-        temporary = path.with_name(path.name + ".restoring")
-        temporary.write_bytes(data)
-        temporary.replace(path)
+        if untrained and isinstance(data, bytes) and path.parent.is_dir():  # a run that trained keeps its new record
+            temporary = path.with_name(path.name + ".restoring")
+            temporary.write_bytes(data)
+            temporary.replace(path)
     _RECORD.clear()
     made = bool(_CREATED) and _CREATED[0].is_dir() and _CREATED[0] == Path(run_dir).resolve()
     if made and run_file_in(_CREATED[0]) is None:
@@ -80,7 +90,8 @@ class RunDirectoryGuard(Callback):
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
             # a requeued job resuming itself: the one used directory a run may write into. Hydra is about to write
             # this command's config into its .hydra/ folder: kept, to be put back if the resume is refused
-            keep_record(folder / config.hydra.output_subdir if config.hydra.output_subdir is not None else None)
+            keep_record(folder / config.hydra.output_subdir if config.hydra.output_subdir is not None else None,
+                        folder / "checkpoints" / "last.pt")
             return
         found = run_file_in(folder) if folder.is_dir() else None
         if found:

@@ -114,8 +114,9 @@ def autocast_for(device: torch.device, precision: str):
 def check_optimizer(opt_cfg) -> None:
     """The optimizer values torch would refuse with a traceback (or take, and diverge), each refused in one line
     naming the key: before any data is read, and for every job of a sweep."""
-    if opt_cfg.lr is not None and opt_cfg.lr <= 0:  # null: chosen from model.d_model
-        raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive (or null: 2e-3 * sqrt(128 / model.d_model))")
+    if opt_cfg.lr is not None and opt_cfg.lr <= 0:  # null: chosen from model.d_model (Adam's only)
+        auto = " (or null: 2e-3 * sqrt(128 / model.d_model))" if opt_cfg.name != "sgd" else ""
+        raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive{auto}")
     if opt_cfg.name in ("adam", "adamw"):
         if len(opt_cfg.betas) != 2 or not all(0 <= b < 1 for b in opt_cfg.betas):
             raise UserError(f"optimizer.betas={list(opt_cfg.betas)} must be two numbers in [0, 1)")

@@ -145,7 +145,7 @@ def test_eval_refuses_test_data_longer_than_the_checkpoints_model_holds_before_e
     assert result.returncode == 2
     assert result.stderr == (f"error: dataset.max_len=600 needs 601 positions but the model of ckpt_path={ckpt} has "
                              f"model.max_len=512 (lower dataset.max_len)\n")
-    assert not (tmp_path / "e" / "metrics.json").exists()
+    assert not (tmp_path / "e").exists()  # refused before Hydra's record was kept: no run directory
 
 
 def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path, entry):
@@ -157,3 +157,24 @@ def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path, entry):
                                     f"ckpt_path={run_dir}/checkpoints/best.pt and reads only its test data (dataset.* "
                                     f"keys of files may name others), so this would have no effect: remove it")
     assert "Traceback" not in result.stderr and not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_a_kept_run_record_goes_back_only_for_its_own_refused_command_and_only_if_it_trained_nothing(tmp_path):
+    from playground import rundir
+
+    record, checkpoint = tmp_path / "a" / ".hydra", tmp_path / "a" / "checkpoints" / "last.pt"
+    record.mkdir(parents=True)
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"step 10")
+    (record / "config.yaml").write_text("old")
+
+    def refused(change):
+        rundir.keep_record(record, checkpoint)
+        (record / "config.yaml").write_text("new")  # Hydra writes the refused command's config
+        change()
+        rundir.undo_refused_run(tmp_path / "a")
+        return (record / "config.yaml").read_text()
+
+    assert refused(lambda: None) == "old"
+    assert refused(lambda: checkpoint.write_bytes(b"step 20, trained further")) == "new"  # it trained: kept as is
+    assert refused(lambda: rundir.note_created(tmp_path / "b")) == "new"  # another run's command started since

@@ -203,12 +203,15 @@ def test_an_unreachable_hub_is_named_at_once_and_the_libraries_are_left_online(t
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(parallel.socket, "create_connection", no_network)
-    before = datasets.config.HF_HUB_OFFLINE
+    import huggingface_hub
+
+    monkeypatch.setattr(parallel.urllib.request, "getproxies", lambda: {})  # no proxy on this test's machine
+    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
     with pytest.raises(UserError, match=r"^dataset.hub_name=opus_books \(en-it\) could not be loaded from the Hugging "
                                         r"Face hub: the hub cannot be reached \(huggingface.co: Name or service not "
                                         r"known\) and no copy is in the local cache"):
         parallel.load_hub_pairs("opus_books", None, "en", "it")
-    assert datasets.config.HF_HUB_OFFLINE == before
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
 
 
 def test_a_corpus_smaller_than_a_batch_is_refused_and_leaves_its_run_directory_free(compose_config, tmp_path):

@@ -164,7 +164,7 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
             own = getattr(c, f"{split}_file", None)  # else the split is held out of the training file
             source = (f"dataset.{split}_file={own}" if own else f"dataset.train_file={c.train_file}" if c.train_file
                       else f"dataset={c.name}")
-            why = notes.get(split) or ["none were read"]  # empty sides dropped, pairs too long dropped
+            why = notes.get(split) or ["it holds none"]  # empty sides dropped, pairs too long dropped
             hint = (" (raise dataset.max_src_len or dataset.max_tgt_len, or set dataset.too_long=truncate)" if long
                     else "")
             raise UserError(f"{source}: no {split} pairs are left ({'; '.join(why)}){hint}")

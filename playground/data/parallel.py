@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
@@ -121,12 +122,18 @@ HUB_PROBE_SECONDS = 5.0
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be reached from here (a name that does not resolve, a connection refused or
-    timed out), or None where it can, or where this cannot tell: behind a proxy, or in offline mode already."""
-    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+    timed out), or None where it can, or where this cannot tell: behind a proxy (the environment's or the
+    system's), in offline mode already, or with an HF_ENDPOINT it cannot read."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or urllib.request.getproxies():
         return None
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
+        host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
         port = host.port or (80 if host.scheme == "http" else 443)
+    except ValueError:  # a port out of range: the libraries will say what is wrong with it
+        return None
+    if not host.hostname:  # no scheme: not an address this can read
+        return None
+    try:
         socket.create_connection((host.hostname, port), timeout=HUB_PROBE_SECONDS).close()
     except OSError as e:
         return f"{host.hostname}: {e.strerror or type(e).__name__}"

@@ -165,7 +165,7 @@ def append_to_cache(cached, new):
     buffer = None if cached is None else cached._base  # a view's base: a buffer of ours, if it came from here
     ours = (buffer is not None and getattr(buffer, "filled", None) == n and cached.data_ptr() == buffer.data_ptr()
             and cached.stride() == buffer.stride() and buffer.dtype == new.dtype
-            and buffer.shape[:2] == new.shape[:2] and buffer.size(3) == Dh)
+            and buffer.shape[:2] == cached.shape[:2] == new.shape[:2] and buffer.size(3) == Dh)
     if cached is not None and not ours:
         buffer = torch.cat([cached, new], dim=2)  # a tensor from elsewhere, as the reference does; full from here on
     else:
