@@ -47,9 +47,9 @@ def _teacher_forced(model, src, tgt, autocast, label_smoothing, loss_fn):
     tokens and the tokens."""
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T)
     with autocast():
-        logits = model(src, tgt_in)  # (B, T, V)
+        logits = model(src, tgt_in).float()  # (B, T, V), one fp32 copy for both sums
     real = tgt_out != PAD
-    nll_sum = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
+    nll_sum = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum")
     loss_sum = loss_fn(logits, tgt_out, label_smoothing, PAD) * real.sum()  # the loss is a mean over real tokens
     correct = ((logits.argmax(-1) == tgt_out) & real).sum()
     return torch.stack([loss_sum, nll_sum, correct, real.sum()])

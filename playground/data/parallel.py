@@ -170,11 +170,9 @@ def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
     try:
         if Path(name).is_dir():
             loaded = datasets.load_from_disk(name)
-        elif unreachable:  # no network: the local cache only, at once, rather than half a minute of retries
-            with _hub_offline():
+        else:  # no network: the local cache only, at once, rather than half a minute of retries
+            with _hub_offline() if unreachable else contextlib.nullcontext():
                 loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
-        else:
-            loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
     except Exception as e:  # no network, an unknown name or language pair, a broken cache
         first_line = next(iter(str(e).splitlines()), type(e).__name__)
         why = (f"the hub cannot be reached ({unreachable}) and no copy is in the local cache" if unreachable else
