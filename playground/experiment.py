@@ -28,6 +28,7 @@ from .inference import model_from_checkpoint, refuse_unused_overrides
 from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
+from .rundir import log_file_only
 from .setup import (OPTIMIZER_CLASSES, PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
@@ -324,6 +325,9 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
+    if d.is_main:
+        log.info(f"testing the weights of step {best.get('step', last)}"
+                 + (f" (best.pt, by {monitor.metric})" if best_weights is not None else ""))
     try:
         metrics, _, hypotheses = evaluate_split("test")
     except KeyboardInterrupt:  # training is over and saved: say where, and how to test it later
@@ -416,10 +420,15 @@ def _restore_monitor(monitor: Monitor, state: dict, best: dict) -> None:
 
 
 def _report(flat: dict, run_dir: Path) -> None:
+    """The final metrics: a table on the console, and one line in the run's log file, which the console has seen."""
     width = max(map(len, flat))
     print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
                     for k, v in flat.items() if v != ""))
     print(f"run directory: {run_dir}\nview it with:  tensorboard --logdir {run_dir}")
+    scores = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in flat.items() if k.startswith("test/"))
+    log_file_only(log, f"step {flat['step']}: {scores} (in metrics.json)")
+
 
 
 def run_eval(cfg, run_dir: Path) -> dict:
@@ -443,6 +452,7 @@ def run_eval(cfg, run_dir: Path) -> dict:
         log.warning(unread)
     check_lengths(saved.model, dataset, checkpoint=cfg.ckpt_path)
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
+    log.info(f"evaluating {cfg.ckpt_path} (step {state['step']}) on {len(data.splits['test'])} test pairs")
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")
     flat = _flat_metrics("test", metrics, state["step"], _test_counts(data))
     _write_metrics(Path(run_dir), flat)
@@ -482,6 +492,7 @@ def run_average(cfg, run_dir: Path) -> Path:
     steps = ", ".join(str(state["step"]) for state in states)
     print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
           f"evaluate it with: python transformer_playground.py mode=eval ckpt_path={out.resolve()}")
+    log_file_only(log, f"averaged the weights of steps {steps} of {folder} into {out}")
     return out
 
 

@@ -1,6 +1,8 @@
 """A new run never writes into another run's directory, and a sweep preset never runs without -m: both refused
-before Hydra writes its .hydra/ files. A refused command leaves what it found as it was."""
+before Hydra writes its .hydra/ files. A refused command leaves what it found as it was. What a mode prints as a
+table or a summary goes into the run's log file too (`log_file_only`)."""
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -98,3 +100,12 @@ class RunDirectoryGuard(Callback):
             print(f"error: {folder} already holds a run ({found}): refusing to write into it (give this run its own "
                   f"directory with hydra.run.dir=...)", file=sys.stderr)
             sys.exit(2)
+
+
+def log_file_only(logger: logging.Logger, message: str) -> None:
+    """An INFO line from `logger` for the run's log file (Hydra's job log) only: for what the console has already
+    seen printed in another form (the final metrics' table, the summary of mode=average or export)."""
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -54,14 +54,14 @@ def entry(monkeypatch, capfd):
     """Run `python transformer_playground.py ARGS` in this process, as its own process would (a sweep's jobs run
     in one process either way), without a new process's seconds of start-up. Returns returncode, stdout, stderr.
     What the command changes for the process (the logging handlers Hydra sets up, Hydra's global state, the
-    environment) is put back afterwards."""
+    environment, the working folder: `cwd`, the repository's by default) is put back afterwards."""
 
-    def run_entry(*args):
+    def run_entry(*args, cwd=ROOT):
         root = logging.getLogger()
         handlers, level, environment = root.handlers[:], root.level, dict(os.environ)
         entry_point = str(ROOT / "transformer_playground.py")
         monkeypatch.setattr(sys, "argv", [entry_point, *args])
-        monkeypatch.chdir(ROOT)
+        monkeypatch.chdir(cwd)
         code = 0
         try:
             runpy.run_path(entry_point, run_name="__main__")

@@ -46,17 +46,24 @@ def test_a_run_leaves_events_metrics_and_checkpoints_in_its_directory(trained_ru
     hypotheses, references = ((run_dir / name).read_text().splitlines() for name in ("hypotheses.txt",
                                                                                       "references.txt"))
     assert len(hypotheses) == len(references) == metrics["test/pairs_scored"]  # what playground.compare pairs
+    log = (run_dir / "transformer_playground.log").read_text()  # the log keeps what the console's table showed
+    assert f"testing the weights of step {metrics['step']}" in log
+    assert f"test/exact_match {metrics['test/exact_match']:.4f}" in log
+    assert not [line for line in result.stdout.splitlines() if "[INFO]" in line and "test/loss" in line]  # a table
 
 
-def test_eval_in_another_folder_reproduces_the_runs_test_metrics(trained_run, tmp_path):
+def test_eval_in_another_folder_reproduces_the_runs_test_metrics_and_logs_them(trained_run, tmp_path, entry):
     run_dir, _ = trained_run
-    result = run("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval",
-                 cwd=tmp_path)
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    result = entry("mode=eval", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}/eval")
     assert result.returncode == 0, result.stderr
     trained = json.loads((run_dir / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["test/exact_match"] == pytest.approx(trained["test/exact_match"])
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    log = (tmp_path / "eval" / "transformer_playground.log").read_text()
+    assert f"evaluating {checkpoint} (step {evaluated['step']}) on 60 test pairs" in log
+    assert f"test/loss {evaluated['test/loss']:.4f}" in log
 
 
 def test_a_users_mistake_gets_one_line_and_exit_code_2(tmp_path):

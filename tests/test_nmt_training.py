@@ -18,14 +18,13 @@ from conftest import build
 from playground.checkpoint import save_checkpoint
 from playground.config import DatasetConfig
 from playground.data import MODEL_IDS, load_data
-from playground.data.toy_corpus import make_pairs, write
 from playground.errors import UserError
 from playground.experiment import check_trainer, run_average, run_train
 from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from playground.tracking import Tracker
 from playground.train import BatchStream, Monitor, Training, resolve_monitor, train
-from test_cli import ROOT, SMALL, run
+from test_cli import ROOT, SMALL
 
 
 @pytest.mark.parametrize("metric, mode, values, best_steps", [
@@ -175,7 +174,7 @@ def test_the_averaged_checkpoint_holds_the_mean_of_the_weights_and_needs_two(tmp
 
 @pytest.mark.slow
 def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints_and_averages_them(
-        compose_config, tmp_path, caplog, capsys):
+        compose_config, tmp_path, caplog, entry):
     # valid/loss falls while the model learns, so with mode=max no evaluation after the first is better
     caplog.set_level(logging.INFO)
     run_train(compose_config(*SMALL, "trainer.max_steps=100", "trainer.eval_every=10", "trainer.patience=2",
@@ -196,10 +195,11 @@ def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert ["train/loss", "valid/loss"] in charts.values()
 
-    capsys.readouterr()
-    run_average(compose_config("mode=average", f"ckpt_path={tmp_path}/run"), tmp_path / "avg")
-    assert "averaged the weights of steps 20, 30" in capsys.readouterr().out
-    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/avg/checkpoints/averaged.pt", f"hydra.run.dir={tmp_path}/eval")
+    averaging = entry("mode=average", f"ckpt_path={tmp_path}/run", f"hydra.run.dir={tmp_path}/avg")
+    assert averaging.returncode == 0, averaging.stderr
+    assert "averaged the weights of steps 20, 30" in averaging.stdout
+    assert "averaged the weights of steps 20, 30" in (tmp_path / "avg" / "transformer_playground.log").read_text()
+    evaluated = entry("mode=eval", f"ckpt_path={tmp_path}/avg/checkpoints/averaged.pt", f"hydra.run.dir={tmp_path}/eval")
     assert evaluated.returncode == 0, evaluated.stderr
     assert len((tmp_path / "eval" / "hypotheses.txt").read_text().splitlines()) == 60
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/pairs_scored"] == 60
@@ -233,7 +233,7 @@ def test_the_held_out_test_split_is_found_again_from_the_training_file_or_named_
 
 
 @pytest.mark.slow
-def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(compose_config, text_corpus, tmp_path):
+def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(compose_config, text_corpus, tmp_path, entry):
     run_train(compose_config("dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
                              f"dataset.test_file={text_corpus}/test.tsv", "dataset.tokenizer=word",
                              "dataset.vocab_size=200", "dataset.max_tgt_len=5", "model.d_model=32", "model.d_ff=64",
@@ -241,8 +241,8 @@ def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(compose_
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert trained["monitor"] == "valid/bleu" and trained["test/pairs_dropped"] > 0
     shutil.move(text_corpus / "train.tsv", tmp_path / "elsewhere.tsv")
-    evaluated = run("mode=eval", f"ckpt_path={tmp_path}/run/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval",
-                    cwd=tmp_path)  # from another folder: the checkpoint holds the test file's absolute path
+    evaluated = entry("mode=eval", f"ckpt_path={tmp_path}/run/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/eval",
+                      cwd=tmp_path)  # from another folder: the checkpoint holds the test file's absolute path
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/bleu"] == pytest.approx(trained["test/bleu"])
