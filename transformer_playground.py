@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from playground.config import check_overrides, register_configs
+from playground.checks import check_overrides
+from playground.config import register_configs
 from playground.errors import UserError
 from playground.rundir import run_file_in, undo_refused_run
 from playground.sweep import FAILED
@@ -73,7 +74,7 @@ if _writes_nothing_that_lasts(sys.argv):
 # an absolute path: the same folder whether this file runs as a script or as the installed transformer-playground
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from playground import experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
+    from playground import average, experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
     from playground.setup import bound_onednn_cache
 
     bound_onednn_cache()  # before any computation: oneDNN reads it once
@@ -99,7 +100,7 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.mode == "score":
             return inference.run_score(cfg)
         if cfg.mode == "average":
-            return experiment.run_average(cfg, run_dir)
+            return average.run_average(cfg, run_dir)
         if cfg.mode == "export":
             return export.run_export(cfg, run_dir)
         raise UserError(f"mode={cfg.mode} is not one of: train, eval, translate, score, average, export")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .config import DecodeConfig, check_decode, check_decode_vocabulary
+from .checks import check_decode, check_decode_vocabulary
+from .config import DecodeConfig
 from .data import BOS
 from .errors import UserError
 from .inference import Encoder, load_trained, score, translate
@@ -91,7 +92,7 @@ def load(path, device: str = "auto", precision: str = "auto", kernels: str = "re
 def run(overrides=(), run_dir=None) -> tuple:
     """Train as `python transformer_playground.py OVERRIDES...` does, in this process: (metrics, run directory).
     The run directory is outputs/<date>/<time> under the current folder unless given."""
-    from .config import compose_checked
+    from .checks import compose_checked
     from .experiment import run_train
     from .rundir import note_created, undo_refused_run
 

@@ -15,7 +15,8 @@ import sys
 import torch
 
 from .bench import TorchTransformer
-from .config import DecodeConfig, check_run_config, compose_checked
+from .checks import check_run_config, compose_checked
+from .config import DecodeConfig
 from .data import MODEL_IDS, load_data
 from .data.synthetic import TASKS
 from .errors import UserError

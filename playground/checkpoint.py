@@ -161,3 +161,21 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def keep_last_checkpoints(ckpt_dir: Path, step: int, keep: int) -> None:
+    """Keep last.pt as it is now as step_<step>.pt (a hard link: no copy), and only the `keep` latest of them."""
+    kept = ckpt_dir / f"step_{step}.pt"
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(ckpt_dir / "last.pt", kept)
+    except OSError:  # a file system without hard links
+        save_checkpoint(kept, torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True))
+    for old in step_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink()
+
+
+def step_checkpoints(ckpt_dir: Path) -> list:
+    """The step_N.pt files of a checkpoints folder, oldest step first."""
+    found = [(int(f.stem.split("_")[1]), f) for f in ckpt_dir.glob("step_*.pt") if f.stem.split("_")[1].isdigit()]
+    return [f for _, f in sorted(found)]

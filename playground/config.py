@@ -2,20 +2,16 @@
 
 Hydra merges configs/config.yaml and the chosen group files onto these dataclasses, so a value of the
 wrong type or a key that does not exist is refused before anything runs. Values that a type cannot
-check (heads dividing d_model, a device this machine has) are checked where they are used, and raise
-playground.errors.UserError naming the key.
+check (heads dividing d_model, an option's name, lengths that fit the model) are checked by
+playground/checks.py, before any work, and raise playground.errors.UserError naming the key.
 """
 
 import hashlib
-import os
 from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Optional
 
-import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
-
-from .errors import UserError
 
 
 @dataclass
@@ -153,121 +149,10 @@ class Config:
     overwrite: bool = False  # let output_file replace a file that exists
 
 
-def check_model(model_cfg, src_vocab_size=None, tgt_vocab_size=None) -> None:
-    """The model keys a type cannot check (heads dividing d_model, a variant's name, and with the vocabulary
-    sizes, tying), refused in one line."""
-    from playground.model import check_model_config  # here, not at the top: `--help` does not wait for torch
-
-    if getattr(model_cfg, "attention", None) is not None:
-        raise UserError(f"model.attention={model_cfg.attention} is retired: how attention is computed is an execution "
-                        f"setting now, trainer.kernels=reference (the explicit Equation 1 in playground/model/) or "
-                        f"trainer.kernels=fast (torch's SDPA and the CPU kernels in playground/kernels/)")
-    try:
-        check_model_config(model_cfg, src_vocab_size, tgt_vocab_size)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def check_trainer(t) -> None:
-    """Trainer values a type cannot check, each refused with the key's name."""
-    if t.max_tokens < 0:
-        raise UserError(f"trainer.max_tokens={t.max_tokens} must be 0 (use batch_size) or positive")
-    for key in ("max_steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "accumulate"):
-        if getattr(t, key) <= 0:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be positive")
-    for key, meaning in (("patience", "0 (no early stopping)"), ("keep_last", "0 (keep only last.pt and best.pt)")):
-        if getattr(t, key) < 0:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be {meaning} or positive")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise UserError(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1)")
-    if t.grad_clip < 0:
-        raise UserError(f"trainer.grad_clip={t.grad_clip} must be 0 (off) or positive")
-    if t.checkpoint_every < 0:
-        raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be 0 (only at evaluations) or positive")
-    if t.on_nonfinite not in ("stop", "skip"):
-        raise UserError(f"trainer.on_nonfinite={t.on_nonfinite} is not one of: stop, skip")
-    import playground.kernels  # noqa: F401 (registers "fast"); here, not at the top: `--help` does not wait for torch
-    from playground.model import KERNELS
-
-    if t.kernels not in KERNELS:  # reference, and fast (registered by importing playground.kernels)
-        raise UserError(f"trainer.kernels={t.kernels} is not one of: {', '.join(KERNELS)}")
-
-
 MODES = ("train", "eval", "translate", "score", "average", "export")
 
 
-def choice_options() -> dict:
-    """Every key whose value names one of a fixed set of options, with the options (each set lives beside the code
-    that uses it)."""
-    from playground.data.loading import TEXT_DATASETS, TOO_LONG  # here, not at the top: --help does not wait for torch
-    from playground.data.parallel import FORMATS
-    from playground.data.synthetic import TASKS
-    from playground.data.tokenizers import TOKENIZER_KINDS
-    import playground.kernels  # noqa: F401 (registers trainer.kernels=fast)
-    from playground.model import KERNELS
-    from playground.model.embeddings import POSITIONAL_ENCODINGS
-    from playground.model.layers import ACTIVATIONS, NORM_PLACEMENTS, NORMS
-    from playground.model.transformer import TIE_EMBEDDINGS
-    from playground.setup import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
-    from playground.train import PROGRESS
-
-    return {"mode": MODES, "model.norm_position": NORM_PLACEMENTS, "model.norm": NORMS,
-            "model.positional": POSITIONAL_ENCODINGS, "model.activation": ACTIVATIONS,
-            "model.tie_embeddings": TIE_EMBEDDINGS, "dataset.name": (*TASKS, *TEXT_DATASETS),
-            "dataset.tokenizer": TOKENIZER_KINDS, "dataset.format": FORMATS, "dataset.too_long": TOO_LONG,
-            "optimizer.name": OPTIMIZERS, "scheduler.name": SCHEDULES, "trainer.device": DEVICES,
-            "trainer.precision": ("auto", *PRECISIONS), "trainer.kernels": KERNELS,
-            "trainer.on_nonfinite": ("stop", "skip"), "trainer.monitor_mode": (None, "max", "min"),
-            "trainer.progress": PROGRESS}
-
-
-def check_choices(cfg) -> None:
-    """Refuse a misspelt option (optimizer.name=adamx) in one line listing the right ones: at the start of every
-    mode, before any data is read or downloaded."""
-    for key, options in choice_options().items():
-        group, _, name = key.rpartition(".")
-        value = (cfg[group] if group else cfg).get(name)
-        if value not in options:
-            listed = ", ".join("null" if option is None else str(option) for option in options)
-            raise UserError(f"{key}={value} is not one of: {listed}")
-
-
 RETIRED_TRAINER_KEYS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")  # now in the decode group
-
-
-def check_decode(d, trainer_cfg=None) -> None:
-    """The decode keys a type cannot check, each refused in one line; and the trainer's retired decoding keys,
-    refused with the name they have now."""
-    for key in RETIRED_TRAINER_KEYS:
-        if trainer_cfg is not None and getattr(trainer_cfg, key, None) is not None:
-            raise UserError(f"trainer.{key} is now decode.{key}: write decode.{key}={getattr(trainer_cfg, key)}")
-    for key in ("beam_size", "nbest", "batch_size"):
-        if getattr(d, key) <= 0:
-            raise UserError(f"decode.{key}={getattr(d, key)} must be positive")
-    for key in ("max_len_a", "max_len_b", "top_k", "no_repeat_ngram_size"):
-        if getattr(d, key) < 0:
-            raise UserError(f"decode.{key}={getattr(d, key)} must be 0 or more")
-    if d.nbest > d.beam_size:
-        raise UserError(f"decode.nbest={d.nbest} is more than decode.beam_size={d.beam_size}: the beam holds only "
-                        f"beam_size hypotheses (raise decode.beam_size to at least {d.nbest})")
-    if d.temperature <= 0:
-        raise UserError(f"decode.temperature={d.temperature} must be positive (below 1 sharpens the distribution, "
-                        f"above 1 flattens it; for the most likely token use decode.sampling=false)")
-    if not 0.0 < d.top_p <= 1.0:
-        raise UserError(f"decode.top_p={d.top_p} must be in (0, 1] (1 keeps every token)")
-    if d.sampling and d.beam_size != 1:
-        raise UserError(f"decode.sampling=true draws one sequence per input, so decode.beam_size={d.beam_size} "
-                        f"would have no effect: sample with decode.beam_size=1, or search with decode.sampling=false")
-    if d.max_len_a == 0 and d.max_len_b == 0:
-        raise UserError("decode.max_len_a=0 and decode.max_len_b=0 leave no room for a single output token")
-
-
-def check_decode_vocabulary(d, tgt_vocab_size: int) -> None:
-    """A beam wider than the tokens that can start an output (the vocabulary less PAD and BOS) would fill with
-    impossible hypotheses."""
-    if d.beam_size > tgt_vocab_size - 2:
-        raise UserError(f"decode.beam_size={d.beam_size} is more than the {tgt_vocab_size - 2} tokens an output can "
-                        f"start with (the target vocabulary less <pad> and <s>)")
 
 
 def upgrade_saved_config(config: dict) -> dict:
@@ -282,66 +167,6 @@ def upgrade_saved_config(config: dict) -> dict:
         config["trainer"] = {k: v for k, v in trainer.items() if k not in RETIRED_TRAINER_KEYS}
         config["decode"] = {**moved, **config.get("decode", {})}
     return config
-
-
-def unread_dataset_files(dataset_cfg) -> str | None:
-    """The line a run logs where data files are given to a generated task, which reads none: forgetting
-    dataset=text_pairs would otherwise train on the task without a word. (A warning, not a refusal: a sweep over
-    every preset gives one command line's files to the text presets and the generated ones alike.)"""
-    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
-
-    given = [f"dataset.{key}={dataset_cfg[key]}" for key in ("train_file", "valid_file", "test_file", "hub_name")
-             if dataset_cfg.name in TASKS and dataset_cfg.get(key)]
-    if given:
-        return (f"{', '.join(given)} not read: dataset={dataset_cfg.name} generates its examples (to train on files: "
-                f"dataset=text_pairs)")
-    return None
-
-
-def check_tied_vocabulary(model_cfg, dataset_cfg) -> None:
-    """One embedding for source and target (model.tie_embeddings=all) needs text read into one vocabulary (a
-    generated task has one), even where two vocabularies would happen to have the same size."""
-    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
-
-    if model_cfg.tie_embeddings == "all" and dataset_cfg.name not in TASKS and not dataset_cfg.shared_vocab:
-        raise UserError("model.tie_embeddings=all gives source and target tokens one embedding, so it needs one "
-                        "vocabulary for both: add dataset.shared_vocab=true (or use model.tie_embeddings=decoder)")
-
-
-def check_lengths(model_cfg, dataset_cfg, checkpoint=None) -> None:
-    """The longest sequences the data may hold must fit the positions the model has (model.max_len): checked
-    before any data is read or downloaded, rather than as a shape error part-way through training or evaluation.
-    The decoder reads BOS and the target, one position more than the target's length. checkpoint: the path of
-    the trained model being evaluated, whose max_len cannot change."""
-    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
-
-    if dataset_cfg.name in TASKS:
-        needs = {"dataset.max_len": (dataset_cfg.max_len, dataset_cfg.max_len + 1)}  # targets as long as sources
-    else:
-        needs = {"dataset.max_src_len": (dataset_cfg.max_src_len, dataset_cfg.max_src_len),
-                 "dataset.max_tgt_len": (dataset_cfg.max_tgt_len, dataset_cfg.max_tgt_len + 1)}
-    for key, (value, positions) in needs.items():
-        if positions > model_cfg.max_len and checkpoint is not None:
-            raise UserError(f"{key}={value} needs {positions} positions but the model of ckpt_path={checkpoint} has "
-                            f"model.max_len={model_cfg.max_len} (lower {key})")
-        if positions > model_cfg.max_len:
-            raise UserError(f"{key}={value} needs {positions} positions but model.max_len={model_cfg.max_len} "
-                            f"(raise model.max_len or lower {key})")
-
-
-def check_not_a_sweep(hydra_cfg) -> None:
-    """A preset that defines a sweep (hydra.sweeper.params: experiment=heads_sweep, hparams_search=optuna) used
-    without -m would run one job of the defaults, quietly: refused, since a single run cannot start the sweep."""
-    from hydra.types import RunMode
-
-    params = hydra_cfg.sweeper.get("params") or {}
-    if params and hydra_cfg.mode != RunMode.MULTIRUN:
-        choices = hydra_cfg.runtime.choices
-        preset = next((f"{group}={choices[group]}" for group in ("experiment", "hparams_search")
-                       if choices.get(group) not in (None, "null")), "this config")
-        swept = ", ".join(f"{key}={value}" for key, value in params.items())
-        raise UserError(f"{preset} is a sweep ({swept}): run it with -m, as in python transformer_playground.py -m "
-                        f"{preset}")
 
 
 def job_dirname(overrides: str, limit: int = 120) -> str:
@@ -368,152 +193,9 @@ def compose_config(overrides=(), with_hydra: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
-def check_overrides(args) -> None:
-    """The command line's overrides composed as Hydra will compose them, before Hydra does, so that a misspelt key,
-    a value of the wrong type or a group option that does not exist is one UserError line naming it, not Hydra's
-    report of several lines. A sweep (-m) is composed for each combination of its lists' values (the first
-    MAX_SWEEP_CHECKS); a training sweep whose values all come from the command line's lists also gets the checks
-    run_train makes before it reads any data, so that a bad value stops it before its first job rather than in the
-    middle. Hydra's own flags, and keys swept by range(), interval(), glob() or the sweeper's params (Optuna's, a
-    preset's), are left to Hydra and to each job."""
-    import itertools
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    sweep = any(a in ("-m", "--multirun") for a in args)
-    given = [a for a in args if a not in ("-m", "--multirun")]
-    if any(a.startswith("-") for a in given):  # --help, --cfg job, -cp ...: Hydra's flags, Hydra's business
-        return
-    try:
-        parsed = OverridesParser.create().parse_overrides(given)
-    except HydraException as e:
-        lines = str(e).splitlines()
-        raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
-    choices = []  # for each override, the texts to compose with
-    swept_elsewhere = False  # a value the sweeper chooses that these combinations do not hold
-    sections = _sections()
-    for override, text in zip(parsed, given):
-        key = override.key_or_group
-        if key == "hydra.searchpath":  # where the user's own config files are: composing needs it
-            choices.append([text])
-            continue
-        if key.startswith("hydra") or override.is_delete():
-            swept_elsewhere |= key.startswith("hydra.sweeper") or key == "hydra"
-            continue
-        if override.is_add() and "." in key and key.split(".")[0] in sections:
-            section, name = key.split(".", 1)
-            known = "." not in name and name in {f.name for f in fields(sections[section])}
-            raise UserError(f"{text}: {key} exists: write {text.lstrip('+')} (a + adds a new key)" if known else
-                            f"{text}: {section} has no key {name} to add: the playground would not read it, and a "
-                            f"checkpoint holding it could not be loaded back")
-        if not override.is_sweep_override():
-            choices.append([text])
-        elif isinstance(override.value(), ChoiceSweep) and override.value().list:
-            prefix = text.split("=", 1)[0]
-            choices.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
-        else:
-            swept_elsewhere = True
-    for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
-        cfg = compose_checked(list(combination), with_hydra=sweep)
-        if not sweep and not any("${hydra:" in text for text in combination):
-            try:  # an interpolation that names no key, now rather than as several lines when the run first reads it
-                OmegaConf.to_container(cfg, resolve=True)
-            except OmegaConfBaseException as e:
-                raise UserError(str(e).splitlines()[0]) from None
-        if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
-            continue  # a single run makes these checks itself, first thing; other values than these are swept
-        if any("${" in text for text in combination):
-            continue  # an interpolation (${hydra:job.num}, say) is resolved in the job, where Hydra's own node is set
-        try:
-            check_run_config(cfg)
-        except UserError as e:
-            shown = [c for c in combination if not c.startswith("hydra.")]
-            raise UserError(f"{str(e).splitlines()[0]} (in the sweep's job with {' '.join(shown)})") from None
-        except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
-            raise UserError(str(e).splitlines()[0]) from None
-
-
-MAX_SWEEP_CHECKS = 32  # sweep combinations composed and checked before the first job
-
-
-def check_run_config(cfg):
-    """The checks a training run makes of its config before anything is read or downloaded; returns cfg.trainer as
-    its dataclass (the loop never reads the config tree)."""
-    check_choices(cfg)
-    given = [key for key in ("text", "input_file", "reference_file", "output_file") if cfg.get(key) is not None]
-    if given:
-        raise UserError(f"{given[0]}={cfg[given[0]]}: mode=train does not read it (it is for mode=translate or "
-                        f"mode=score): remove it")
-    from playground.setup import check_optimizer, check_scheduler, check_unused_settings  # not at the top: --help
-
-    t = OmegaConf.to_object(cfg.trainer)
-    check_trainer(t)
-    check_optimizer(cfg.optimizer)
-    check_scheduler(cfg.scheduler)
-    check_unused_settings(cfg.optimizer, cfg.scheduler)
-    check_decode(cfg.decode, t)
-    check_model(cfg.model)
-    check_tied_vocabulary(cfg.model, cfg.dataset)
-    check_lengths(cfg.model, cfg.dataset)
-    return t
-
-
-def compose_checked(overrides, with_hydra: bool = False):
-    """compose_config(overrides), with what Hydra would report in several lines as one UserError line; with_hydra:
-    with the hydra node too (a sweeper's params)."""
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return compose_config(overrides, with_hydra)
-    except MissingConfigException as e:
-        group, _, option = str(getattr(e, "missing_cfg_file", "") or "").partition("/")
-        options = getattr(e, "options", None)
-        if group and options:
-            raise UserError(f"{group}={option} is not one of: {', '.join(options)} (configs/{group}/)") from None
-        raise UserError(str(e).splitlines()[0]) from None
-    except (HydraException, OmegaConfBaseException) as e:
-        # the reason is Hydra's cause for an override, and the exception it was handling for a YAML file's value
-        cause = next((c for c in (e.__cause__, e.__context__) if isinstance(c, OmegaConfBaseException)), None)
-        first = str(e).splitlines()[0].rstrip(".").replace(" raised while composing config", "").rstrip(":")
-        reason = str(cause).splitlines()[0] if cause else ""
-        key = getattr(cause, "full_key", None) or ""
-        hint = _close_key(key) if "not in" in reason else ""
-        where = f"{key}: " if key and key not in first + reason else ""
-        raise UserError(f"{first}: {where}{reason}{hint}" if reason else first) from None
-    except yaml.YAMLError as e:  # a config file that is not YAML: its path and line
-        mark = getattr(e, "problem_mark", None)
-        where = f"{_shown_path(mark.name)} line {mark.line + 1}" if mark else "a config file"
-        what = ": ".join(str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part)
-        raise UserError(f"{where}: not valid YAML: {what or e}") from None
-    except ValueError as e:  # Hydra's own, for an override it parsed but cannot apply ("=3")
-        raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
-
-
-def _shown_path(path: str) -> str:
-    """A config file's path as the user knows it: relative to the working folder where it lies below it."""
-    try:
-        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
-    except ValueError:  # another drive
-        return path
-
-
-def _sections() -> dict:
+def config_sections() -> dict:
     """The schema's sections by name: {"model": ModelConfig, ...}."""
     return {f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING}
-
-
-def _close_key(full_key: str) -> str:
-    """' (did you mean model.heads?)' for a misspelt model.hedas: the nearest key of the same section."""
-    import difflib
-
-    *path, name = full_key.split(".")
-    node = Config if not path else _sections().get(path[0]) if len(path) == 1 else None
-    close = difflib.get_close_matches(name, [f.name for f in fields(node)], n=1) if node else []
-    return f" (did you mean {'.'.join([*path, close[0]])}?)" if close else ""
 
 
 def register_configs() -> None:

@@ -1,9 +1,9 @@
-"""What each mode does, from a composed config to files in the run directory: train, eval and translate."""
+"""What mode=train and mode=eval do, from a composed config to files in the run directory (translate and score:
+inference.py; average: average.py; export: export.py)."""
 
 import functools
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, check_same_parameters, checkpoint_tokenizers, load_checkpoint,
-                         load_model_weights, load_to_resume, rng_state, save_checkpoint, set_rng_state)
-from .config import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
-                     check_run_config, check_trainer, unread_dataset_files, upgrade_saved_config)
+from .checkpoint import (atomic_write, checkpoint_tokenizers, keep_last_checkpoints, load_checkpoint, load_to_resume,
+                         rng_state, save_checkpoint)
+from .checks import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
+                     check_run_config, check_trainer, unread_dataset_files)
+from .config import upgrade_saved_config
 from .data import MODEL_IDS, Data, load_data
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
@@ -24,12 +25,13 @@ from .errors import UserError
 from .diagnostics import log_attention, model_summary
 from .doctor import Doctor, unk_shares
 from .evaluate import evaluate, text_metrics
-from .inference import model_from_checkpoint, refuse_unused_overrides
+from .inference import model_from_checkpoint
 from .model import build_model
 from .perf import matmul_peak, training_flops
-from .resume import apply_learning_rate, check_resume, check_world_size, data_fingerprint
+from .resume import (apply_learning_rate, check_resume, data_fingerprint, restore_monitor,
+                     restore_training_state)
 from .rundir import log_file_only
-from .setup import (OPTIMIZER_CLASSES, PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
+from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
 from .train import BatchStream, Monitor, StopRequest, Training, resolve_monitor, train
@@ -144,24 +146,6 @@ def _check_sweeper_direction(mode: str) -> None:
                         f"look for the worst runs (set hydra.sweeper.direction={wanted})")
 
 
-def _keep_last(ckpt_dir: Path, step: int, keep: int) -> None:
-    """Keep last.pt as it is now as step_<step>.pt (a hard link: no copy), and only the `keep` latest of them."""
-    kept = ckpt_dir / f"step_{step}.pt"
-    kept.unlink(missing_ok=True)
-    try:
-        os.link(ckpt_dir / "last.pt", kept)
-    except OSError:  # a file system without hard links
-        save_checkpoint(kept, torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True))
-    for old in step_checkpoints(ckpt_dir)[:-keep]:
-        old.unlink()
-
-
-def step_checkpoints(ckpt_dir: Path) -> list:
-    """The step_N.pt files of a checkpoints folder, oldest step first."""
-    found = [(int(f.stem.split("_")[1]), f) for f in ckpt_dir.glob("step_*.pt") if f.stem.split("_")[1].isdigit()]
-    return [f for _, f in sorted(found)]
-
-
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; exit with 128 + the signal number."""
 
@@ -233,11 +217,11 @@ def run_train(cfg, run_dir: Path) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
     start_step, position, best, best_weights = 0, 0, {}, None  # best: the valid metrics of the best evaluation
     if resume is not None:
-        start_step, position = _restore(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d, cfg.seed)
+        start_step, position = restore_training_state(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d, cfg.seed)
         if cfg.optimizer.lr != resume["config"]["optimizer"]["lr"]:  # allowed by trainer.resume_override
             apply_learning_rate(optimizer, scheduler, cfg.optimizer.lr)
         best = dict(resume.get("best", best))
-        _restore_monitor(monitor, resume, best)
+        restore_monitor(monitor, resume, best)
         best_file = Path(cfg.ckpt_path).with_name("best.pt")
         if best_file.is_file():
             best_weights = load_checkpoint(best_file)["model"]
@@ -303,7 +287,7 @@ def run_train(cfg, run_dir: Path) -> dict:
             save(step, metrics, "best.pt")
         save(step, metrics)
         if t.keep_last and d.is_main:
-            _keep_last(ckpt_dir, step, t.keep_last)
+            keep_last_checkpoints(ckpt_dir, step, t.keep_last)
         return monitor.exhausted
 
     step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
@@ -364,61 +348,6 @@ def _saved_config(cfg) -> dict:
     return config
 
 
-def _restore(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed: int):
-    """Put a training checkpoint's weights, optimiser, schedule and random generators back; return (step, data position)."""
-    if "optimizer" not in state or "data_position" not in state:
-        raise UserError(f"ckpt_path={path} holds weights only, not a training state to resume from")
-    load_model_weights(model, state["model"], path)
-    _restore_optimizer(optimizer, state, path, d)
-    scheduler.load_state_dict(state["scheduler"])
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # a fresh optimizer's rate: the schedule's
-        group["lr"] = lr
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if state["step"] >= t.max_steps:
-        raise UserError(f"ckpt_path={path} is at step {state['step']}, and trainer.max_steps={t.max_steps}: "
-                        f"raise trainer.max_steps to train further")
-    rngs = state["rng"]
-    if check_world_size(path, len(rngs), d.world_size, t.resume_override):
-        set_rng_state(rngs[d.rank])  # each process its own generators back: the run continues exactly
-    else:
-        torch.manual_seed(seed + 1000 * state["step"] + d.rank)  # a fresh random state for each process
-    return state["step"], state["data_position"]
-
-
-CONFIGURED_SETTINGS = ("betas", "eps", "weight_decay", "momentum")  # optimizer.* keys a param group holds, lr aside
-
-
-def _restore_optimizer(optimizer, state, path, d: Dist) -> None:
-    """The checkpoint's optimizer state (Adam's moments, SGD's momentum) back into `optimizer`, which was built from
-    this run's config. Its hyperparameters stay this run's (a resume_override may change betas, eps, weight_decay,
-    momentum) but for the learning rate, which the schedule carries on. Another optimizer (allowed by
-    trainer.resume_override) starts afresh: one algorithm's state means nothing to another."""
-    saved, now = state["config"].get("optimizer", {}).get("name"), OPTIMIZER_CLASSES.get(type(optimizer))
-    if saved and now and saved != now:
-        if d.is_main:
-            log.warning(f"optimizer.name={now} (the checkpoint: {saved}): the optimizer's state starts afresh; the "
-                        f"weights, the schedule's step and the data position are the checkpoint's")
-        return
-    # only what build_optimizer takes from optimizer.*: fused, foreach and capturable stay as the state was loaded
-    ours = [{k: group[k] for k in CONFIGURED_SETTINGS if k in group} for group in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError as e:
-        raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={now} ({e})")
-    for group, settings in zip(optimizer.param_groups, ours):
-        group.update(settings)
-
-
-def _restore_monitor(monitor: Monitor, state: dict, best: dict) -> None:
-    """The monitor's record from a checkpoint; one written before trainer.monitor chose best.pt by exact match."""
-    if "monitor" in state:
-        monitor.load_state_dict(state["monitor"])
-    name = monitor.metric.removeprefix("valid/")
-    if monitor.best is None and name in best and "step" in best:
-        monitor.best, monitor.best_step = best[name], best["step"]
-
-
 def _report(flat: dict, run_dir: Path) -> None:
     """The final metrics: a table on the console, and one line in the run's log file, which the console has seen."""
     width = max(map(len, flat))
@@ -459,47 +388,3 @@ def run_eval(cfg, run_dir: Path) -> dict:
     _write_hypotheses(Path(run_dir), hypotheses, data)
     _report(flat, Path(run_dir))
     return flat
-
-
-def run_average(cfg, run_dir: Path) -> Path:
-    """Average the weights of the step_N.pt checkpoints in ckpt_path (a run's checkpoints folder, or the run
-    directory) into checkpoints/averaged.pt of this run directory: a weights-only checkpoint for eval and translate.
-
-    Averaging the last few checkpoints of a run smooths out the noise of the last updates (the paper averaged the
-    last 5 checkpoints of its base models, Section 6.1); train with trainer.keep_last=K to keep K of them."""
-    if cfg.ckpt_path is None:
-        raise UserError("mode=average needs ckpt_path=FOLDER (a run's checkpoints folder, trained with trainer.keep_last=K)")
-    refuse_unused_overrides(cfg)
-    folder = Path(cfg.ckpt_path)
-    if (folder / "checkpoints").is_dir():
-        folder = folder / "checkpoints"
-    if not folder.is_dir():
-        raise UserError(f"ckpt_path={folder}: not a folder (mode=average reads the step_N.pt files of a checkpoints folder)")
-    files = step_checkpoints(folder)
-    if len(files) < 2:
-        raise UserError(f"ckpt_path={folder} holds {len(files)} step_N.pt checkpoint{'s' * (len(files) != 1)}, and "
-                        f"averaging needs at least 2 (train with trainer.keep_last=5 to keep the last 5 evaluations)")
-    states = [load_checkpoint(f) for f in files]
-    latest = states[-1]  # its config, vocabulary and step describe the average
-    for f, state in zip(files, states):
-        if state["config"]["model"] != latest["config"]["model"] or state["tokenizers"] != latest["tokenizers"]:
-            raise UserError(f"{f}: another model or vocabulary than {files[-1]}: only checkpoints of one run average")
-        check_same_parameters(latest["model"], state["model"], f, what=files[-1].name)
-    averaged = {name: _mean([state["model"][name] for state in states]) for name in latest["model"]}
-    out = Path(run_dir) / "checkpoints" / "averaged.pt"
-    save_checkpoint(out, {"model": averaged, "config": latest["config"], "tokenizers": latest["tokenizers"],
-                          "step": latest["step"], "averaged_steps": [state["step"] for state in states]})
-    steps = ", ".join(str(state["step"]) for state in states)
-    print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
-          f"evaluate it with: python transformer_playground.py mode=eval ckpt_path={out.resolve()}")
-    log_file_only(log, f"averaged the weights of steps {steps} of {folder} into {out}")
-    return out
-
-
-def _mean(tensors):
-    """The element-wise mean of floating-point tensors (summed in float64, returned in their dtype); any other
-    tensor (an integer buffer) is taken from the last checkpoint."""
-    if not tensors[-1].is_floating_point():
-        return tensors[-1]
-    return (sum(t.double() for t in tensors) / len(tensors)).to(tensors[-1].dtype)
-

@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from .checkpoint import atomic_write, checkpoint_tokenizers, load_checkpoint, load_model_weights
-from .config import (Config, check_choices, check_decode, check_decode_vocabulary, check_model, check_trainer,
-                     upgrade_saved_config)
+from .checks import check_choices, check_decode, check_decode_vocabulary, check_model, check_trainer
+from .config import Config, upgrade_saved_config
 from .data import BOS, EOS, MODEL_IDS, PAD
 from .data.parallel import decode_lines
 from .errors import UserError

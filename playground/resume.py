@@ -7,12 +7,20 @@ or another number of processes is refused in one line naming it, unless trainer.
 with which the run resumes and the log lists what changed.
 """
 
+import logging
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
+from .checkpoint import load_model_weights, set_rng_state
 from .config import DecodeConfig
 from .data.cache import file_sha256
+from .distributed import Dist
 from .errors import UserError
+from .setup import OPTIMIZER_CLASSES
+
+log = logging.getLogger(__name__)
 
 # model.attention: the retired sdpa|math switch, now the execution setting trainer.kernels
 RESUME_MAY_CHANGE = {"mode", "ckpt_path", "text", "input_file", "reference_file", "output_file", "overwrite",
@@ -99,3 +107,59 @@ def apply_learning_rate(optimizer, scheduler, lr: float) -> None:
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
         group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+
+def restore_training_state(state, path, model, optimizer, scheduler, scaler, t, d: Dist, seed: int):
+    """Put a training checkpoint's weights, optimiser, schedule and random generators back; return (step, data
+    position). Each process takes back its own generators where the number of processes is the checkpoint's."""
+    if "optimizer" not in state or "data_position" not in state:
+        raise UserError(f"ckpt_path={path} holds weights only, not a training state to resume from")
+    load_model_weights(model, state["model"], path)
+    restore_optimizer(optimizer, state, path, d)
+    scheduler.load_state_dict(state["scheduler"])
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # a fresh optimizer's rate: the schedule's
+        group["lr"] = lr
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if state["step"] >= t.max_steps:
+        raise UserError(f"ckpt_path={path} is at step {state['step']}, and trainer.max_steps={t.max_steps}: "
+                        f"raise trainer.max_steps to train further")
+    rngs = state["rng"]
+    if check_world_size(path, len(rngs), d.world_size, t.resume_override):
+        set_rng_state(rngs[d.rank])  # each process its own generators back: the run continues exactly
+    else:
+        torch.manual_seed(seed + 1000 * state["step"] + d.rank)  # a fresh random state for each process
+    return state["step"], state["data_position"]
+
+
+CONFIGURED_SETTINGS = ("betas", "eps", "weight_decay", "momentum")  # optimizer.* keys a param group holds, lr aside
+
+
+def restore_optimizer(optimizer, state, path, d: Dist) -> None:
+    """The checkpoint's optimizer state (Adam's moments, SGD's momentum) back into `optimizer`, which was built from
+    this run's config. Its hyperparameters stay this run's (a resume_override may change betas, eps, weight_decay,
+    momentum) but for the learning rate, which the schedule carries on. Another optimizer (allowed by
+    trainer.resume_override) starts afresh: one algorithm's state means nothing to another."""
+    saved, now = state["config"].get("optimizer", {}).get("name"), OPTIMIZER_CLASSES.get(type(optimizer))
+    if saved and now and saved != now:
+        if d.is_main:
+            log.warning(f"optimizer.name={now} (the checkpoint: {saved}): the optimizer's state starts afresh; the "
+                        f"weights, the schedule's step and the data position are the checkpoint's")
+        return
+    # only what build_optimizer takes from optimizer.*: fused, foreach and capturable stay as the state was loaded
+    ours = [{k: group[k] for k in CONFIGURED_SETTINGS if k in group} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={now} ({e})")
+    for group, settings in zip(optimizer.param_groups, ours):
+        group.update(settings)
+
+
+def restore_monitor(monitor, state: dict, best: dict) -> None:
+    """The record of `monitor` (a train.Monitor) from a checkpoint; one written before trainer.monitor chose best.pt by exact match."""
+    if "monitor" in state:
+        monitor.load_state_dict(state["monitor"])
+    name = monitor.metric.removeprefix("valid/")
+    if monitor.best is None and name in best and "step" in best:
+        monitor.best, monitor.best_step = best[name], best["step"]

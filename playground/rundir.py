@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .config import check_not_a_sweep
+from .checks import check_not_a_sweep
 from .errors import UserError
 
 RUN_FILES = ("checkpoints", "metrics.json", "hypotheses.txt")

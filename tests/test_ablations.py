@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import build, tiny_model_config
-from playground.config import check_model
+from playground.checks import check_model
 from playground.data import BOS, PAD
 from playground.errors import UserError
 from playground.model.attention import MultiHeadAttention

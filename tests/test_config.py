@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from playground.experiment import load_data
 from conftest import ROOT, build
-from playground.config import check_not_a_sweep
+from playground.checks import check_not_a_sweep
 from playground.errors import UserError
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 
@@ -211,13 +211,13 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
     ["-m", "dataset=text_pairs", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"],
     ["-m", "seed=1,2", "trainer.progress=${hydra:job.name}"]])  # Hydra's own node exists in the job only
 def test_the_command_lines_own_check_lets_every_valid_sweep_and_flag_through(args):
-    from playground.config import check_overrides
+    from playground.checks import check_overrides
 
     check_overrides(args)  # Hydra, and each job, judge these: nothing is refused ahead of them
 
 
 def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
-    from playground.config import check_overrides
+    from playground.checks import check_overrides
 
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 1\n")
@@ -237,7 +237,7 @@ def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
     ("trainer:\n  max_steps: ten\n", r"^In 'experiment/mine': ValidationError: trainer\.max_steps: Value 'ten' of type "
                                      r"'str' could not be converted to Integer$")])
 def test_a_mistake_inside_a_users_yaml_file_is_one_line_naming_the_file_and_the_key_or_line(tmp_path, text, message):
-    from playground.config import check_overrides
+    from playground.checks import check_overrides
 
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n" + text)
@@ -259,7 +259,7 @@ def test_a_data_file_given_to_a_generated_task_is_named_in_a_warning_rather_than
 
 
 def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
-    from playground.config import check_run_config
+    from playground.checks import check_run_config
 
     text = ["dataset=text_pairs", "dataset.train_file=data/train.tsv", "model.tie_embeddings=all"]
     with pytest.raises(UserError, match=r"^model.tie_embeddings=all gives source and target tokens one embedding, so "

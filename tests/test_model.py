@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model_config
 
-from playground.config import check_model
+from playground.checks import check_model
 from playground.errors import UserError
 from conftest import build
 from playground.data import BOS, EOS, PAD

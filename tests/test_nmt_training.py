@@ -19,7 +19,9 @@ from playground.checkpoint import save_checkpoint
 from playground.config import DatasetConfig
 from playground.data import MODEL_IDS, load_data
 from playground.errors import UserError
-from playground.experiment import check_trainer, run_average, run_train
+from playground.average import run_average
+from playground.checks import check_trainer
+from playground.experiment import run_train
 from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from playground.tracking import Tracker

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from playground import experiment
+from playground import experiment, resume
 from playground.checkpoint import rng_state
 from playground.distributed import Dist
 from test_reliability import ENTRY, FAST, losses, start, wait_for
@@ -103,13 +103,13 @@ def test_each_process_takes_back_its_own_random_generators_on_resume(monkeypatch
         torch.rand(5)
         saved.append(rng_state())
     expected = torch.rand(3)  # rank 1's next draws
-    monkeypatch.setattr(experiment, "load_model_weights", lambda *args: None)  # no model or optimizer here: the
-    monkeypatch.setattr(experiment, "_restore_optimizer", lambda *args: None)  # generators are what is tested
+    monkeypatch.setattr(resume, "load_model_weights", lambda *args: None)  # no model or optimizer here: the
+    monkeypatch.setattr(resume, "restore_optimizer", lambda *args: None)  # generators are what is tested
     state = {"optimizer": {}, "data_position": 32, "model": {}, "scheduler": {}, "step": 2, "rng": saved}
     scheduler = SimpleNamespace(load_state_dict=lambda s: None, get_last_lr=lambda: [])
     trainer = SimpleNamespace(max_steps=10, resume_override=False)
     torch.manual_seed(0)
-    step, position = experiment._restore(state, "last.pt", None, SimpleNamespace(param_groups=[]), scheduler, None,
-                                         trainer, Dist(rank=1, world_size=2, enabled=True), seed=0)
+    step, position = resume.restore_training_state(state, "last.pt", None, SimpleNamespace(param_groups=[]), scheduler,
+                                                   None, trainer, Dist(rank=1, world_size=2, enabled=True), seed=0)
     assert (step, position) == (2, 32)
     assert torch.equal(torch.rand(3), expected)

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from playground import experiment
 from playground.errors import UserError
 from playground.setup import ONEDNN_CACHE, bound_onednn_cache
-from test_cli import ENTRY, ROOT, run
+from test_cli import ENTRY, ROOT
 
 FAST = ["model.d_model=16", "model.d_ff=32", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
         "dataset.num_train=300", "dataset.num_valid=20", "dataset.num_test=20", "trainer.batch_size=16"]

@@ -295,7 +295,7 @@ def test_an_override_a_mode_would_not_use_is_refused_naming_it(compose_config, m
 
 
 def test_training_refuses_the_inputs_of_translate_and_score(compose_config):
-    from playground.config import check_run_config
+    from playground.checks import check_run_config
 
     with pytest.raises(UserError, match=r"^text=hello: mode=train does not read it \(it is for mode=translate"):
         check_run_config(compose_config("text=hello"))

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_model_config
 from conftest import build
 from playground.data import BOS, PAD
-from playground.config import check_model
+from playground.checks import check_model
 from playground.errors import UserError
 from playground.model import sequence_loss
 
