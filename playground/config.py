@@ -21,7 +21,9 @@ class ModelConfig:
     enc_layers: int = 2  # encoder layers (N)
     dec_layers: int = 2  # decoder layers (N)
     d_ff: int = 512  # inner width of the position-wise feed-forward network (d_ff)
-    dropout: float = 0.0  # P_drop: on embeddings, attention weights, and each sublayer's output
+    dropout: float = 0.0  # P_drop (Section 5.4): on the sums of embeddings and positions, and each sublayer's output
+    attention_dropout: Optional[float] = None  # on the attention weights (not the paper's; nn.Transformer's); null: dropout
+    ffn_dropout: Optional[float] = None  # on the feed-forward's hidden layer (not the paper's either); null: dropout
     norm_position: str = "post"  # post (paper: norm after the residual add) | pre
     norm: str = "layernorm"  # layernorm (paper) | rmsnorm
     final_norm: bool = False  # one more norm after the last layer of each stack (nn.Transformer has it)

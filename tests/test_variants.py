@@ -50,7 +50,9 @@ def test_the_variants_change_the_model_they_say_they_change():
     assert build(tiny_model_config(activation="swiglu"), 20, 20).encoder.layers[0].feed_forward.w1.out_features \
         == 2 * base.encoder.layers[0].feed_forward.w1.out_features
     assert build(tiny_model_config(positional="rotary"), 20, 20).positional.rotary is not None
-    assert base.generator.weight is base.tgt_embed.weight  # the paper's tying is the default
+    assert base.generator.weight is base.tgt_embed.weight  # the default ties the output layer to the target side
+    tied = build(tiny_model_config(tie_embeddings="all"), 20, 20)  # the paper's (Section 3.4): one matrix for all three
+    assert tied.src_embed.weight is tied.tgt_embed.weight is tied.generator.weight
     assert build(tiny_model_config(tie_embeddings="none"), 20, 20).generator.weight is not base.tgt_embed.weight
 
 

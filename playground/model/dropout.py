@@ -2,8 +2,11 @@
 
 In training, every element is zeroed with probability p and the rest are scaled by 1 / (1 - p), so that
 the expected value of each element is unchanged and nothing needs rescaling at test time. In evaluation
-it does nothing. The model applies it to the embeddings, to each sublayer's output before the residual
-add, to the feed-forward's hidden layer and to the attention weights, always through `Dropout` below.
+it does nothing. The paper applies it to the sums of the embeddings and positional encodings and to each
+sublayer's output before the residual add (model.dropout). Like nn.Transformer, the model also applies it
+to the attention weights and the feed-forward's hidden layer, with model.dropout unless
+model.attention_dropout and model.ffn_dropout say otherwise (0 for the paper's own model). Every use goes
+through `Dropout` below.
 """
 
 import torch.nn.functional as F

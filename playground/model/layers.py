@@ -72,16 +72,22 @@ def _residual_maker(norm_position, ablate):
     return make
 
 
+def _or(p, default):
+    """A dropout probability that may be left unset (None): the layer's P_drop then."""
+    return default if p is None else p
+
+
 class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward, each wrapped in a residual connection and normalisation (Section 3.1)."""
 
     def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
-                 ablate=(), key_dim=None):
+                 ablate=(), key_dim=None, attention_dropout_p=None, ffn_dropout_p=None):
         super().__init__()
         residual = _residual_maker(norm_position, ablate)
         attention = dict(scaled="attention_scale" not in ablate, key_dim=key_dim)
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, **attention)
-        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
+        attention_p, ffn_p = _or(attention_dropout_p, dropout_p), _or(ffn_dropout_p, dropout_p)
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_p, self_attention=True, **attention)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, ffn_p, activation)
         self.attn_residual = residual(d_model, dropout_p, norm)
         self.ff_residual = residual(d_model, dropout_p, norm)
 
@@ -94,13 +100,14 @@ class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, then feed-forward (Section 3.1)."""
 
     def __init__(self, d_model, heads, d_ff, dropout_p, norm_position="post", norm="layernorm", activation="relu",
-                 ablate=(), key_dim=None):
+                 ablate=(), key_dim=None, attention_dropout_p=None, ffn_dropout_p=None):
         super().__init__()
         residual = _residual_maker(norm_position, ablate)
         attention = dict(scaled="attention_scale" not in ablate, key_dim=key_dim)
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=True, **attention)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout_p, self_attention=False, **attention)
-        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout_p, activation)
+        attention_p, ffn_p = _or(attention_dropout_p, dropout_p), _or(ffn_dropout_p, dropout_p)
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_p, self_attention=True, **attention)
+        self.cross_attn = MultiHeadAttention(d_model, heads, attention_p, self_attention=False, **attention)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, ffn_p, activation)
         self.self_residual = residual(d_model, dropout_p, norm)
         self.cross_residual = residual(d_model, dropout_p, norm)
         self.ff_residual = residual(d_model, dropout_p, norm)

@@ -49,13 +49,16 @@ class Transformer(nn.Module):
     def __init__(self, src_vocab_size, tgt_vocab_size, *, pad_id, bos_id, eos_id, d_model=512, heads=8, enc_layers=6,
                  dec_layers=6, d_ff=2048, dropout_p=0.1, norm_position="post", norm="layernorm", final_norm=False,
                  positional="sinusoidal", activation="relu", tie_embeddings="decoder", max_len=1024, ablate=(),
-                 key_dim=None):
+                 key_dim=None, attention_dropout_p=None, ffn_dropout_p=None):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id  # the vocabulary's, handed in by the builder
         self.ablate = tuple(ablate)  # pieces of the paper left out (ABLATIONS); empty: the paper's model
+        # Section 5.4 drops out each sublayer's output and the embedding sums (dropout_p); the attention weights and the
+        # feed-forward's hidden layer get dropout_p too where their own p is None, as in nn.Transformer and tensor2tensor
         layer_args = dict(d_model=d_model, heads=heads, d_ff=d_ff, dropout_p=dropout_p, norm_position=norm_position,
-                          norm=norm, activation=activation, ablate=self.ablate, key_dim=key_dim)
+                          norm=norm, activation=activation, ablate=self.ablate, key_dim=key_dim,
+                          attention_dropout_p=attention_dropout_p, ffn_dropout_p=ffn_dropout_p)
         scaled = "embedding_scale" not in self.ablate
         self.src_embed = TokenEmbedding(src_vocab_size, d_model, scaled)
         self.tgt_embed = self.src_embed if tie_embeddings == "all" else TokenEmbedding(tgt_vocab_size, d_model, scaled)
@@ -138,8 +141,10 @@ def check_model_config(c, src_vocab_size=None, tgt_vocab_size=None) -> None:
     for key in ("d_model", "heads", "enc_layers", "dec_layers", "d_ff", "max_len"):
         if getattr(c, key) <= 0:
             raise ValueError(f"model.{key}={getattr(c, key)} must be positive")
-    if not 0.0 <= c.dropout < 1.0:
-        raise ValueError(f"model.dropout={c.dropout} must be in [0, 1)")
+    for key in ("dropout", "attention_dropout", "ffn_dropout"):
+        p = getattr(c, key, None)
+        if p is not None and not 0.0 <= p < 1.0:
+            raise ValueError(f"model.{key}={p} must be in [0, 1)" + ("" if key == "dropout" else " (null: model.dropout)"))
     if c.d_model % c.heads:
         divisors = [h for h in range(1, c.d_model + 1) if c.d_model % h == 0 and h <= 64]
         raise ValueError(f"model.heads={c.heads} does not divide model.d_model={c.d_model} "
@@ -188,6 +193,7 @@ def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int, kernels: st
         heads=c.heads, enc_layers=c.enc_layers, dec_layers=c.dec_layers, d_ff=c.d_ff, dropout_p=c.dropout,
         norm_position=c.norm_position, norm=c.norm, final_norm=c.final_norm, positional=c.positional,
         activation=c.activation, tie_embeddings=c.tie_embeddings, max_len=c.max_len, ablate=getattr(c, "ablate", ()),
-        key_dim=getattr(c, "key_dim", None),
+        key_dim=getattr(c, "key_dim", None), attention_dropout_p=getattr(c, "attention_dropout", None),
+        ffn_dropout_p=getattr(c, "ffn_dropout", None),
     )
     return KERNELS[kernels](model)
