@@ -71,6 +71,16 @@ if _writes_nothing_that_lasts(sys.argv):
                  "hydra/hydra_logging=disabled"]
 
 
+def _refused_trial_value(sweeper) -> float | None:
+    """What a refused sweep job returns: nothing to Hydra's basic sweeper; to Optuna, the worst value in the study's
+    direction, so that the study records the trial, learns to avoid its region and goes on (a trial that returned no
+    number would count as a failure, and a study whose trials all failed ends in a traceback)."""
+    direction = sweeper.get("direction")
+    if not sweeper._target_.endswith(".OptunaSweeper") or not isinstance(direction, str):
+        return None
+    return float("-inf") if direction.lower() == "maximize" else float("inf")
+
+
 # an absolute path: the same folder whether this file runs as a script or as the installed transformer-playground
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
@@ -83,9 +93,10 @@ def main(cfg: DictConfig) -> float | None:
     if TEXT is not None:
         cfg.text = TEXT
     hydra_cfg = HydraConfig.get()
-    # a job of a sweep that a refusal does not stop (Hydra's basic sweeper): not one whose folder holds an earlier run
-    # (a sweep repeated into its own folder stops at the first job, and no finished run is marked refused)
-    goes_on = (hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
+    # a job of a sweep that a refusal does not stop (Hydra's basic sweeper; Optuna's, which records the trial as failed
+    # and asks for the next): not one whose folder holds an earlier run (a sweep repeated into its own folder stops at
+    # the first job, and no finished run is marked refused)
+    goes_on = (hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith((".BasicSweeper", ".OptunaSweeper"))
                and run_file_in(Path(run_dir)) is None)
     if goes_on:
         (Path(run_dir) / FAILED).unlink(missing_ok=True)  # an earlier refusal of this job is not this one's
@@ -110,12 +121,14 @@ def main(cfg: DictConfig) -> float | None:
         if goes_on:
             print(f"error: job {hydra_cfg.job.num}: {e}", file=sys.stderr)  # this job only: the sweep goes on,
             (Path(run_dir) / FAILED).write_text(f"{e}\n")  # and its summary names the job and the reason
-            return None  # (an Optuna study has no way to take a refused trial: it stops there, as a single run does)
+            return _refused_trial_value(hydra_cfg.sweeper)
         undo_refused_run(run_dir)  # the run directory it made is removed; a used one's .hydra/ record is put back
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the first process, not one from each
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except experiment.Interrupted as e:
-        print(e, file=sys.stderr)
+        if str(e):
+            print(e, file=sys.stderr)
         sys.exit(e.exit_code)
 
 

@@ -1,12 +1,13 @@
 """mode=average: the weights of a run's last checkpoints averaged into one (the paper's last 5, Section 6.1)."""
 
 import logging
+import shlex
 from pathlib import Path
 
 from .checkpoint import check_same_parameters, load_checkpoint, save_checkpoint, step_checkpoints
 from .errors import UserError
 from .inference import refuse_unused_overrides
-from .rundir import log_file_only
+from .rundir import log_file_only, quoted_override
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def run_average(cfg, run_dir: Path) -> Path:
                           "step": latest["step"], "averaged_steps": [state["step"] for state in states]})
     steps = ", ".join(str(state["step"]) for state in states)
     print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
-          f"evaluate it with: python transformer_playground.py mode=eval ckpt_path={out.resolve()}")
+          f"evaluate it with: python transformer_playground.py mode=eval "
+          f"{shlex.quote(quoted_override('ckpt_path', out.resolve()))}")
     log_file_only(log, f"averaged the weights of steps {steps} of {folder} into {out}")
     return out
 

@@ -210,9 +210,11 @@ def check_overrides(args) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:
+        _refuse_unquoted_value(given)
         lines = str(e).splitlines()
         raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
     choices = []  # for each override, the texts to compose with
+    direction = None  # hydra.sweeper.direction as the command line gives it (hydra.* is not composed here)
     swept_elsewhere = False  # a value the sweeper chooses that these combinations do not hold
     sections = config_sections()
     for override, text in zip(parsed, given):
@@ -220,6 +222,8 @@ def check_overrides(args) -> None:
         if key == "hydra.searchpath":  # where the user's own config files are: composing needs it
             choices.append([text])
             continue
+        if key == "hydra.sweeper.direction":
+            direction = override.value()
         if key.startswith("hydra") or override.is_delete():
             swept_elsewhere |= key.startswith("hydra.sweeper") or key == "hydra"
             continue
@@ -243,6 +247,8 @@ def check_overrides(args) -> None:
                 OmegaConf.to_container(cfg, resolve=True)
             except OmegaConfBaseException as e:
                 raise UserError(str(e).splitlines()[0]) from None
+        if sweep:
+            _check_sweep_direction(cfg, direction)
         if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
             continue  # a single run makes these checks itself, first thing; other values than these are swept
         if any("${" in text for text in combination):
@@ -254,6 +260,51 @@ def check_overrides(args) -> None:
             raise UserError(f"{str(e).splitlines()[0]} (in the sweep's job with {' '.join(shown)})") from None
         except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
             raise UserError(str(e).splitlines()[0]) from None
+
+
+def check_sweeper_direction(direction, monitor_mode: str) -> None:
+    """A sweeper that optimises the returned monitor (Optuna's hydra.sweeper.direction) must look for it in the
+    monitor's direction (trainer.monitor_mode, as resolved)."""
+    wanted = {"max": "maximize", "min": "minimize"}[monitor_mode]
+    if isinstance(direction, str) and direction != wanted:
+        raise UserError(f"hydra.sweeper.direction={direction} but trainer.monitor_mode={monitor_mode}: the sweeper would "
+                        f"look for the worst runs (set hydra.sweeper.direction={wanted})")
+
+
+def _check_sweep_direction(cfg, direction=None) -> None:
+    """check_sweeper_direction for a sweep's composed config (with its hydra node; `direction`: the command line's
+    hydra.sweeper.direction, if given), before its first job: a job refused for it would leave its folder behind.
+    Skipped where the sweeper itself chooses the monitor."""
+    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
+    from playground.train import resolve_monitor
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    if cfg.mode != "train" or any(key.startswith("trainer.monitor") for key in params):
+        return
+    _, mode = resolve_monitor(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.dataset.name not in TASKS)
+    check_sweeper_direction(direction or OmegaConf.select(cfg, "hydra.sweeper.direction"), mode)
+
+
+def _refuse_unquoted_value(given) -> None:
+    """The override Hydra cannot parse because its value holds "=" or "," (a sweep job's folder in a path, say),
+    refused with the quoting that reads it as written."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from playground.rundir import quoted_override  # here: rundir imports this module
+
+    parser = OverridesParser.create()
+    for text in given:
+        key, _, value = text.partition("=")
+        if not any(mark in value for mark in "=,"):
+            continue
+        try:
+            parser.parse_override(text)
+        except HydraException:
+            raise UserError(f"{text}: Hydra reads \"=\" and \",\" in a value as another override and a list; quote the "
+                            f"value: {shlex.quote(quoted_override(key, value))}") from None
 
 
 MAX_SWEEP_CHECKS = 32  # sweep combinations composed and checked before the first job

@@ -4,6 +4,7 @@ inference.py; average: average.py; export: export.py)."""
 import functools
 import json
 import logging
+import shlex
 import signal
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from . import distributed, kernels  # kernels: registers build_model(..., kernel
 from .checkpoint import (atomic_write, checkpoint_tokenizers, keep_last_checkpoints, load_checkpoint, load_to_resume,
                          rng_state, save_checkpoint)
 from .checks import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
-                     check_run_config, check_trainer, unread_dataset_files)
-from .config import upgrade_saved_config
+                     check_run_config, check_sweeper_direction, check_trainer, unread_dataset_files)
+from .config import RETIRED_TRAINER_KEYS, upgrade_saved_config
 from .data import MODEL_IDS, Data, load_data
 from .data.synthetic import TASKS
 from .distributed import Dist, sum_across
@@ -30,7 +31,7 @@ from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import (apply_learning_rate, check_resume, data_fingerprint, restore_monitor,
                      restore_training_state)
-from .rundir import log_file_only
+from .rundir import command_line, log_file_only, quoted_override
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
@@ -80,7 +81,7 @@ def _peak(device, dtype) -> float:
     return matmul_peak(device, dtype, seconds=0.5)
 
 
-HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
+HPARAM_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer", "decode")
 HPARAM_METRICS = ("test/exact_match", "test/bleu", "test/token_accuracy", "test/loss", "test/nll",
                   "valid/exact_match", "valid/bleu", "valid/loss", "valid/nll")
 
@@ -88,7 +89,8 @@ HPARAM_METRICS = ("test/exact_match", "test/bleu", "test/token_accuracy", "test/
 def flat_hparams(cfg) -> dict:
     """The run's hyper-parameters as one flat dict: model.heads, optimizer.lr, ..., seed."""
     params = {f"{group}.{key}": value for group in HPARAM_GROUPS
-              for key, value in OmegaConf.to_container(cfg[group], resolve=True).items()}
+              for key, value in OmegaConf.to_container(cfg[group], resolve=True).items()
+              if not (group == "trainer" and key in RETIRED_TRAINER_KEYS)}  # now decode.*: not shown twice
     params["seed"] = cfg.seed
     return params
 
@@ -137,33 +139,38 @@ def _test_counts(data: Data) -> dict:
 
 def _check_sweeper_direction(mode: str) -> None:
     """A sweeper that optimises the returned monitor (Optuna) must look for it in the monitor's direction."""
-    if not HydraConfig.initialized():  # called from Python, not through the command line
-        return
-    direction = HydraConfig.get().sweeper.get("direction")
-    wanted = {"max": "maximize", "min": "minimize"}[mode]
-    if isinstance(direction, str) and direction != wanted:
-        raise UserError(f"hydra.sweeper.direction={direction} but trainer.monitor_mode={mode}: the sweeper would "
-                        f"look for the worst runs (set hydra.sweeper.direction={wanted})")
+    if HydraConfig.initialized():  # not from Python (playground.run), where there is no sweeper
+        check_sweeper_direction(HydraConfig.get().sweeper.get("direction"), mode)
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; exit with 128 + the signal number."""
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved; exit with 128 + the signal number. The
+    message (how to resume) is rank 0's; the other processes of a torchrun exit with an empty one."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
 
 
+def _directory_key() -> str:
+    """The setting that names this run's directory: hydra.sweep.dir for a job of a sweep (-m), else hydra.run.dir."""
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+
+
 def _resume_command(ckpt: Path, auto_resume: bool) -> str:
+    """The command that continues this run, to paste as it is (quoted where a path holds a sweep job's "=" and ",";
+    under torchrun, torchrun with as many processes)."""
     if not HydraConfig.initialized():  # run from Python (playground.run): there is no command to repeat
-        return f"the same overrides and ckpt_path={ckpt}"
+        return f"the same overrides and {quoted_override('ckpt_path', ckpt)}"
     overrides = HydraConfig.get().overrides.task
     if auto_resume:  # the same command again, into the same directory (HydraConfig: this run's own)
         run_dir = HydraConfig.get().runtime.output_dir
-        return " ".join(["python transformer_playground.py", *overrides] +
-                        ([] if any(o.startswith("hydra.run.dir=") for o in overrides) else [f"hydra.run.dir={run_dir}"]))
-    overrides = [o for o in overrides if not o.startswith("ckpt_path=")]
-    return " ".join(["python transformer_playground.py", *overrides, f"ckpt_path={ckpt}"])
+        given = any(o.startswith("hydra.run.dir=") for o in overrides)
+        return command_line(*overrides, *([] if given else [quoted_override("hydra.run.dir", run_dir)]))
+    return command_line(*[o for o in overrides if not o.startswith("ckpt_path=")], quoted_override("ckpt_path", ckpt))
 
 
 def run_train(cfg, run_dir: Path) -> dict:
@@ -189,7 +196,7 @@ def run_train(cfg, run_dir: Path) -> dict:
             log.info(f"trainer.auto_resume=true: resuming this run directory from {cfg.ckpt_path}")
     elif (ckpt_dir / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run's checkpoints: refusing to overwrite them "
-                        f"(give this run its own directory with hydra.run.dir=...)")
+                        f"(give this run its own directory with {_directory_key()}=...)")
     autocast = autocast_for(device, t.precision)
     resume = load_to_resume(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None:
@@ -305,7 +312,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()
         raise Interrupted(f"stopped at step {last} by {signal.Signals(stop.signal).name}; saved {ckpt}\n"
-                          f"resume with: {_resume_command(ckpt, t.auto_resume)}", 128 + stop.signal)
+                          f"resume with: {_resume_command(ckpt, t.auto_resume)}" if d.is_main else "", 128 + stop.signal)
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
@@ -319,7 +326,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         best_file = (ckpt_dir / ("best.pt" if (ckpt_dir / "best.pt").exists() else "last.pt")).resolve()
         raise Interrupted(f"stopped by SIGINT during the final test evaluation (no metrics.json); the checkpoints "
                           f"are in {ckpt_dir.resolve()}\ntest them with: python transformer_playground.py mode=eval "
-                          f"ckpt_path={best_file}", 130) from None
+                          f"{shlex.quote(quoted_override('ckpt_path', best_file))}" if d.is_main else "", 130) from None
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, last)
     if doctor.found and d.is_main:
         log.warning(f"the run doctor saw {len(doctor.found)} sign{'s' * (len(doctor.found) > 1)} of trouble in this "

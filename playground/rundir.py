@@ -1,8 +1,12 @@
 """A new run never writes into another run's directory, and a sweep preset never runs without -m: both refused
 before Hydra writes its .hydra/ files. A refused command leaves what it found as it was. What a mode prints as a
-table or a summary goes into the run's log file too (`log_file_only`)."""
+table or a summary goes into the run's log file too (`log_file_only`), and the commands it prints for the next step
+can be pasted as they are (`command_line`, `quoted_override`)."""
 
 import logging
+import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -109,3 +113,29 @@ def log_file_only(logger: logging.Logger, message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def quoted_override(key: str, value) -> str:
+    """key=value as Hydra reads back exactly `value` (one word of the command line, before the shell's quoting): a
+    sweep job's folder name holds "=" and ",", which Hydra's parser takes for an override and a list unless the
+    value is quoted (key="a=1,b=2")."""
+    text = str(value)
+    if re.fullmatch(r"[\w./~+@-]+", text):
+        return f"{key}={text}"
+    # in Hydra's quoted values a backslash is doubled only where it comes before a quote or at the end
+    escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, text).replace('"', '\\"')
+    return f'{key}="{escaped}"'
+
+
+def command_line(*words: str) -> str:
+    """The command that runs the entry point with these words (overrides as Hydra reads them), as one line to paste
+    into a shell; under torchrun (WORLD_SIZE above 1), torchrun with this run's number of processes, since a
+    checkpoint resumes with as many as wrote it."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        nodes = world // max(local, 1)
+        start = ("torchrun " + (f"--nnodes={nodes} (and your rendezvous options) " if nodes > 1 else "")
+                 + f"--nproc_per_node={local} transformer_playground.py")
+    else:
+        start = "python transformer_playground.py"
+    return " ".join([start, *map(shlex.quote, words)])

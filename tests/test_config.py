@@ -267,3 +267,20 @@ def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_
         check_run_config(compose_config(*text))
     check_run_config(compose_config(*text, "dataset.shared_vocab=true"))
     check_run_config(compose_config("model.tie_embeddings=all"))  # a generated task has one vocabulary
+
+
+def test_a_value_holding_an_equals_sign_or_a_comma_is_refused_with_the_quoting_that_reads_it():
+    from playground.checks import check_overrides
+
+    path = "/runs/multirun/0_model.heads=2,seed=1/checkpoints/best.pt"  # a sweep job's folder
+    with pytest.raises(UserError, match=re.escape(f"""quote the value: 'ckpt_path="{path}"'""")):
+        check_overrides(["mode=eval", f"ckpt_path={path}"])
+    check_overrides(["mode=eval", f'ckpt_path="{path}"'])  # what the shell passes on for the quoted word
+
+
+def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_first_job():
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=r"^hydra.sweeper.direction=maximize but trainer.monitor_mode=min"):
+        check_overrides(["-m", "hparams_search=optuna", "trainer.monitor=valid/nll"])
+    check_overrides(["-m", "hparams_search=optuna", "trainer.monitor=valid/nll", "hydra.sweeper.direction=minimize"])

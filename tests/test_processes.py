@@ -90,6 +90,8 @@ def test_two_processes_train_as_one_of_twice_the_batch_and_after_a_sigterm_resum
     step = state["step"]
     assert 2 <= step < 18 and len(state["rng"]) == 2  # each process's random state
     assert f"stopped at step {step} by SIGTERM" in stderr
+    assert stderr.count("resume with:") == 1  # from the first process only, and with as many processes again
+    assert "resume with: torchrun --nproc_per_node=2 transformer_playground.py " in stderr
     launch("trainer.max_steps=18", f"ckpt_path={tmp_path}/r/checkpoints/last.pt", f"hydra.run.dir={tmp_path}/resumed")
     got = losses(tmp_path / "resumed")
     assert sorted(got) == list(range(step + 1, 19))

@@ -1,6 +1,7 @@
 """A run survives interruption, resumes exactly, refuses garbage, and scales to several processes."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,15 +58,24 @@ def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_ru
 # SIGUSR2 (exit 140, the same message) is sent in test_processes.py's requeue test
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
-    process = start(*FAST, "trainer.max_steps=100000", "trainer.checkpoint_every=5", f"hydra.run.dir={tmp_path}/r")
-    wait_for(tmp_path / "r" / "checkpoints" / "last.pt", process)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from playground.checks import check_overrides
+
+    run_dir = tmp_path / "0_model.heads=2,seed=1"  # a sweep job's folder name: "=" and "," in the checkpoint's path
+    process = start(*FAST, "trainer.max_steps=100000", "trainer.checkpoint_every=5", f'hydra.run.dir="{run_dir}"')
+    wait_for(run_dir / "checkpoints" / "last.pt", process)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
-    last = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert f"stopped at step {last['step']} by {sig.name}" in stderr
-    assert f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.pt'}" in stderr.split("resume with:")[1]
     assert "Traceback" not in stderr
+    command = shlex.split(stderr.split("resume with: ")[1].splitlines()[0])  # as a shell would pass it on
+    assert command[:2] == ["python", "transformer_playground.py"]
+    check_overrides(command[2:])  # Hydra reads every word of it
+    given = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(command[2:])}
+    assert given["ckpt_path"] == str(run_dir / "checkpoints" / "last.pt")
 
 
 def test_a_killed_run_leaves_a_checkpoint_that_loads(tmp_path):

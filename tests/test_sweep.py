@@ -34,6 +34,8 @@ def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(entry, tmp_
         hparams = events.PluginTagToContent("hparams")
         assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
         assert b"model.heads" in hparams["_hparams_/session_start_info"]
+        assert b"decode.beam_size" in hparams["_hparams_/session_start_info"]  # a decoding sweep lines up too
+        assert b"trainer.beam_size" not in hparams["_hparams_/session_start_info"]  # retired: decode.beam_size now
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model.heads"] for r in rows) == ["1", "2", "4"]
@@ -69,6 +71,16 @@ def test_every_experiment_preset_composes_and_runs_a_few_steps(entry, tmp_path):
     finished = {o.split("=", 1)[1] for p in sweep.glob("*/metrics.json")  # each job's own record of its overrides
                 for o in OmegaConf.load(p.parent / ".hydra" / "overrides.yaml") if o.startswith("experiment=")}
     assert finished == presets
+
+
+def test_an_optuna_trial_refused_for_its_values_scores_the_worst_and_the_study_goes_on(entry, tmp_path):
+    sweep = tmp_path / "optuna"
+    result = entry("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *SMALL, "trainer.max_steps=4",
+                   "trainer.batch_size=1000", f"hydra.sweep.dir={sweep}")  # more than the 400 training pairs
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "2 jobs of the sweep refused" in result.stderr and "refused jobs:" in (sweep / "summary.md").read_text()
+    assert len(list(sweep.glob("*/failed.txt"))) == 2  # the second trial ran after the first was refused
+    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == float("-inf")
 
 
 def test_a_three_trial_optuna_study_minimises_the_monitor_and_reports_the_best_parameters(entry, tmp_path):
