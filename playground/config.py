@@ -30,7 +30,8 @@ class ModelConfig:
     positional: str = "sinusoidal"  # sinusoidal (paper) | learned | rotary | none
     activation: str = "relu"  # feed-forward activation: relu (paper) | gelu | swiglu
     attention: Optional[str] = None  # retired: how attention is computed is trainer.kernels now (refused if set)
-    tie_embeddings: str = "decoder"  # none | decoder (output layer shares the target embedding) | all (source too)
+    tie_embeddings: str = "decoder"  # none | decoder (output layer shares the target embedding) | all (source too:
+    # the paper's, Section 3.4, which needs one vocabulary for both sides)
     max_len: int = 512  # the longest sequence the positional encodings cover
     key_dim: Optional[int] = None  # d_k, each head's query and key size (Table 3 row B); null: d_model/heads
     ablate: List[str] = field(default_factory=list)  # pieces of the paper to remove: causal_mask, attention_scale,
