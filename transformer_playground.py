@@ -58,7 +58,8 @@ def _check_overrides(argv) -> None:
     try:
         check_overrides(argv[1:])
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the first process, not one from each
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

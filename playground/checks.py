@@ -194,8 +194,8 @@ def check_overrides(args) -> None:
     report of several lines. A sweep (-m) is composed for each combination of its lists' values (the first
     MAX_SWEEP_CHECKS); a training sweep whose values all come from the command line's lists also gets the checks
     run_train makes before it reads any data, so that a bad value stops it before its first job rather than in the
-    middle. Hydra's own flags, and keys swept by range(), interval(), glob() or the sweeper's params (Optuna's, a
-    preset's), are left to Hydra and to each job."""
+    middle; a mistake that does not name a key swept by range(), interval() or the sweeper's params (Optuna's, a
+    preset's) stops it too. Hydra's own flags, and groups swept by glob(), are left to Hydra and to each job."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -215,7 +215,8 @@ def check_overrides(args) -> None:
         raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
     choices = []  # for each override, the texts to compose with
     direction = None  # hydra.sweeper.direction as the command line gives it (hydra.* is not composed here)
-    swept_elsewhere = False  # a value the sweeper chooses that these combinations do not hold
+    swept = set()  # keys whose values the sweeper chooses outside these combinations (range(), Optuna's params)
+    unknown = False  # values chosen elsewhere that cannot be named key by key (a group's glob(), the sweeper's node)
     sections = config_sections()
     for override, text in zip(parsed, given):
         key = override.key_or_group
@@ -224,8 +225,10 @@ def check_overrides(args) -> None:
             continue
         if key == "hydra.sweeper.direction":
             direction = override.value()
+        if key.startswith("hydra.sweeper.params."):
+            swept.add(key.removeprefix("hydra.sweeper.params."))
+        unknown |= key in ("hydra", "hydra.sweeper", "hydra.sweeper.params") or override.is_delete()
         if key.startswith("hydra") or override.is_delete():
-            swept_elsewhere |= key.startswith("hydra.sweeper") or key == "hydra"
             continue
         if override.is_add() and "." in key and key.split(".")[0] in sections:
             section, name = key.split(".", 1)
@@ -239,7 +242,7 @@ def check_overrides(args) -> None:
             prefix = text.split("=", 1)[0]
             choices.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
         else:
-            swept_elsewhere = True
+            swept.add(key)
     for combination in itertools.islice(itertools.product(*choices), MAX_SWEEP_CHECKS):
         cfg = compose_checked(list(combination), with_hydra=sweep)
         if not sweep and not any("${hydra:" in text for text in combination):
@@ -249,15 +252,20 @@ def check_overrides(args) -> None:
                 raise UserError(str(e).splitlines()[0]) from None
         if sweep:
             _check_sweep_direction(cfg, direction)
-        if not sweep or swept_elsewhere or cfg.mode != "train" or OmegaConf.select(cfg, "hydra.sweeper.params"):
-            continue  # a single run makes these checks itself, first thing; other values than these are swept
+        keys = swept | set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})  # a preset's search space too
+        if not sweep or unknown or cfg.mode != "train" or any("." not in key for key in keys):
+            continue  # a single run makes these checks itself, first thing; a swept group changes any key
         if any("${" in text for text in combination):
             continue  # an interpolation (${hydra:job.num}, say) is resolved in the job, where Hydra's own node is set
         try:
             check_run_config(cfg)
         except UserError as e:
+            message = str(e).splitlines()[0]
+            if any(key in message for key in keys):
+                continue  # about a value the sweeper chooses: another value may pass, and each job checks its own
             shown = [c for c in combination if not c.startswith("hydra.")]
-            raise UserError(f"{str(e).splitlines()[0]} (in the sweep's job with {' '.join(shown)})") from None
+            where = f"the sweep's job with {' '.join(shown)}" if shown else "every job of the sweep"
+            raise UserError(f"{message} (in {where})") from None
         except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
             raise UserError(str(e).splitlines()[0]) from None
 

@@ -159,11 +159,14 @@ RETIRED_TRAINER_KEYS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
 
 
 def upgrade_saved_config(config: dict) -> dict:
-    """A checkpoint's config as this version names it: model.attention (before trainer.kernels) is dropped, and
-    trainer.beam_size and friends (before the decode group) move to decode.*."""
+    """A checkpoint's config as this version names it: model.attention (before trainer.kernels) is dropped,
+    trainer.beam_size and friends (before the decode group) move to decode.*, and a model saved before
+    model.attention_dropout and model.ffn_dropout dropped out its attention weights and feed-forward hidden layer
+    with model.dropout, which is what null says (so that resuming it with model=base, which sets 0, is refused)."""
     config = {**config}
-    if isinstance(config.get("model"), dict) and "attention" in config["model"]:
-        config["model"] = {k: v for k, v in config["model"].items() if k != "attention"}
+    if isinstance(config.get("model"), dict):
+        model = {k: v for k, v in config["model"].items() if k != "attention"}
+        config["model"] = {"attention_dropout": None, "ffn_dropout": None, **model}
     trainer = config.get("trainer")
     if isinstance(trainer, dict) and any(key in trainer for key in RETIRED_TRAINER_KEYS):
         moved = {key: trainer[key] for key in RETIRED_TRAINER_KEYS if trainer.get(key) is not None}

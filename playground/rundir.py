@@ -120,7 +120,7 @@ def quoted_override(key: str, value) -> str:
     sweep job's folder name holds "=" and ",", which Hydra's parser takes for an override and a list unless the
     value is quoted (key="a=1,b=2")."""
     text = str(value)
-    if re.fullmatch(r"[\w./~+@-]+", text):
+    if re.fullmatch(r"[A-Za-z0-9_./+@-]+", text):  # what Hydra reads unquoted (not "~", not a letter like "é")
         return f"{key}={text}"
     # in Hydra's quoted values a backslash is doubled only where it comes before a quote or at the end
     escaped = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, text).replace('"', '\\"')
@@ -131,11 +131,14 @@ def command_line(*words: str) -> str:
     """The command that runs the entry point with these words (overrides as Hydra reads them), as one line to paste
     into a shell; under torchrun (WORLD_SIZE above 1), torchrun with this run's number of processes, since a
     checkpoint resumes with as many as wrote it."""
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if world > 1:
-        nodes = world // max(local, 1)
-        start = ("torchrun " + (f"--nnodes={nodes} (and your rendezvous options) " if nodes > 1 else "")
-                 + f"--nproc_per_node={local} transformer_playground.py")
-    else:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = world // max(local, 1)
+    if world == 1:
         start = "python transformer_playground.py"
-    return " ".join([start, *map(shlex.quote, words)])
+    else:
+        start = "torchrun " + (f"--nnodes={nodes} " if nodes > 1 else "") + f"--nproc_per_node={local} transformer_playground.py"
+    line = " ".join([start, *map(shlex.quote, words)])
+    if nodes > 1:
+        line += f"\n(on each of the {nodes} machines, with the rendezvous options this run was started with)"
+    return line

@@ -284,3 +284,33 @@ def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_fi
     with pytest.raises(UserError, match=r"^hydra.sweeper.direction=maximize but trainer.monitor_mode=min"):
         check_overrides(["-m", "hparams_search=optuna", "trainer.monitor=valid/nll"])
     check_overrides(["-m", "hparams_search=optuna", "trainer.monitor=valid/nll", "hydra.sweeper.direction=minimize"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "hparams_search=optuna", "model.d_model=32", "model.heads=3"], r"^model.heads=3 does not divide"),
+    (["-m", "model.dropout=range(0,0.3,0.1)", "trainer.batch_size=0"], r"^trainer.batch_size=0 must be positive")])
+def test_a_search_whose_every_trial_would_be_refused_for_a_value_it_does_not_search_stops_before_the_first(args, message):
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=message):
+        check_overrides(args)
+
+
+@pytest.mark.parametrize("path", ["/runs/0_model.heads=2,seed=1/checkpoints/last.pt", "/home/josé/runs/last.pt",
+                                  "~/runs/last.pt", "/with space/it's \"quoted\" \\back\\/last.pt", "/plain/last.pt"])
+def test_a_printed_command_gives_hydra_the_path_exactly_as_it_is(path, monkeypatch):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from playground.rundir import command_line, quoted_override
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    words = shlex.split(command_line(quoted_override("ckpt_path", path)))  # as bash passes the pasted line on
+    assert words[:2] == ["python", "transformer_playground.py"]
+    assert OverridesParser.create().parse_override(words[2]).value() == path
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    line = command_line("seed=1")
+    assert line.startswith("torchrun --nnodes=2 --nproc_per_node=2 transformer_playground.py seed=1\n")
+    assert shlex.split(line.splitlines()[0])[-1] == "seed=1"  # the command itself pastes without a syntax error

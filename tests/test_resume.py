@@ -122,3 +122,22 @@ def test_an_unreadable_last_checkpoint_names_the_newest_readable_one_beside_it(c
                             f"ckpt_path={newest}")
     flat = experiment.run_train(compose_config(*FAST, "trainer.max_steps=12", f"ckpt_path={newest}"), tmp_path / "r")
     assert flat["last_step"] == 12
+
+
+def test_a_checkpoint_from_before_the_attention_and_feed_forward_dropout_keys_resumes_only_as_it_trained(
+        compose_config):
+    from omegaconf import OmegaConf
+
+    from playground.config import upgrade_saved_config
+    from playground.resume import config_changes
+
+    def saved(*overrides):  # a config as a checkpoint written before model.attention_dropout records it
+        config = OmegaConf.to_container(compose_config(*overrides), resolve=True)
+        config["model"] = {k: v for k, v in config["model"].items() if k not in ("attention_dropout", "ffn_dropout")}
+        return upgrade_saved_config(config)
+
+    now = OmegaConf.to_container(compose_config("model=base"), resolve=True)  # model=base sets both to 0 now
+    old = saved("model=base")  # where model.dropout=0.1 reached the attention weights and feed-forward too
+    assert "model.attention_dropout=0.0 (the checkpoint: None)" in config_changes(old, now)
+    assert "model.ffn_dropout=0.0 (the checkpoint: None)" in config_changes(old, now)
+    assert config_changes(saved(), OmegaConf.to_container(compose_config(), resolve=True)) == []
