@@ -30,3 +30,12 @@ def test_each_task_maps_every_source_to_its_target(task, rule):
 def test_asking_for_more_sequences_than_exist_is_refused():
     with pytest.raises(UserError, match="allow only 12"):
         make_synthetic_splits("reverse", 3, 1, 2, {"train": 10, "valid": 5, "test": 5}, seed=0)
+
+
+def test_a_symbol_outside_the_tasks_alphabet_becomes_unk_not_an_id_past_the_vocabulary():
+    from playground.data import UNK
+    from playground.data.tokenizers import SymbolTokenizer
+
+    tokenizer = SymbolTokenizer(10)  # symbols 0..9 after the 4 special ids: 14 ids in all
+    assert tokenizer.encode("0 9 10 x") == [4, 13, UNK, UNK]
+    assert max(tokenizer.encode("9 10")) < tokenizer.vocab_size

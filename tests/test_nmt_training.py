@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,16 +17,17 @@ from tensorboard.util import tensor_util
 
 from conftest import build
 from playground.checkpoint import save_checkpoint
-from playground.config import DatasetConfig
-from playground.data import MODEL_IDS, load_data
+from playground.config import DatasetConfig, DecodeConfig
+from playground.data import EOS, MODEL_IDS, PAD, load_data
 from playground.errors import UserError
+from playground.evaluate import exact_matches, output_limits, text_metrics
 from playground.average import run_average
 from playground.checks import check_trainer
 from playground.experiment import run_train
 from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from playground.tracking import Tracker
-from playground.train import BatchStream, Monitor, Training, resolve_monitor, train
+from playground.train import VALID_METRICS, BatchStream, Monitor, Progress, Training, _clip_gradients, resolve_monitor, train
 from test_cli import ROOT, SMALL
 
 
@@ -60,6 +62,59 @@ def test_the_monitor_defaults_to_bleu_on_text_and_exact_match_on_synthetic_tasks
     assert resolve_monitor(None, None, text_data=False) == ("valid/exact_match", "max")
     assert resolve_monitor("valid/wer", None, text_data=True) == ("valid/wer", "min")
     assert resolve_monitor("valid/loss", "max", text_data=False) == ("valid/loss", "max")
+    directions = {name: resolve_monitor(f"valid/{name}", None, text_data=True)[1] for name in VALID_METRICS}
+    assert directions == {"loss": "min", "nll": "min", "ppl": "min", "token_accuracy": "max", "exact_match": "max",
+                          "bleu": "max", "chrf": "max", "cer": "min", "wer": "min"}  # best.pt keeps the lowest error
+
+
+def test_gradient_clipping_scales_the_global_norm_down_to_the_limit_and_reports_it_before():
+    weights = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    weights[0].grad, weights[1].grad = torch.tensor([6.0, 0.0, 0.0]), torch.tensor([0.0, 8.0, 0.0, 0.0])  # norm 10
+    run_ = SimpleNamespace(optimizer=torch.optim.SGD(weights, lr=1.0), scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert _clip_gradients(run_, 1.0).item() == pytest.approx(10.0)
+    torch.testing.assert_close(torch.cat([w.grad for w in weights]), torch.tensor([0.6, 0, 0, 0, 0.8, 0, 0]))
+    assert _clip_gradients(run_, 0.0) is None  # 0: off, the gradients as they are
+    torch.testing.assert_close(torch.cat([w.grad for w in weights]), torch.tensor([0.6, 0, 0, 0, 0.8, 0, 0]))
+
+
+def test_the_time_left_counts_from_the_steps_this_run_has_taken(monkeypatch, caplog):
+    clock = iter([100.0, 105.0])  # the run starts at 100 s and logs 5 s later
+    monkeypatch.setattr("playground.train.time.perf_counter", lambda: next(clock))
+    progress = Progress("log", max_steps=100, start_step=90, is_main=True)  # resumed at step 90
+    with caplog.at_level(logging.INFO, logger="playground.train"):
+        progress.log(95, {"train/loss": 1.0, "train/lr": 1e-3, "perf/tokens_per_sec": 1000.0})
+    assert caplog.text.rstrip().endswith("ETA 0:00:05")  # 5 steps in 5 s, 5 steps to go
+
+
+def test_a_run_resumed_at_an_epochs_end_continues_with_the_next_epochs_first_batch():
+    rows = list(range(10))  # ten training pairs in batches of 5: two batches an epoch
+    uninterrupted = [next_rows.tolist() for next_rows, _ in zip(BatchStream(rows, batch_size=5, seed=3), range(5))]
+    for position in range(5):  # a checkpoint's data position, at the start, inside and at the end of an epoch
+        resumed = BatchStream(rows, batch_size=5, seed=3, position=position)
+        assert next(resumed).tolist() == uninterrupted[position], position
+
+
+def test_exact_match_needs_the_whole_reference_and_nothing_more():
+    ref = torch.tensor([[5, 6, 7, EOS], [5, 6, 7, EOS]])
+    pred = torch.tensor([[5, 6], [5, 6]])  # a prefix of the reference is not a match
+    assert exact_matches(pred, ref).tolist() == [False, False]
+    assert exact_matches(torch.tensor([[5, 6, 7, EOS, PAD, PAD]]), ref[:1]).tolist() == [True]  # padding aside
+    assert exact_matches(torch.tensor([[5, 6, 7, EOS, 8]]), ref[:1]).tolist() == [False]
+
+
+def test_the_error_rates_count_edits_against_the_reference():
+    metrics = text_metrics(["ab", "the cat"], ["abcd", "the black cat"])
+    assert metrics["cer"] == pytest.approx(8 / 17)  # "cd" and "black " missing: 2 + 6 over 4 + 13 reference characters
+    assert metrics["wer"] == pytest.approx(2 / 4)  # "ab" for "abcd", "black" missing: over 1 + 3 reference words
+    assert text_metrics(["ab"], ["abcd"])["cer"] == pytest.approx(0.5)  # against the hypothesis it would be 1.0
+
+
+def test_an_outputs_length_limit_is_max_len_a_times_its_source_plus_max_len_b_within_the_positions():
+    src = torch.tensor([[5, 6, 7, PAD, PAD], [5, 6, 7, 8, 9]])  # 3 and 5 real tokens
+    model = SimpleNamespace(max_len=12)
+    limits = output_limits(model, src, DecodeConfig(max_len_a=2.0, max_len_b=1))
+    assert limits.tolist() == [7, 11]
+    assert output_limits(model, src, DecodeConfig(max_len_a=1.0, max_len_b=50)).tolist() == [11, 11]  # positions
 
 
 BAD_TRAINER = [
@@ -145,13 +200,14 @@ def _train_steps(compose_config, tmp_path, batch_size, accumulate, steps=3):
     batches = BatchStream(data.splits["train"], batch_size, cfg.seed)
     train(run_, settings, data.splits["train"], batches, Tracker(tmp_path, enabled=False), lambda step: False,
           lambda step: None)
-    return model.state_dict()
+    return model.state_dict(), run_.scheduler.last_epoch  # the weights, and how often the schedule moved on
 
 
 def test_accumulating_two_batches_gives_the_update_of_the_doubled_batch(compose_config, tmp_path):
-    doubled = _train_steps(compose_config, tmp_path, batch_size=32, accumulate=1)
-    accumulated = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=2)
-    single = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=1)
+    doubled, _ = _train_steps(compose_config, tmp_path, batch_size=32, accumulate=1)
+    accumulated, schedule_steps = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=2)
+    single, _ = _train_steps(compose_config, tmp_path, batch_size=16, accumulate=1)
+    assert schedule_steps == 3  # once per update (3 steps), not once per batch (6)
     for name, weights in doubled.items():
         torch.testing.assert_close(accumulated[name], weights, rtol=1e-5, atol=1e-5, msg=name)
     assert any(not torch.allclose(single[n], w, atol=1e-5) for n, w in doubled.items())  # the test can tell

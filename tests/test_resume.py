@@ -141,3 +141,26 @@ def test_a_checkpoint_from_before_the_attention_and_feed_forward_dropout_keys_re
     assert "model.attention_dropout=0.0 (the checkpoint: None)" in config_changes(old, now)
     assert "model.ffn_dropout=0.0 (the checkpoint: None)" in config_changes(old, now)
     assert config_changes(saved(), OmegaConf.to_container(compose_config(), resolve=True)) == []
+
+
+def test_a_finished_run_is_not_resumed_without_more_steps(compose_config, checkpoint, tmp_path):
+    with pytest.raises(UserError, match=r"is at step 8, and trainer.max_steps=8: raise trainer.max_steps to train "
+                                        r"further"):
+        experiment.run_train(compose_config(*FAST, "trainer.max_steps=8", f"ckpt_path={checkpoint}"), tmp_path / "r")
+
+
+def test_a_data_file_edited_to_the_same_size_is_seen_as_changed(tmp_path):
+    import os
+
+    from playground.data.cache import file_sha256
+    from playground.resume import data_changes, data_fingerprint
+
+    train = tmp_path / "train.tsv"
+    train.write_text("the cat\tle chat\n")
+    before = data_fingerprint({"train_file": str(train)})
+    stat = os.stat(train)
+    train.write_text("the dog\tle chat\n")  # the same number of bytes
+    os.utime(train, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # and a new time, as an editor leaves it
+    assert file_sha256(train) != before["train_file"]["sha256"]  # in this process too: not the hash of the old bytes
+    changes = data_changes(before, data_fingerprint({"train_file": str(train)}))
+    assert len(changes) == 1 and "has changed since the checkpoint was written (16 bytes then, 16 now" in changes[0]

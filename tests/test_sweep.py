@@ -60,6 +60,18 @@ def test_the_summary_puts_the_best_job_by_the_runs_monitor_first(tmp_path, monit
     assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == order
 
 
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_job_without_a_score_for_the_monitor_is_listed_last_whatever_the_direction(tmp_path, mode):
+    for name, value in [("0_a=1", 0.5), ("1_a=2", float("nan")), ("2_a=3", 0.7), ("3_a=4", None)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- a={name[-1]}\n")
+        metrics = {"valid/nll": value, "step": 3} if value is not None else {"step": 3}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    rows = [line.split(" | ")[1] for line in summarize(tmp_path, "valid/nll", mode).splitlines()[4:]]
+    assert rows[:2] == (["3", "1"] if mode == "max" else ["1", "3"]) and sorted(rows[2:]) == ["2", "4"]
+
+
+
 def test_every_experiment_preset_composes_and_runs_a_few_steps(entry, tmp_path):
     sweep = tmp_path / "presets"
     paths = write_corpus(tmp_path / "corpus", 200, held_out=8, vocabulary=300, median_words=5)  # table3's files

@@ -88,11 +88,16 @@ def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_
     assert load_data(c).texts == data.texts
     c.max_src_len = 6  # most sentences have 5 to 9 words
     filtered = load_data(c)
-    assert len(filtered.splits["train"]) < 320 and int(filtered.splits["train"].src_lengths.max()) <= 6
+    lengths = data.splits["train"].src_lengths  # unfiltered: source tokens (no BOS or EOS)
+    assert len(filtered.splits["train"]) == int((lengths <= 6).sum()) < 320  # a pair of exactly 6 is kept
+    assert int(filtered.splits["train"].src_lengths.max()) == 6
     assert "longer than dataset.max_src_len=6" in filtered.notes["train"][-1]
     c.too_long = "truncate"
     truncated = load_data(c)
     assert len(truncated.splits["train"]) == 320 and int(truncated.splits["train"].src_lengths.max()) == 6
+    c.max_src_len, c.max_tgt_len = 50, 3  # every target (4 words or more) is cut to exactly its limit too
+    cut = load_data(c).splits["train"]
+    assert len(cut) == 320 and set((cut.tgt_lengths - 2).tolist()) == {3}  # tgt_lengths count BOS and EOS
 
 
 def test_a_split_left_empty_says_why_naming_its_file(tmp_path):
@@ -233,3 +238,13 @@ def test_held_out_fractions_that_leave_nothing_to_train_on_are_refused_with_the_
     with pytest.raises(UserError, match=r"^dataset.test_fraction=0.2 of 6000 pairs is 1200, and 600 are left: none "
                                         r"would remain to train on"):
         split_off(rest, 0.2, 0, "dataset.test_fraction", total=6000)
+
+
+def test_one_shared_vocabulary_is_learned_from_both_sides(tmp_path):
+    write(make_pairs(200), tmp_path / "all.tsv", "tsv")
+    c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "all.tsv"), tokenizer="word", vocab_size=2000,
+                      min_frequency=1, shared_vocab=True, cache=False)
+    data = load_data(c)
+    assert data.src_tokenizer is data.tgt_tokenizer
+    train = data.splits["train"]
+    assert UNK not in train.src.tolist() and UNK not in train.tgt.tolist()  # every word of either side is known

@@ -299,3 +299,9 @@ def test_training_refuses_the_inputs_of_translate_and_score(compose_config):
 
     with pytest.raises(UserError, match=r"^text=hello: mode=train does not read it \(it is for mode=translate"):
         check_run_config(compose_config("text=hello"))
+
+
+def test_a_line_is_cut_only_past_the_models_positions_and_counted():
+    encode = inference.Encoder(SymbolTokenizer(10), limit=5)
+    exactly, longer = encode(["1 2 3 4 5", "1 2 3 4 5 6"])
+    assert (len(exactly), len(longer), encode.cut) == (5, 5, 1)  # a line of exactly the limit is kept whole
