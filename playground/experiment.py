@@ -160,6 +160,17 @@ def _directory_key() -> str:
     return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
+def _rest_of_the_sweep() -> str:
+    """For a job of a sweep (-m): a line saying that the jobs after it did not run, which its resume command does not
+    start (the sweep's summary is not written either)."""
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    return (f"\n(that resumes job {HydraConfig.get().job.num} of the sweep alone: the jobs after it did not run, and "
+            f"the sweep has no summary; run them again with -m)")
+
+
 def _resume_command(ckpt: Path, auto_resume: bool) -> str:
     """The command that continues this run, to paste as it is (quoted where a path holds a sweep job's "=" and ",";
     under torchrun, torchrun with as many processes)."""
@@ -312,7 +323,8 @@ def run_train(cfg, run_dir: Path) -> dict:
         tracker.close()
         ckpt = (ckpt_dir / "last.pt").resolve()
         raise Interrupted(f"stopped at step {last} by {signal.Signals(stop.signal).name}; saved {ckpt}\n"
-                          f"resume with: {_resume_command(ckpt, t.auto_resume)}" if d.is_main else "", 128 + stop.signal)
+                          f"resume with: {_resume_command(ckpt, t.auto_resume)}{_rest_of_the_sweep()}" if d.is_main
+                          else "", 128 + stop.signal)
 
     if best_weights is not None:
         model.load_state_dict(best_weights)

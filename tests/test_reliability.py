@@ -189,3 +189,21 @@ def test_the_command_line_keeps_few_onednn_primitives_unless_the_user_set_how_ma
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
     bound_onednn_cache()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+
+
+def test_an_interrupted_sweep_job_says_its_resume_runs_it_alone():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    def said(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            HydraConfig.instance().set_config(compose(config_name="config", overrides=["seed=2", *overrides],
+                                                      return_hydra_config=True))
+        try:
+            return experiment._rest_of_the_sweep()
+        finally:
+            HydraConfig.instance().cfg = None
+
+    assert "resumes job 1 of the sweep alone: the jobs after it did not run" in said("hydra.mode=MULTIRUN",
+                                                                                     "hydra.job.num=1")
+    assert said("hydra.mode=RUN") == ""  # a single run: nothing more to say
