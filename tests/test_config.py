@@ -314,3 +314,25 @@ def test_a_printed_command_gives_hydra_the_path_exactly_as_it_is(path, monkeypat
     line = command_line("seed=1")
     assert line.startswith("torchrun --nnodes=2 --nproc_per_node=2 transformer_playground.py seed=1\n")
     assert shlex.split(line.splitlines()[0])[-1] == "seed=1"  # the command itself pastes without a syntax error
+
+
+def test_each_numeric_setting_is_refused_just_past_its_limit_and_taken_at_it():
+    from playground.checks import check_decode, check_decode_vocabulary, check_trainer
+    from playground.config import DecodeConfig, OptimizerConfig, SchedulerConfig, TrainerConfig
+    from playground.setup import auto_warmup, check_optimizer, check_scheduler, check_unused_settings
+
+    with pytest.raises(UserError, match=r"^optimizer.lr=0.0 must be positive"):
+        check_optimizer(OptimizerConfig(lr=0.0))
+    check_optimizer(OptimizerConfig(lr=1e-3, betas=[0.0, 0.98]))  # beta1 = 0: no momentum, a valid Adam
+    check_scheduler(SchedulerConfig(name="cosine", warmup_steps=100, min_lr_ratio=1.0))  # 1: a constant after warmup
+    with pytest.raises(UserError, match=r"^optimizer.eps=1e-06: optimizer=sgd does not use it"):
+        check_unused_settings(OptimizerConfig(name="sgd", lr=0.1, eps=1e-6), SchedulerConfig())
+    assert (auto_warmup(500), auto_warmup(60000)) == (67, 4000)  # 2/15 of the run, at most the paper's 4000
+    with pytest.raises(UserError, match=r"^trainer.label_smoothing=1.0 must be in \[0, 1\)"):
+        check_trainer(TrainerConfig(label_smoothing=1.0))
+    check_decode_vocabulary(DecodeConfig(beam_size=18), 20)  # 20 tokens less PAD and BOS: 18 can start an output
+    with pytest.raises(UserError, match=r"^decode.beam_size=19 is more than the 18 tokens"):
+        check_decode_vocabulary(DecodeConfig(beam_size=19), 20)
+    check_decode(DecodeConfig(max_len_a=0, max_len_b=5))  # a fixed limit of 5 tokens
+    with pytest.raises(UserError, match=r"^decode.sampling=true draws one sequence per input, so decode.beam_size=2"):
+        check_decode(DecodeConfig(sampling=True, beam_size=2))

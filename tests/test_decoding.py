@@ -155,3 +155,14 @@ def test_each_row_decodes_as_it_would_alone_within_its_own_length_limit(how, mod
         alone = model.generate(src[i:i + 1, : int((src[i] != PAD).sum())], int(limits[i]), **how)[0].tolist()
         assert together[i].tolist()[: len(alone)] == alone and set(together[i].tolist()[len(alone):]) <= {PAD}
         assert len(alone) <= limits[i]
+
+
+def test_the_length_penalty_factor_and_the_nucleus_and_trigram_blocking_by_hand():
+    from playground.model.decoding import block_repeated_ngrams, length_penalty_factor, top_k_top_p
+
+    torch.testing.assert_close(length_penalty_factor(torch.tensor([1.0, 7.0]), 0.6), torch.tensor([1.0, 2 ** 0.6]))
+    kept = top_k_top_p(torch.zeros(1, 4), top_p=0.5) > float("-inf")  # four tokens of 0.25: two reach 0.5
+    assert kept.tolist() == [[True, True, False, False]]
+    ys = torch.tensor([[1, 5, 6, 7, 5, 6]])  # BOS 5 6 7 5 6: a next 7 would repeat the trigram 5 6 7
+    banned = block_repeated_ngrams(ys, torch.zeros(1, 10), 3, eos_id=2) == float("-inf")
+    assert banned.nonzero().tolist() == [[0, 7]]

@@ -179,3 +179,11 @@ def test_the_unk_share_of_a_large_corpus_is_estimated_from_a_sample_that_touches
     source, target = split.share(UNK, at_most=1 << 16)  # reads 65,536 ids a side of 1,000,000
     assert source == pytest.approx(exact, abs=0.003) and source != exact and target == 0.0
     assert split.share(UNK, at_most=len(src)) == (exact, 0.0)
+
+
+def test_the_doctors_thresholds_fire_at_their_edges():
+    chance = math.log(20)
+    assert len(fired(lambda d: (d.on_log(20, chance, []), d.on_log(30, 0.97 * chance, [])))) == 1  # above 95%
+    assert len(fired(lambda d: d.on_eval(50, {"token_accuracy": 0.5, "bleu": 0.5}))) == 1  # half right, no BLEU
+    assert len(fired(lambda d: d.check_data({"source": 0.0, "target": 0.019}))) == 0  # under 2% <unk>: fine
+    assert len(fired(lambda d: d.check_data({"source": 0.0, "target": 0.03}))) == 1  # 3%: too many

@@ -36,6 +36,7 @@ def test_a_heads_sweep_leaves_one_complete_run_per_job_and_a_summary(entry, tmp_
         assert b"model.heads" in hparams["_hparams_/session_start_info"]
         assert b"decode.beam_size" in hparams["_hparams_/session_start_info"]  # a decoding sweep lines up too
         assert b"trainer.beam_size" not in hparams["_hparams_/session_start_info"]  # retired: decode.beam_size now
+        assert b"test/exact_match" in hparams["_hparams_/experiment"]  # a metric the HParams tab compares runs by
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model.heads"] for r in rows) == ["1", "2", "4"]

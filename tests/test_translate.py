@@ -1,6 +1,7 @@
 """mode=translate and mode=score on a small checkpoint: files and lines in, outputs in input order out."""
 
 import io
+import os
 import random
 import subprocess
 import sys
@@ -256,6 +257,9 @@ def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_
                                                         "tokenizer_tgt.json"]
     for path in folder.iterdir():  # neither a pickle (0x80) nor torch.save's zip archive
         assert not path.read_bytes().startswith((b"\x80", b"PK")), path
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the files beside it
     evaluated = [experiment.run_eval(compose_config("mode=eval", f"ckpt_path={path}", "trainer.precision=fp32",
                                                     "trainer.device=cpu"), tmp_path / name)
                  for path, name in ((checkpoint[0], "from_checkpoint"), (folder, "from_folder"))]
