@@ -166,3 +166,18 @@ def test_the_length_penalty_factor_and_the_nucleus_and_trigram_blocking_by_hand(
     ys = torch.tensor([[1, 5, 6, 7, 5, 6]])  # BOS 5 6 7 5 6: a next 7 would repeat the trigram 5 6 7
     banned = block_repeated_ngrams(ys, torch.zeros(1, 10), 3, eos_id=2) == float("-inf")
     assert banned.nonzero().tolist() == [[0, 7]]
+
+
+def test_the_length_penalty_changes_which_hypothesis_beam_search_keeps(seeded):
+    model = build(tiny_model_config(d_model=32, heads=2), V, V).eval()  # no EOS bias: outputs of many lengths
+    src = torch.randint(4, V, (8, 7))
+    chosen = {}
+    for alpha in (0.0, 1.0):
+        ids, scores = beam_search(model, src, 10, beam_size=5, length_penalty=alpha)
+        best = trim_padding(ids[:, 0], PAD)
+        lengths = (best != PAD).sum(1).float()
+        assert (lengths > 1).any()  # the factor is not 1 everywhere
+        torch.testing.assert_close(scores[:, 0], sequence_log_prob(model, src, best) / ((5 + lengths) / 6) ** alpha,
+                                   atol=1e-4, rtol=1e-4)
+        chosen[alpha] = lengths
+    assert (chosen[1.0] >= chosen[0.0]).all() and (chosen[1.0] > chosen[0.0]).any()  # a penalty favours longer outputs
