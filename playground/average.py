@@ -1,13 +1,12 @@
 """mode=average: the weights of a run's last checkpoints averaged into one (the paper's last 5, Section 6.1)."""
 
 import logging
-import shlex
 from pathlib import Path
 
 from .checkpoint import check_same_parameters, load_checkpoint, save_checkpoint, step_checkpoints
 from .errors import UserError
 from .inference import refuse_unused_overrides
-from .rundir import log_file_only, quoted_override
+from .rundir import log_file_only, pasted_override
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def run_average(cfg, run_dir: Path) -> Path:
     steps = ", ".join(str(state["step"]) for state in states)
     print(f"averaged the weights of steps {steps} into {out.resolve()}\n"
           f"evaluate it with: python transformer_playground.py mode=eval "
-          f"{shlex.quote(quoted_override('ckpt_path', out.resolve()))}")
+          f"{pasted_override('ckpt_path', out.resolve())}")
     log_file_only(log, f"averaged the weights of steps {steps} of {folder} into {out}")
     return out
 

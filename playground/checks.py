@@ -296,12 +296,10 @@ def _check_sweep_direction(cfg, direction=None) -> None:
 def _refuse_unquoted_value(given) -> None:
     """The override Hydra cannot parse because its value holds "=" or "," (a sweep job's folder in a path, say),
     refused with the quoting that reads it as written."""
-    import shlex
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from playground.rundir import quoted_override  # here: rundir imports this module
+    from playground.rundir import pasted_override  # here: rundir imports this module
 
     parser = OverridesParser.create()
     for text in given:
@@ -312,7 +310,7 @@ def _refuse_unquoted_value(given) -> None:
             parser.parse_override(text)
         except HydraException:
             raise UserError(f"{text}: Hydra reads \"=\" and \",\" in a value as another override and a list; quote the "
-                            f"value: {shlex.quote(quoted_override(key, value))}") from None
+                            f"value: {pasted_override(key, value)}") from None
 
 
 MAX_SWEEP_CHECKS = 32  # sweep combinations composed and checked before the first job

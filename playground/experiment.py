@@ -4,7 +4,6 @@ inference.py; average: average.py; export: export.py)."""
 import functools
 import json
 import logging
-import shlex
 import signal
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from .model import build_model
 from .perf import matmul_peak, training_flops
 from .resume import (apply_learning_rate, check_resume, data_fingerprint, restore_monitor,
                      restore_training_state)
-from .rundir import command_line, log_file_only, quoted_override
+from .rundir import command_line, log_file_only, pasted_override, quoted_override
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
@@ -338,7 +337,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         best_file = (ckpt_dir / ("best.pt" if (ckpt_dir / "best.pt").exists() else "last.pt")).resolve()
         raise Interrupted(f"stopped by SIGINT during the final test evaluation (no metrics.json); the checkpoints "
                           f"are in {ckpt_dir.resolve()}\ntest them with: python transformer_playground.py mode=eval "
-                          f"{shlex.quote(quoted_override('ckpt_path', best_file))}" if d.is_main else "", 130) from None
+                          f"{pasted_override('ckpt_path', best_file)}" if d.is_main else "", 130) from None
     tracker.scalars({f"test/{k}": v for k, v in metrics.items()}, last)
     if doctor.found and d.is_main:
         log.warning(f"the run doctor saw {len(doctor.found)} sign{'s' * (len(doctor.found) > 1)} of trouble in this "

@@ -12,7 +12,6 @@ mode=eval, mode=translate, mode=score and playground.load take the folder wherev
 import json
 import logging
 import os
-import shlex
 from pathlib import Path
 
 from .errors import UserError
@@ -55,7 +54,7 @@ def run_export(cfg, run_dir) -> Path:
     from safetensors.torch import save_model
 
     from .inference import load_trained, refuse_unused_overrides
-    from .rundir import log_file_only, quoted_override
+    from .rundir import log_file_only, pasted_override
 
     if cfg.ckpt_path is None:
         raise UserError("mode=export needs ckpt_path=PATH (a checkpoints/best.pt, last.pt or averaged.pt of a run)")
@@ -73,6 +72,6 @@ def run_export(cfg, run_dir) -> Path:
     size = (folder / WEIGHTS).stat().st_size
     print(f"exported {sum(p.numel() for p in model.parameters()):,} parameters ({size / 2**20:.1f} MiB) and the "
           f"tokenizers into {folder.resolve()}\nuse it with: python transformer_playground.py mode=translate "
-          f"{shlex.quote(quoted_override('ckpt_path', folder.resolve()))}   or   playground.load({str(folder.resolve())!r})")
+          f"{pasted_override('ckpt_path', folder.resolve())}   or   playground.load({str(folder.resolve())!r})")
     log_file_only(logging.getLogger(__name__), f"exported {cfg.ckpt_path} (step {state['step']}) into {folder}")
     return folder

@@ -127,6 +127,11 @@ def quoted_override(key: str, value) -> str:
     return f'{key}="{escaped}"'
 
 
+def pasted_override(key: str, value) -> str:
+    """quoted_override(key, value) quoted for the shell too: one word of a command line to paste as it is."""
+    return shlex.quote(quoted_override(key, value))
+
+
 def command_line(*words: str) -> str:
     """The command that runs the entry point with these words (overrides as Hydra reads them), as one line to paste
     into a shell; under torchrun (WORLD_SIZE above 1), torchrun with this run's number of processes, since a
