@@ -118,6 +118,30 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
+@pytest.mark.parametrize("cuda, mps, chosen", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_device_auto_takes_a_cuda_gpu_first_then_apple_mps_then_the_cpu(monkeypatch, cuda, mps, chosen):
+    from playground import setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # what a machine with (or without) each reports
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert setup.resolve_device("auto") == torch.device(chosen)
+
+
+@pytest.mark.parametrize("cpu_bf16", [True, False])
+def test_on_apple_mps_precision_auto_is_fp32_bf16_is_taken_whatever_the_cpu_and_fp16_is_refused(monkeypatch,
+                                                                                                cpu_bf16):
+    from playground import setup
+    from playground.errors import UserError
+
+    mps = torch.device("mps")  # a device object needs no hardware
+    monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: cpu_bf16)  # the CPU's bf16 units say nothing of the GPU's
+    assert setup.resolve_precision(mps, "auto") == "fp32"
+    assert setup.resolve_precision(mps, "bf16") == "bf16"
+    assert setup.resolve_precision(mps, "fp32") == "fp32"
+    with pytest.raises(UserError, match=r"^trainer.precision=fp16 needs trainer.device=cuda \(on mps, use bf16\)$"):
+        setup.autocast_for(mps, "fp16")
+
+
 def test_bf16_on_a_cpu_without_bf16_units_is_refused_in_one_line_before_any_work(monkeypatch, compose_config, tmp_path):
     from playground import experiment, setup
     from playground.errors import UserError

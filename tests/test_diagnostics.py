@@ -64,6 +64,32 @@ def test_a_head_that_looks_where_the_output_comes_from_scores_one_and_one_that_d
     torch.testing.assert_close(alignment_accuracy(weights, allowed, outputs), torch.tensor([1.0, 0.0]))
 
 
+def test_the_logged_alignment_leaves_out_where_the_eos_looks():
+    from types import SimpleNamespace
+
+    from playground.data.tokenizers import SymbolTokenizer
+    from playground.diagnostics import log_attention
+
+    class Attends(torch.nn.Module):
+        """A model whose last cross-attention is the handmade map below."""
+
+        def attention_maps(self, src, tgt_in):
+            return {"decoder.layers.0.cross_attn": weights}
+
+    tokenizer = SymbolTokenizer(16)
+    valid = TokenPairs.from_lists([([5, 6, 7], [7, 6, 5])])  # reverse: output t comes from source 2 - t
+    data = SimpleNamespace(splits={"valid": valid}, src_tokenizer=tokenizer, tgt_tokenizer=tokenizer)
+    weights = torch.tensor([[[[0.1, 0.1, 0.8],  # 7 <- source 2: right
+                              [0.1, 0.8, 0.1],  # 6 <- source 1: right
+                              [0.8, 0.1, 0.1],  # 5 <- source 0: right
+                              [0.1, 0.1, 0.8]]]])  # EOS, which comes from no source position: not counted
+    logged = {}
+    tracker = SimpleNamespace(attention=lambda *args: None, scalars=lambda values, step: logged.update(values))
+    result = log_attention(tracker, Attends(), data, "reverse", torch.device("cpu"), step=1)
+    torch.testing.assert_close(result["attention_alignment"], 1.0, rtol=0, atol=0)  # 3 of 3, not 3 of 4
+    torch.testing.assert_close(logged["attention_alignment/head_0"], 1.0, rtol=0, atol=0)
+
+
 def fired(run):
     """Run the doctor through `run(doctor)`; return the messages it reported."""
     messages = []

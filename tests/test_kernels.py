@@ -260,6 +260,20 @@ def test_fast_kernels_name_the_settings_under_which_a_piece_still_trains_with_it
         "(the fused kernel is ReLU's, the paper's)"]
 
 
+def test_a_rotary_model_trains_with_fast_kernels_to_the_reference_outputs_and_gradients():
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(positional="rotary"), 20, 20).train()  # dropout 0: nothing random
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    src, tgt_in = torch.randint(4, 20, (3, 7)), torch.randint(4, 20, (3, 5))
+    src[1, 4:] = PAD
+    results = []
+    for model in (reference, fast):
+        logits = model(src, tgt_in)  # (B, T, V)
+        results.append([logits, *torch.autograd.grad((logits ** 2).sum(), list(model.parameters()))])
+    for ours, theirs in zip(results[1], results[0]):  # fp32: equal to float rounding
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_a_kernel_that_fails_its_check_leaves_its_piece_to_the_reference_with_one_log_line(monkeypatch, caplog):
     def broken(device, dtype):
         raise RuntimeError("could not create a primitive descriptor")

@@ -1,8 +1,10 @@
 """mode=translate and mode=score on a small checkpoint: files and lines in, outputs in input order out."""
 
 import io
+import math
 import os
 import random
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -127,6 +129,36 @@ def test_score_reads_references_from_their_own_file_as_well(translate, tmp_path)
     assert separate == together
 
 
+def test_score_reports_the_corpus_nll_as_all_pairs_log_probabilities_over_all_their_target_tokens(translate, capsys):
+    sources = random_lines(12, seed=10, longest=10)
+    references = random_lines(12, seed=11, longest=20)  # 1 to 20 tokens: a mean over pairs would weigh them alike
+    out = translate([f"{s}\t{r}" for s, r in zip(sources, references)], mode="score", name="corpus.tsv")
+    log_probs = [float(line.split("\t")[0]) for line in out]
+    tokens = sum(len(r.split()) + 1 for r in references)  # EOS counted once a pair
+    nll = -sum(log_probs) / tokens
+    summary = re.search(r"^scored 12 pairs, (\d+) target tokens \(EOS included\): NLL ([\d.]+) nats a token, "
+                        r"perplexity ([\d.]+)$", capsys.readouterr().err, re.M)
+    assert int(summary[1]) == tokens
+    # each pair's log-probability is printed to 4 decimals, the corpus NLL to 4 and the perplexity to 2
+    torch.testing.assert_close(float(summary[2]), nll, rtol=0, atol=2e-4)
+    torch.testing.assert_close(float(summary[3]), math.exp(nll), rtol=1e-3, atol=0.01)
+
+
+def test_score_cuts_a_reference_to_the_positions_left_after_bos_and_says_so(translate, checkpoint, capsys):
+    _, model = checkpoint
+    fits = " ".join((["5", "6"] * MAX_LEN)[: MAX_LEN - 1])  # MAX_LEN - 1 tokens: BOS and these fill the positions
+    out = translate([f"3 1 4\t{fits}", f"3 1 4\t{fits} 7"], mode="score", name="long.tsv")
+    (kept, kept_nll), (cut, cut_nll) = [map(float, line.split("\t")) for line in out]
+    tokenizer = SymbolTokenizer(16)
+    expected = log_probability(model, tokenizer.encode("3 1 4"), tokenizer.encode(fits))
+    torch.testing.assert_close(kept, expected, rtol=0, atol=2e-4)  # printed to 4 decimals
+    torch.testing.assert_close(cut, kept, rtol=0, atol=0)  # the token past the positions is dropped: the same pair
+    torch.testing.assert_close(cut_nll, -expected / MAX_LEN, rtol=0, atol=2e-4)  # MAX_LEN - 1 tokens and EOS
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 1 reference line longer than {MAX_LEN - 1} tokens (the model's positions, "
+                        f"model.max_len) was cut to {MAX_LEN - 1} tokens"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["decode.beam_size=2", "decode.nbest=3"], "decode.nbest=3 is more than decode.beam_size=2"),
     (["decode.sampling=true", "decode.temperature=0"], "decode.temperature=0.0 must be positive"),
@@ -166,6 +198,12 @@ def test_bad_translate_and_score_settings_are_refused_by_name(checkpoint, compos
     assert existing.read_text() == "3 1 4\n"  # an output_file that exists is left as it was
 
 
+def test_overwrite_true_replaces_an_existing_output_file_with_the_new_outputs(translate, tmp_path):
+    (tmp_path / "out.txt").write_text("an old output\n" * 5)
+    lines = random_lines(3, seed=12, longest=6)
+    assert translate(lines, "overwrite=true") == translate(lines, name="fresh.txt")  # all of it, nothing old left
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -187,6 +225,17 @@ def test_piped_standard_input_is_read_in_buffers_of_the_batch_size(checkpoint, c
     inference.run_translate(compose_config("mode=translate", f"ckpt_path={checkpoint[0]}", "trainer.precision=fp32",
                                            "decode.batch_size=16"))
     assert capsys.readouterr().out.splitlines() == translate(lines, name="piped.txt")
+
+
+def test_nbest_tags_number_the_input_lines_across_the_buffers_standard_input_is_read_in(checkpoint, compose_config,
+                                                                                     monkeypatch, capsys, translate):
+    lines = random_lines(5, seed=13, longest=6)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    inference.run_translate(compose_config("mode=translate", f"ckpt_path={checkpoint[0]}", "trainer.precision=fp32",
+                                           "decode=beam", "decode.nbest=2", "decode.batch_size=2"))  # 3 buffers
+    piped = capsys.readouterr().out.splitlines()
+    assert [row.split("\t")[0] for row in piped] == [f"H-{i}" for i in range(5) for _ in range(2)]
+    assert piped == translate(lines, "decode=beam", "decode.nbest=2", name="nbest-file.txt")  # one buffer
 
 
 def test_the_python_api_translates_any_text_as_the_command_line_prints_it_and_scores_and_attends(checkpoint, tmp_path):
@@ -267,6 +316,24 @@ def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_
     lines = random_lines(20, seed=8, longest=8)
     assert playground.load(folder, device="cpu").translate(lines) == \
         playground.load(checkpoint[0], device="cpu").translate(lines)
+
+
+def test_an_exported_folder_whose_weights_lack_or_add_a_tensor_is_refused_naming_the_file(checkpoint, compose_config,
+                                                                                       tmp_path):
+    import playground
+    from playground import export
+    from safetensors.torch import load_file, save_file
+
+    folder = export.run_export(compose_config("mode=export", f"ckpt_path={checkpoint[0]}"), tmp_path / "x")
+    path = folder / "model.safetensors"
+    weights = load_file(path)
+    bias = "encoder.layers.0.feed_forward.w1.bias"
+    lacking = {k: v for k, v in weights.items() if k != bias}
+    adding = {**weights, bias.replace(".0.", ".1."): weights[bias].clone()}  # a layer the model (1 layer) lacks
+    for changed in (lacking, adding):  # each tensor of the right shape: only the names tell
+        save_file(changed, path)
+        with pytest.raises(UserError, match=r"model.safetensors: not the weights of this folder's model \(Error"):
+            playground.load(folder, device="cpu")
 
 
 @pytest.mark.parametrize("mode, given, refused", [
