@@ -238,6 +238,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
                     with run.autocast():
                         logits = model(src, tgt_in)  # (B, T, V)
                     part = run.loss_fn(logits, tgt_out, settings.label_smoothing, run.pad_id)
+                    del logits  # (B, T, V): the loss keeps what its backward needs; free the rest before it runs
                     if weights:
                         part = part * weights[i]
                     scaler.scale(part).backward()
