@@ -36,7 +36,7 @@ from .model.decoding import beam_search
 from .model.dropout import Dropout
 from .model.layers import PositionwiseFeedForward
 from .model.embeddings import sinusoid_table
-from .perf import matmul_peak, synchronize, training_flops
+from .perf import bench_device, matmul_peak, synchronize, training_flops
 from .setup import build_optimizer, cpu_computes_bf16, maybe_compile
 
 SIZES = {
@@ -369,11 +369,11 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="both models under torch.compile (as trainer.compile=true), compiled during the warm-up")
     args = parser.parse_args(argv)
+    device = bench_device(parser, args.device)
     if args.only == "translate":
         from .bench_translate import main as bench_translate
 
         return bench_translate(["--device", args.device] + [f"--precision={p}" for p in args.precision or []][:1])
-    device = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from .config import DecodeConfig, compose_config
+from .errors import UserError
 from .inference import Encoder, model_from_checkpoint, translate
-from .perf import synchronize
+from .perf import bench_device, synchronize
 from .setup import autocast_for, resolve_device, resolve_precision
 
 def train_default(folder: Path, device: str) -> Path:
@@ -47,13 +48,19 @@ def main(argv=None):
                         help="trainer.precision of the translation (auto: bf16 where the CPU or GPU computes it)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    bench_device(parser, args.device)
+    if args.input and not Path(args.input).is_file():
+        parser.error(f"--input {args.input}: no such file")
     with tempfile.TemporaryDirectory() as scratch:
-        ckpt = args.ckpt or train_default(Path(scratch), args.device)
-        cfg = compose_config(["mode=translate", f"ckpt_path={ckpt}", f"trainer.device={args.device}",
-                              f"trainer.precision={args.precision}"])
-        device = resolve_device(cfg.trainer.device)
-        precision = resolve_precision(device, cfg.trainer.precision)
-        model, _, src_tok, tgt_tok, _ = model_from_checkpoint(cfg)
+        try:  # a missing or mismatched checkpoint, bf16 on a CPU without it: the project's one line, exit 2
+            device = resolve_device(args.device)
+            precision = resolve_precision(device, args.precision)
+            ckpt = args.ckpt or train_default(Path(scratch), args.device)
+            cfg = compose_config(["mode=translate", f"ckpt_path={ckpt}", f"trainer.device={args.device}",
+                                  f"trainer.precision={args.precision}"])
+            model, _, src_tok, tgt_tok, _ = model_from_checkpoint(cfg)
+        except UserError as error:
+            parser.error(str(error))
         model.to(device).eval()
     if args.input:
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.lines]

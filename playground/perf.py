@@ -26,6 +26,19 @@ def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_
     return 3 * (encoder + decoder + output)
 
 
+def bench_device(parser, name: str) -> torch.device:
+    """A benchmark's --device, or one line and exit 2 (argparse's error) where torch or this machine has no such
+    device."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name}: not a device torch knows (try cpu, cuda or mps)")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        parser.error(f"--device {name}: this machine has no {device.type} device (try --device cpu)")
+    return device
+
+
 def synchronize(device):
     """Wait for the device's queued work, so that a clock read afterwards has seen it run."""
     if device.type == "cuda":

@@ -61,3 +61,28 @@ def test_the_benchmark_beam_searches_nn_transformer_with_the_playground_search_r
         tgt_in = torch.cat([torch.full((3, 1), bench.BOS), best[:, :-1]], dim=1)
         log_prob = theirs(src, tgt_in).log_softmax(-1).gather(-1, best[..., None]).sum((1, 2))
     torch.testing.assert_close(scores[:, 0], log_prob)
+
+
+@pytest.mark.parametrize("module, argv", [("bench", ["--device", "cuda"]),
+                                          ("bench", ["--only", "translate", "--device", "cuda"]),
+                                          ("bench_translate", ["--device", "cuda"])])
+def test_a_benchmark_asked_for_a_device_this_machine_lacks_says_so_in_one_line_and_exits_2(module, argv, monkeypatch,
+                                                                                             capsys):
+    import importlib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"playground.{module}").main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --device cuda: this machine has no cuda device (try --device cpu)" in err
+    assert "Traceback" not in err
+
+
+def test_the_translate_benchmark_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from playground import bench_translate
+
+    with pytest.raises(SystemExit) as exit_:
+        bench_translate.main(["--ckpt", str(tmp_path / "missing.pt")])
+    assert exit_.value.code == 2
+    assert "missing.pt" in capsys.readouterr().err.splitlines()[-1]
