@@ -365,11 +365,14 @@ def test_an_override_a_mode_would_not_use_is_refused_naming_it(compose_config, m
         inference.refuse_unused_overrides(cfg, cfg)
 
 
-def test_training_refuses_the_inputs_of_translate_and_score(compose_config):
+@pytest.mark.parametrize("given, readers", [("text=hello", "mode=translate"), ("reference_file=r.txt", "mode=score"),
+                                             ("input_file=i.txt", "mode=translate or mode=score")])
+def test_training_refuses_the_inputs_of_translate_and_score_naming_the_modes_that_read_them(compose_config, given,
+                                                                                               readers):
     from playground.checks import check_run_config
 
-    with pytest.raises(UserError, match=r"^text=hello: mode=train does not read it \(it is for mode=translate"):
-        check_run_config(compose_config("text=hello"))
+    with pytest.raises(UserError, match=rf"^{given}: mode=train does not read it \(it is for {readers}\): remove it$"):
+        check_run_config(compose_config(given))
 
 
 def test_a_line_is_cut_only_past_the_models_positions_and_counted():
