@@ -104,6 +104,12 @@ def main(argv=None):
     out = Path(args.out)
     runs = {name: out / name.split(" ")[0] for name, _ in ABLATIONS}
     if args.figure_only:
+        missing = [str(run_dir) for run_dir in runs.values() if not (run_dir / "metrics.json").exists()]
+        if missing:
+            more = f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""
+            rerun = "" if args.out == parser.get_default("out") else f" --out {args.out}"
+            parser.error(f"--figure-only draws finished runs, and {missing[0]} holds none{more}: "
+                         f"run python docs/run_ablations.py{rerun} first")
         return figure(runs, ROOT / "docs" / "figures" / "ablations.png")
     logging.disable(logging.WARNING)  # the doctor's warnings are in each run's metrics.json
     extra = [f"trainer.max_steps={args.steps}"] if args.steps else []

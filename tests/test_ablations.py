@@ -123,3 +123,15 @@ def test_without_warmup_noam_starts_at_the_peak_and_decays_as_one_over_sqrt_step
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_scheduler(SimpleNamespace(name="noam", warmup_steps=0, min_lr_ratio=0.0), optimizer, 100)
     assert scheduler.get_last_lr() == [1.0]  # step 1's rate: accepted, where it used to be refused
+
+
+def test_redrawing_the_ablation_figure_before_any_run_says_what_to_run_first(tmp_path, capsys):
+    import runpy
+
+    from conftest import ROOT
+
+    script = runpy.run_path(str(ROOT / "docs" / "run_ablations.py"))  # its functions, without running main
+    with pytest.raises(SystemExit) as exit_:
+        script["main"](["--figure-only", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"run python docs/run_ablations.py --out {tmp_path} first")
