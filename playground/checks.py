@@ -225,6 +225,8 @@ def check_overrides(args) -> None:
             continue
         if key == "hydra.sweeper.direction":
             direction = override.value()
+        if key == "hydra/launcher" and "slurm" in str(override.value()) and sweep:
+            _check_slurm_here(text)
         if key.startswith("hydra.sweeper.params."):
             swept.add(key.removeprefix("hydra.sweeper.params."))
         unknown |= key in ("hydra", "hydra.sweeper", "hydra.sweeper.params") or override.is_delete()
@@ -291,6 +293,18 @@ def _check_sweep_direction(cfg, direction=None) -> None:
         return
     _, mode = resolve_monitor(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.dataset.name not in TASKS)
     check_sweeper_direction(direction or OmegaConf.select(cfg, "hydra.sweeper.direction"), mode)
+
+
+def _check_slurm_here(text: str) -> None:
+    """A sweep sent to SLURM from a machine without SLURM's sbatch: one line, before Hydra makes the sweep's folder
+    (submitit's own error is a traceback, after it)."""
+    import shutil
+
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing:
+        raise UserError(f"{text}: this machine has no {missing[0]} (one of SLURM's commands): run the sweep on the "
+                        f"cluster, from a machine where sbatch and srun work, or leave out {text.split('=')[0]}= to "
+                        f"run the jobs here one after another")
 
 
 def _refuse_unquoted_value(given) -> None:

@@ -240,6 +240,20 @@ def test_the_command_lines_own_check_lets_every_valid_sweep_and_flag_through(arg
     check_overrides(args)  # Hydra, and each job, judge these: nothing is refused ahead of them
 
 
+@pytest.mark.parametrize("found", [set(), {"sbatch"}])
+def test_a_slurm_sweep_from_a_machine_without_slurm_is_refused_before_hydra_makes_its_folder(found, monkeypatch):
+    import shutil
+
+    from playground.checks import check_overrides
+
+    monkeypatch.setattr(shutil, "which", lambda command: f"/usr/bin/{command}" if command in found else None)
+    missing = "srun" if found else "sbatch"
+    with pytest.raises(UserError, match=rf"^hydra/launcher=slurm: this machine has no {missing} \(one of SLURM's"):
+        check_overrides(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model.heads=1,2"])
+    monkeypatch.setattr(shutil, "which", lambda command: f"/usr/bin/{command}")  # on the cluster: Hydra's business
+    check_overrides(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model.heads=1,2"])
+
+
 def test_the_command_lines_own_check_finds_hydra_search_path_configs(tmp_path):
     from playground.checks import check_overrides
 
