@@ -336,7 +336,8 @@ def check_run_config(cfg):
     check_choices(cfg)
     given = [key for key in ("text", "input_file", "reference_file", "output_file") if cfg.get(key) is not None]
     if given:
-        readers = {"text": "mode=translate", "reference_file": "mode=score"}.get(given[0], "mode=translate or mode=score")
+        readers = {"text": "mode=translate", "reference_file": "mode=score"}.get(given[0],
+                                                                                "mode=translate or mode=score")
         raise UserError(f"{given[0]}={cfg[given[0]]}: mode=train does not read it (it is for {readers}): remove it")
     from playground.setup import check_optimizer, check_scheduler, check_unused_settings  # not at the top: --help
 

@@ -10,6 +10,7 @@ import time
 import torch
 
 from .kernels.linear import matmul_t
+from .setup import available_devices
 
 
 def training_flops(d_model, d_ff, enc_layers, dec_layers, tgt_vocab, batch, src_len, tgt_len, qk_width=None) -> int:
@@ -33,8 +34,7 @@ def bench_device(parser, name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         parser.error(f"--device {name}: not a device torch knows (try cpu, cuda or mps)")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, False):
+    if not available_devices().get(device.type, False):
         parser.error(f"--device {name}: this machine has no {device.type} device (try --device cpu)")
     return device
 

@@ -29,9 +29,14 @@ def bound_onednn_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
 
 
+def available_devices() -> dict:
+    """Each device type the playground runs on, and whether this machine and torch build have it."""
+    return {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+
+
 def resolve_device(name: str) -> torch.device:
     """trainer.device: auto picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available = available_devices()
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
     if name not in available:
