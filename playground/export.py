@@ -44,9 +44,16 @@ def load_exported_weights(model, folder) -> None:
 
     path = Path(folder) / WEIGHTS
     try:
-        load_model(model, str(path), strict=True)
-    except (SafetensorError, RuntimeError) as e:
-        raise UserError(f"{path}: not the weights of this folder's model ({str(e).splitlines()[0]})")
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except SafetensorError as e:
+        raise UserError(f"{path}: not a safetensors file ({e})")
+    except RuntimeError as e:  # torch's load_state_dict: a tensor of another shape; its first line names no tensor
+        details = [line.strip() for line in str(e).splitlines()[1:]] or [str(e)]
+        raise UserError(f"{path}: not the weights of this folder's model ({details[0]})")
+    problems = [f"{what} {len(names)} tensor(s) ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})"
+                for what, names in (("lacks", missing), ("adds", unexpected)) if names]
+    if problems:
+        raise UserError(f"{path}: not the weights of this folder's model: it {' and '.join(problems)}")
 
 
 def run_export(cfg, run_dir) -> Path:

@@ -318,8 +318,8 @@ def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_
         playground.load(checkpoint[0], device="cpu").translate(lines)
 
 
-def test_an_exported_folder_whose_weights_lack_or_add_a_tensor_is_refused_naming_the_file(checkpoint, compose_config,
-                                                                                       tmp_path):
+def test_an_exported_folder_whose_weights_lack_add_or_reshape_a_tensor_is_refused_naming_the_tensor(
+        checkpoint, compose_config, tmp_path):
     import playground
     from playground import export
     from safetensors.torch import load_file, save_file
@@ -330,10 +330,16 @@ def test_an_exported_folder_whose_weights_lack_or_add_a_tensor_is_refused_naming
     bias = "encoder.layers.0.feed_forward.w1.bias"
     lacking = {k: v for k, v in weights.items() if k != bias}
     adding = {**weights, bias.replace(".0.", ".1."): weights[bias].clone()}  # a layer the model (1 layer) lacks
-    for changed in (lacking, adding):  # each tensor of the right shape: only the names tell
+    reshaped = {**weights, bias: weights[bias][:-1].clone()}
+    for changed, named in ((lacking, rf"it lacks 1 tensor\(s\) \({bias}\)"),  # each of the right shape: names tell
+                           (adding, r"it adds 1 tensor\(s\) \(encoder.layers.1.feed_forward.w1.bias\)"),
+                           (reshaped, rf"size mismatch for {bias}")):
         save_file(changed, path)
-        with pytest.raises(UserError, match=r"model.safetensors: not the weights of this folder's model \(Error"):
+        with pytest.raises(UserError, match=r"model.safetensors: not the weights of this folder's model.*" + named):
             playground.load(folder, device="cpu")
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match=r"model.safetensors: not a safetensors file"):
+        playground.load(folder, device="cpu")
 
 
 @pytest.mark.parametrize("mode, given, refused", [
