@@ -299,3 +299,34 @@ def test_every_kernel_passes_its_check_in_fp32_on_this_cpu():
     """fp32 on a CPU is what every machine this project runs on has: there, every CPU kernel must work."""
     results = support.check_all(torch.device("cpu"), torch.float32)
     assert results == {name: True for name in support.CHECKS}
+
+
+def test_cached_decoding_packs_the_weights_once_a_decoding_and_never_decodes_with_a_stale_copy(monkeypatch):
+    from playground.kernels import linear, transformer
+
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(), 20, 20).eval()
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    assert support.works("packed_linear", "cpu", torch.float32)  # fp32 on a CPU with oneDNN: every machine here
+    packed = []
+    monkeypatch.setattr(transformer, "pack_weight", lambda w, rows: packed.append(w) or linear.pack_weight(w, rows))
+    src = torch.randint(4, 20, (5, 7))
+    with torch.no_grad():  # step by step, the logits of the reference's own cached decoding
+        memory, src_mask = reference.encode(src)
+        ys, caches = torch.full((5, 1), 1), ({}, {})
+        for t in range(4):
+            logits = [model.decode(ys[:, -1:], memory, src_mask, cache, t) for model, cache in zip((fast, reference),
+                                                                                                    caches)]
+            torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+            ys = torch.cat([ys, logits[1][:, -1].argmax(-1, keepdim=True)], dim=1)
+    layers = sum(type(m) is OneDNNLinear for m in (*fast.decoder.modules(), fast.generator))
+    assert len(packed) == layers  # once for the decoding, at its first step
+    del memory
+    outputs = []
+    for _ in range(3):  # between decodings, an edit that a tensor's version counter does not see
+        outputs.append(fast.generate(src, max_len=30))
+        assert torch.equal(outputs[-1], reference.generate(src, max_len=30))
+        assert "_decoding_packs_held" not in vars(fast)  # the copies were let go with the decoding
+        for model in (reference, fast):
+            model.decoder.layers[0].feed_forward.w2.weight.data.mul_(-3.0)
+    assert not torch.equal(outputs[0], outputs[1]) and len(packed) == 4 * layers

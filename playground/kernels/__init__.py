@@ -2,8 +2,8 @@
 
 playground/model/ is the Transformer as the paper writes it, and what trains by default. The files here
 compute the same things faster, one file per piece, each a subclass of the reference piece that replaces
-only its forward (attention also its decoding cache's append), so the weights, their names and checkpoints are
-the same whichever runs:
+only its forward (attention also its decoding cache's append; the Transformer only its decode), so the
+weights, their names and checkpoints are the same whichever runs:
 
 | reference piece (playground/model/)      | fast drop-in (playground/kernels/)                           |
 |------------------------------------------|--------------------------------------------------------------|
@@ -12,6 +12,7 @@ the same whichever runs:
 | torch.nn.Linear                          | linear.py: OneDNNLinear (fp32, CPU)                          |
 | dropout.py: Dropout                      | dropout.py: MaskDropout (random-byte mask, CPU)              |
 | loss.py: sequence_loss                   | loss.py: blockwise_sequence_loss                             |
+| transformer.py: Transformer (decode)     | transformer.py: FastTransformer (weights packed per decoding)|
 
 Each one checks once, on first use, that it computes what the reference piece computes on this machine,
 device and dtype (support.py), and where it does not, that piece runs the reference code, with one log
@@ -29,12 +30,14 @@ from ..model.attention import MultiHeadAttention
 from ..model.dropout import Dropout
 from ..model.embeddings import RotaryPositionalEncoding
 from ..model.layers import PositionwiseFeedForward
+from ..model.transformer import Transformer
 from .attention import FastMultiHeadAttention
 from .dropout import MaskDropout
 from .feed_forward import FusedFeedForward
 from .linear import OneDNNLinear
 from .loss import blockwise_sequence_loss
 from .support import CHECKS, check_all, works
+from .transformer import FastTransformer
 
 log = logging.getLogger("playground.kernels")
 
@@ -43,6 +46,7 @@ FAST_PIECES = {
     PositionwiseFeedForward: FusedFeedForward,
     nn.Linear: OneDNNLinear,
     Dropout: MaskDropout,
+    Transformer: FastTransformer,
 }
 
 

@@ -6,7 +6,14 @@ product instead of copied into the output first), and g W (the gradient of the i
 the gradient of the weight, g^T x, MKL is as fast or faster. So `OneDNNLinear` computes the first two with oneDNN
 and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN) it is
 nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together).
+
+oneDNN lays each weight out in a blocked format of its own before a product, on every call. Training amortises
+that over thousands of rows; a decoding step, one token per sentence, does not, so while a decoding runs its
+weights can be laid out once (`pack_weight`) and used from there (`packed_weights`, playground/kernels/transformer.py).
 """
+
+import contextlib
+import contextvars
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +36,34 @@ def _check_onednn_linear(device, dtype):
     with torch.autocast("cpu", enabled=False):
         assert_close_in(dtype, [_onednn_linear(x, w, b), _onednn_linear(x, w)], [F.linear(x, w, b), F.linear(x, w)],
                         "x W^T + b")
+
+
+def pack_weight(w, rows: int):
+    """w (N, K) laid out in oneDNN's own format for products of about `rows` rows, once (a private torch op)."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
+
+
+@check("packed_linear", "the oneDNN linear layer with weights laid out once")
+def _check_packed_linear(device, dtype):
+    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        raise RuntimeError("packed weights are for fp32 products on a CPU with oneDNN")
+    x, w, b = (torch.randn(*shape) for shape in ((6, 1, 24), (40, 24), (40,)))
+    packed = pack_weight(w, 6)
+    assert_close_in(dtype, [_onednn_linear(x, packed, b), _onednn_linear(x, packed)],
+                    [F.linear(x, w, b), F.linear(x, w)], "x W^T + b with W laid out once")
+
+
+_PACKED = contextvars.ContextVar("packed_linear_weights", default=None)  # {OneDNNLinear: its packed weight}
+
+
+@contextlib.contextmanager
+def packed_weights(packs: dict):
+    """Within: each OneDNNLinear in `packs` (module -> pack_weight(module.weight)) multiplies by its packed weight."""
+    token = _PACKED.set(packs)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
 
 
 def matmul_t(x, w, bias=None):
@@ -63,6 +98,9 @@ class OneDNNLinear(nn.Linear):
     """nn.Linear (same parameters, same state_dict) whose fp32 CPU products go through oneDNN (see above)."""
 
     def forward(self, x):
+        packs = _PACKED.get()
+        if packs is not None and self in packs:  # inside a decoding step (FastTransformer.decode): no grad, fp32
+            return _onednn_linear(x, packs[self], self.bias)
         if (x.device.type == "cpu" and x.dim() >= 2 and x.dtype == self.weight.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
                 and works("onednn_linear", "cpu", torch.float32)):

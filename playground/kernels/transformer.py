@@ -1,0 +1,49 @@
+"""A drop-in for Transformer whose cached decoding multiplies by weights laid out for oneDNN once per decoding.
+
+A decoding step puts one token per sentence through every linear layer of the decoder and the output layer:
+a product of a few rows by a whole weight, for which oneDNN first lays the weight out in a blocked format of its
+own, on every call (linear.py). `FastTransformer.decode` lays out those weights once, at the first step of each
+decoding (offset 0, or another encoder output), and its steps multiply by them. The packed copies are made
+afresh for every decoding, from the weights as they are then, and are let go with that decoding's encoder
+output: an edited weight is never decoded with a stale copy. Elsewhere (training, autocast, other devices,
+decoding without a cache, torch.compile) decode is the reference's.
+"""
+
+import weakref
+
+import torch
+
+from ..model import Transformer
+from .linear import OneDNNLinear, pack_weight, packed_weights
+from .support import works
+
+
+class FastTransformer(Transformer):
+    """Transformer whose cached decoding on the CPU in fp32 multiplies by weights packed once per decoding."""
+
+    def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
+        packs = self._decoding_packs(tgt_in, memory, cache, offset)
+        if packs is None:
+            return super().decode(tgt_in, memory, src_mask, cache, offset)
+        with packed_weights(packs):
+            return super().decode(tgt_in, memory, src_mask, cache, offset)  # (B, T, V)
+
+    def _decoding_packs(self, tgt_in, memory, cache, offset):
+        """{linear layer: its packed weight} for this decoding, packed at its first step; None where not used."""
+        if (cache is None or torch.is_grad_enabled() or memory.device.type != "cpu"
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
+                or not works("packed_linear", "cpu", torch.float32)):
+            return None
+        held = self.__dict__.get("_decoding_packs_held")  # (a weak reference to the memory, the packs)
+        if offset == 0 or held is None or held[0]() is not memory:
+            layers = [m for m in (*self.decoder.modules(), self.generator)
+                      if type(m) is OneDNNLinear and m.weight.dtype == torch.float32]
+            held = (weakref.ref(memory), {m: pack_weight(m.weight, tgt_in.numel()) for m in layers})
+            self.__dict__["_decoding_packs_held"] = held
+            weakref.finalize(memory, _let_go, self.__dict__, held)  # the decoding is over: free the copies
+        return held[1]
+
+
+def _let_go(attributes: dict, held) -> None:
+    if attributes.get("_decoding_packs_held") is held:
+        del attributes["_decoding_packs_held"]
