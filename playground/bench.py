@@ -22,6 +22,7 @@ import contextlib
 import math
 import statistics
 import time
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -370,6 +371,8 @@ def main(argv=None):
                         help="both models under torch.compile (as trainer.compile=true), compiled during the warm-up")
     args = parser.parse_args(argv)
     device = bench_device(parser, args.device)
+    # nn.Transformer's evaluation warns, every run, that its nested tensors are a prototype: not ours to act on
+    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
     if args.only == "translate":
         from .bench_translate import main as bench_translate
 
