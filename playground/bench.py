@@ -246,7 +246,8 @@ STACK = [
 
 
 def stacked_model(size, pieces):
-    """The reference model with the fast class of each of `pieces` swapped in, as use_fast_kernels does for all."""
+    """The reference model with the fast class of each of `pieces` swapped in, as use_fast_kernels does for all
+    (the last rung is the fast model but for its own class, FastTransformer, which changes decoding only)."""
     return kernels.use_fast_kernels(playground_model(size, kernels="reference"), pieces)
 
 
