@@ -308,6 +308,7 @@ def test_cached_decoding_packs_the_weights_once_a_decoding_and_never_decodes_wit
     reference = build(tiny_model_config(), 20, 20).eval()
     fast = use_fast_kernels(copy.deepcopy(reference))
     assert support.works("packed_linear", "cpu", torch.float32)  # fp32 on a CPU with oneDNN: every machine here
+    assert support.works("packed_linear", "cpu", torch.bfloat16)  # used in fp32 only: a bf16 run logs no failure
     packed = []
     monkeypatch.setattr(transformer, "pack_weight", lambda w, rows: packed.append(w) or linear.pack_weight(w, rows))
     src = torch.randint(4, 20, (5, 7))
