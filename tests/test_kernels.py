@@ -331,3 +331,15 @@ def test_cached_decoding_packs_the_weights_once_a_decoding_and_never_decodes_wit
         for model in (reference, fast):
             model.decoder.layers[0].feed_forward.w2.weight.data.mul_(-3.0)
     assert not torch.equal(outputs[0], outputs[1]) and len(packed) == 4 * layers
+
+
+def test_a_kernel_written_for_the_cpu_is_neither_checked_nor_reported_on_another_device(caplog):
+    cpu_only = {name for name, devices in support.DEVICES.items() if devices == ("cpu",)}
+    assert cpu_only == {"cpu_attention", "fused_feed_forward", "onednn_linear", "packed_linear", "mask_dropout"}
+    support.works.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="playground.kernels"):
+            assert not any(support.works(name, "cuda", torch.bfloat16) for name in cpu_only)
+        assert caplog.records == []  # a GPU run's log says nothing of the CPU's kernels: the reference runs there
+    finally:
+        support.works.cache_clear()

@@ -64,10 +64,8 @@ def mask_dropout(x, p: float):
     return _MaskDropout.apply(x, p)
 
 
-@check("mask_dropout", "the random-byte-mask dropout")
+@check("mask_dropout", "the random-byte-mask dropout", devices=("cpu",))  # elsewhere the reference is as fast
 def _check_mask_dropout(device, dtype):
-    if device.type != "cpu":
-        raise RuntimeError(f"the random-byte mask is for the CPU; on {device.type} the reference dropout is as fast")
     x = torch.randn(1 << 16, dtype=dtype, requires_grad=True)
     y = mask_dropout(x, 0.25)
     (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))

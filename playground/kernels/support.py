@@ -15,13 +15,15 @@ import torch
 log = logging.getLogger("playground.kernels")
 
 CHECKS = {}  # name -> (what it is, in words; the check: fn(device, dtype) that raises if the kernel is wrong here)
+DEVICES = {}  # name -> the device types a kernel is written for (None: any)
 
 
-def check(name: str, what: str):
+def check(name: str, what: str, devices=None):
     """Register fn(device, dtype) as the check of kernel `name`: it raises (AssertionError or anything) when the
-    kernel does not compute what the reference piece computes on that device in that dtype."""
+    kernel does not compute what the reference piece computes on that device in that dtype. A kernel written for
+    some device types only (devices=("cpu",)) is not used, checked or reported on any other."""
     def register(fn):
-        CHECKS[name] = (what, fn)
+        CHECKS[name], DEVICES[name] = (what, fn), devices
         return fn
     return register
 
@@ -30,6 +32,8 @@ def check(name: str, what: str):
 def works(name: str, device_type: str, dtype: torch.dtype) -> bool:
     """Whether kernel `name` passed its check on this device type in this dtype; checked once, then remembered."""
     what, fn = CHECKS[name]
+    if DEVICES.get(name) is not None and device_type not in DEVICES[name]:
+        return False  # not written for this device: the reference piece runs, as it is meant to, and no log line
     device = torch.device(device_type)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
@@ -45,8 +49,10 @@ def works(name: str, device_type: str, dtype: torch.dtype) -> bool:
 
 
 def check_all(device: torch.device, dtype: torch.dtype) -> dict:
-    """Run every kernel's check for this device and dtype now (at startup, so its log lines come first)."""
-    return {name: works(name, device.type, dtype) for name in CHECKS}
+    """Run the check of every kernel written for this device, in this dtype, now (at startup, so its log lines
+    come first)."""
+    return {name: works(name, device.type, dtype) for name in CHECKS
+            if DEVICES.get(name) is None or device.type in DEVICES[name]}
 
 
 def _name(dtype) -> str:
