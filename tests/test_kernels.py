@@ -112,11 +112,16 @@ def test_the_cpu_attention_kernel_keeps_padded_source_positions_out_of_the_gradi
     assert grad_memory[0].abs().min() > 0
 
 
-def test_the_onednn_linear_gives_nn_linear_outputs_and_gradients():
+def linear_pair(n_in, n_out, *input_shape):
+    """OneDNNLinear and nn.Linear with the same parameters, and an input that requires grad."""
     torch.manual_seed(0)
-    ours, theirs = OneDNNLinear(24, 40), nn.Linear(24, 40)
+    ours, theirs = OneDNNLinear(n_in, n_out), nn.Linear(n_in, n_out)
     theirs.load_state_dict(ours.state_dict())  # the same parameters under the same names
-    x = torch.randn(3, 5, 24, requires_grad=True)
+    return ours, theirs, torch.randn(*input_shape, n_in, requires_grad=True)
+
+
+def test_the_onednn_linear_gives_nn_linear_outputs_and_gradients():
+    ours, theirs, x = linear_pair(24, 40, 3, 5)
     results = []
     for layer in (ours, theirs):
         y = layer(x)
@@ -176,10 +181,7 @@ def test_the_fast_kernels_take_any_incoming_gradient_layout_and_a_single_vector(
 
 
 def test_a_second_derivative_through_linear_is_nn_linears_and_through_the_fused_layers_is_refused():
-    torch.manual_seed(0)
-    ours, theirs = OneDNNLinear(6, 4), nn.Linear(6, 4)
-    theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(3, 6, requires_grad=True)
+    ours, theirs, x = linear_pair(6, 4, 3)
     second = []
     for layer in (ours, theirs):
         (grad_x,) = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
@@ -335,7 +337,8 @@ def test_cached_decoding_packs_the_weights_once_a_decoding_and_never_decodes_wit
 
 def test_a_kernel_written_for_the_cpu_is_neither_checked_nor_reported_on_another_device(caplog):
     cpu_only = {name for name, devices in support.DEVICES.items() if devices == ("cpu",)}
-    assert cpu_only == {"cpu_attention", "fused_feed_forward", "onednn_linear", "packed_linear", "mask_dropout"}
+    assert cpu_only == {"cpu_attention", "fused_feed_forward", "onednn_linear", "packed_linear", "mask_dropout",
+                        "reused_memory"}
     support.works.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="playground.kernels"):
@@ -343,3 +346,76 @@ def test_a_kernel_written_for_the_cpu_is_neither_checked_nor_reported_on_another
         assert caplog.records == []  # a GPU run's log says nothing of the CPU's kernels: the reference runs there
     finally:
         support.works.cache_clear()
+
+
+@pytest.fixture
+def every_temporary_reused(monkeypatch):
+    """Every tensor the fast kernels could give memory kept from before gets it, however small (normally 16 MB
+    and up: the logits and their gradient), so that tiny models exercise the reuse."""
+    from playground.kernels import memory
+
+    monkeypatch.setattr(memory, "BIG", 0)
+    memory.release_all()
+    yield memory
+    memory.release_all()
+
+
+def test_a_big_temporary_reuses_memory_only_once_no_tensor_shares_it(every_temporary_reused):
+    memory = every_temporary_reused
+    first = memory.reused_empty((4, 6), torch.float32, "cpu").fill_(1.0)
+    kept = first[1:].detach()  # the caller keeps part of it: a view, cut from autograd
+    del first
+    second = memory.reused_empty((4, 6), torch.float32, "cpu").fill_(2.0)
+    assert second.data_ptr() != kept.data_ptr() - 24 and torch.equal(kept, torch.ones(3, 6))  # held: not written
+    addresses = {kept.data_ptr() - 24, second.data_ptr()}
+    del kept, second
+    third = memory.reused_empty((2, 6), torch.int64, "cpu")  # any shape and dtype that fits, once no one holds it
+    assert third.shape == (2, 6) and third.dtype == torch.int64 and third.data_ptr() in addresses
+
+
+def test_fast_training_that_reuses_memory_keeps_the_reference_losses_and_never_writes_a_kept_tensor(
+        every_temporary_reused, monkeypatch):
+    from playground.kernels import loss_function
+
+    memory, buffers = every_temporary_reused, []
+    reused_empty = memory.reused_empty
+
+    def recorded(*args):
+        tensor = reused_empty(*args)
+        buffers.append(memory._buffers[-1])  # the buffer it was carved from (held here too: not sharing its memory)
+        return tensor
+
+    monkeypatch.setattr(memory, "reused_empty", recorded)
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(), 30, 30)
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    src, tgt = torch.randint(4, 30, (6, 9)), torch.randint(4, 30, (6, 8))
+    tgt[2, 5:] = PAD
+    losses, kept = {}, []
+    for name, model in (("reference", reference), ("fast", fast)):
+        optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-2), loss_function(name)
+        losses[name] = []
+        for _ in range(4):
+            logits = model(src, tgt[:, :-1])  # (B, T, V)
+            loss = loss_fn(logits, tgt[:, 1:], 0.1, PAD)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[name].append(loss.item())
+            if name == "fast":  # a caller who keeps every step's logits, and a copy to compare them with
+                kept.append((logits, logits.detach().clone()))
+    torch.testing.assert_close(torch.tensor(losses["fast"]), torch.tensor(losses["reference"]), rtol=1e-5, atol=0)
+    assert losses["fast"][-1] < losses["fast"][0]
+    for logits, copied in kept:
+        assert torch.equal(logits, copied)
+    assert len({id(b) for b in buffers}) < len(buffers) / 2  # most of the fast run's temporaries reused memory
+
+
+def test_a_linear_output_in_reused_memory_can_be_changed_in_place_as_nn_linears_can(every_temporary_reused):
+    ours, theirs, x = linear_pair(8, 16, 3)
+    results = []
+    for layer in (ours, theirs):
+        y = layer(x).relu_()  # in place on the layer's output, as a learner's edit might
+        results.append([y, *torch.autograd.grad((y ** 2).sum(), [x, layer.weight])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

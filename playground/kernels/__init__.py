@@ -14,6 +14,10 @@ weights, their names and checkpoints are the same whichever runs:
 | loss.py: sequence_loss                   | loss.py: blockwise_sequence_loss                             |
 | transformer.py: Transformer (decode)     | transformer.py: FastTransformer (weights packed per decoding)|
 
+Two files serve the others: support.py (the checks below) and memory.py (the output layer's logits and the loss's
+gradient reuse the memory of the last step's, where no live tensor shares it: fresh memory costs a page fault
+per 4 kB on a CPU).
+
 Each one checks once, on first use, that it computes what the reference piece computes on this machine,
 device and dtype (support.py), and where it does not, that piece runs the reference code, with one log
 line saying so. A module is swapped only when it is exactly the reference class: a subclass of your own

@@ -5,7 +5,10 @@ torch also ships, computes x W^T + b 10-40% faster for this model's shapes (the 
 product instead of copied into the output first), and g W (the gradient of the input) 5-20% faster; for
 the gradient of the weight, g^T x, MKL is as fast or faster. So `OneDNNLinear` computes the first two with oneDNN
 and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN) it is
-nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together).
+nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together). One exception
+while training: an output of 16 MB or more (the logits) is MKL's product written into memory kept from the
+last step (memory.py), since oneDNN's operator only writes into fresh memory, whose page faults cost more
+(d256's 2,048 x 256 x 8,000 product: 90 ms into fresh memory through oneDNN, 64 ms into kept memory through MKL).
 
 oneDNN lays each weight out in a blocked format of its own before a product, on every call. Training amortises
 that over thousands of rows; a decoding step, one token per sentence, does not, so while a decoding runs its
@@ -14,11 +17,13 @@ weights can be laid out once (`pack_weight`) and used from there (`packed_weight
 
 import contextlib
 import contextvars
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
 from .support import assert_close_in, check, works
 
 
@@ -78,12 +83,24 @@ def matmul_t(x, w, bias=None):
     return F.linear(x, w, bias)
 
 
+def _big_product(x, w, bias):
+    """x (..., K) @ w^T + bias by MKL into memory kept from the last step (memory.py) where the result is big
+    enough to be worth it (the output layer's logits while training), else None."""
+    shape = (*x.shape[:-1], w.size(0))
+    if math.prod(shape) * x.element_size() < memory.BIG or not x.is_contiguous():
+        return None
+    out = memory.reused_empty(shape, x.dtype, x.device)
+    torch.mm(x.view(-1, x.size(-1)), w.t(), out=out.view(-1, w.size(0)))  # (M, N)
+    return out if bias is None else out.add_(bias)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return matmul_t(x, weight, bias)  # (..., N)
+        out = _big_product(x, weight, bias)
+        return matmul_t(x, weight, bias) if out is None else out  # (..., N)
 
     @staticmethod
     def backward(ctx, grad):
