@@ -409,6 +409,7 @@ def test_fast_training_that_reuses_memory_keeps_the_reference_losses_and_never_w
     for logits, copied in kept:
         assert torch.equal(logits, copied)
     assert len({id(b) for b in buffers}) < len(buffers) / 2  # most of the fast run's temporaries reused memory
+    assert memory._buffers and not fast.eval().training and memory._buffers == []  # evaluation lets them go
 
 
 def test_a_linear_output_in_reused_memory_can_be_changed_in_place_as_nn_linears_can(every_temporary_reused):

@@ -23,7 +23,7 @@ import torch
 from .support import check, works
 
 BIG = 16 * 2**20  # bytes: below this, malloc's own heap keeps freed memory for reuse
-KEEP = 4  # buffers kept: a step's logits and their gradient, and room for a caller who holds the last ones
+KEEP = 2  # buffers kept: a step's logits and their gradient
 
 _buffers = []  # uint8 CPU tensors, most recently used last
 _lock = threading.Lock()
@@ -58,7 +58,7 @@ def reused_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def release_all() -> None:
-    """Let go of every kept buffer (those in use are freed when their last tensor dies)."""
+    """Let go of every kept buffer (those in use are freed when their last tensor dies): FastTransformer.eval()."""
     with _lock:
         _buffers.clear()
 

@@ -6,7 +6,8 @@ own, on every call (linear.py). `FastTransformer.decode` lays out those weights 
 decoding (offset 0, or another encoder output), and its steps multiply by them. The packed copies are made
 afresh for every decoding, from the weights as they are then, and are let go with that decoding's encoder
 output: an edited weight is never decoded with a stale copy. Elsewhere (training, autocast, other devices,
-decoding without a cache, torch.compile) decode is the reference's.
+decoding without a cache, torch.compile) decode is the reference's. Switching to evaluation (`eval()`) also lets
+go of the memory the training step's big temporaries keep (memory.py).
 """
 
 import weakref
@@ -15,11 +16,17 @@ import torch
 
 from ..model import Transformer
 from .linear import OneDNNLinear, pack_weight, packed_weights
+from .memory import release_all
 from .support import works
 
 
 class FastTransformer(Transformer):
     """Transformer whose cached decoding on the CPU in fp32 multiplies by weights packed once per decoding."""
+
+    def train(self, mode: bool = True):
+        if not mode:  # evaluation makes no gradients: the memory kept for training's logits goes back (memory.py)
+            release_all()
+        return super().train(mode)
 
     def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
         packs = self._decoding_packs(tgt_in, memory, cache, offset)
