@@ -17,7 +17,6 @@ weights can be laid out once (`pack_weight`) and used from there (`packed_weight
 
 import contextlib
 import contextvars
-import math
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +86,8 @@ def _big_product(x, w, bias):
     """x (..., K) @ w^T + bias by MKL into memory kept from the last step (memory.py) where the result is big
     enough to be worth it (the output layer's logits while training), else None."""
     shape = (*x.shape[:-1], w.size(0))
-    if math.prod(shape) * x.element_size() < memory.BIG or not x.is_contiguous():
-        return None
+    if not x.is_contiguous() or not memory.kept(shape, x.dtype, x.device):
+        return None  # oneDNN's fresh output is as fast as MKL's
     out = memory.reused_empty(shape, x.dtype, x.device)
     torch.mm(x.view(-1, x.size(-1)), w.t(), out=out.view(-1, w.size(0)))  # (M, N)
     return out if bias is None else out.add_(bias)

@@ -40,13 +40,18 @@ def _size_class(nbytes: int) -> int:
     return -(-nbytes // step) * step
 
 
+def kept(shape, dtype: torch.dtype, device) -> bool:
+    """Whether reused_empty gives a tensor of this shape, dtype and device memory kept here (else a fresh one)."""
+    return (torch.device(device).type == "cpu" and math.prod(shape) * dtype.itemsize >= BIG
+            and works("reused_memory", "cpu", torch.float32))
+
+
 def reused_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype, device=device), except that a big CPU tensor reuses a buffer no live tensor
     shares: its memory is already the process's, so writing it costs no page faults."""
-    device = torch.device(device)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or nbytes < BIG or not works("reused_memory", "cpu", torch.float32):
+    if not kept(shape, dtype, device):
         return torch.empty(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * dtype.itemsize
     with _lock:
         free = [b for b in _buffers if b.numel() >= nbytes and not _shared(b)]
         buffer = min(free, key=torch.Tensor.numel) if free else torch.empty(_size_class(nbytes), dtype=torch.uint8)
