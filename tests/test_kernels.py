@@ -335,6 +335,38 @@ def test_cached_decoding_packs_the_weights_once_a_decoding_and_never_decodes_wit
     assert not torch.equal(outputs[0], outputs[1]) and len(packed) == 4 * layers
 
 
+def test_a_weight_edited_in_the_middle_of_a_decoding_is_used_from_the_next_step_as_the_reference_uses_it():
+    import io
+
+    torch.manual_seed(0)
+    reference = build(tiny_model_config(), 20, 20).eval()
+    fast = use_fast_kernels(copy.deepcopy(reference))
+    src = torch.randint(4, 20, (5, 7))
+    with torch.no_grad():
+        memory, src_mask = reference.encode(src)
+        ys, caches = torch.full((5, 1), 1), ({}, {})
+        for t in range(5):
+            if t == 2:  # in place under no_grad, as an optimizer step or load_state_dict edits a weight
+                for model in (fast, reference):
+                    model.decoder.layers[1].feed_forward.w2.weight.mul_(-3.0)
+                    model.generator.weight.add_(0.5)  # the output layer's, shared with the target embedding
+            if t == 3:  # a layer given a new weight altogether
+                new = torch.randn(32, 32)
+                for model in (fast, reference):
+                    model.decoder.layers[0].self_attn.out_proj.weight = nn.Parameter(new.clone())
+            logits = [model.decode(ys[:, -1:], memory, src_mask, cache, t) for model, cache in zip((fast, reference),
+                                                                                                    caches)]
+            torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+            ys = torch.cat([ys, logits[1][:, -1].argmax(-1, keepdim=True)], dim=1)
+        # in the middle of a decoding (its encoder output alive), the model still copies and saves as any model does
+        copied = copy.deepcopy(fast)
+        torch.save(fast, io.BytesIO())
+        assert "_decoding_packs_held" in vars(fast) and "_decoding_packs_held" not in vars(copied)
+        copied_caches = copy.deepcopy(caches[1])
+        torch.testing.assert_close(copied.decode(ys[:, -1:], memory, src_mask, copied_caches, 5),
+                                   reference.decode(ys[:, -1:], memory, src_mask, caches[1], 5), rtol=1e-5, atol=1e-5)
+
+
 def test_a_kernel_written_for_the_cpu_is_neither_checked_nor_reported_on_another_device(caplog):
     cpu_only = {name for name, devices in support.DEVICES.items() if devices == ("cpu",)}
     assert cpu_only == {"cpu_attention", "fused_feed_forward", "onednn_linear", "packed_linear", "mask_dropout",

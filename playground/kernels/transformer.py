@@ -5,7 +5,10 @@ a product of a few rows by a whole weight, for which oneDNN first lays the weigh
 own, on every call (linear.py). `FastTransformer.decode` lays out those weights once, at the first step of each
 decoding (offset 0, or another encoder output), and its steps multiply by them. The packed copies are made
 afresh for every decoding, from the weights as they are then, and are let go with that decoding's encoder
-output: an edited weight is never decoded with a stale copy. Elsewhere (training, autocast, other devices,
+output: an edited weight is never decoded with a stale copy. Within a decoding, each step checks that every packed
+weight is still the same tensor at the same version (an in-place edit under torch.no_grad(), an optimizer step,
+load_state_dict) and packs again if not; an edit through `.data`, which no version counter sees, shows from the next
+decoding on. The packs are not part of a copy or a pickle of the model (copy.deepcopy, torch.save). Elsewhere (training, autocast, other devices,
 decoding without a cache, torch.compile) decode is the reference's. Switching to evaluation (`eval()`) also lets
 go of the memory the training step's big temporaries keep (memory.py).
 """
@@ -28,6 +31,13 @@ class FastTransformer(Transformer):
             release_all()
         return super().train(mode)
 
+    def __getstate__(self):
+        # the packs belong to one decoding of this model (a weak reference to its encoder output, oneDNN's opaque
+        # tensors): a copy or a pickle of the model goes without them, and packs its own at its next decoding
+        state = super().__getstate__()
+        state.pop("_decoding_packs_held", None)
+        return state
+
     def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
         packs = self._decoding_packs(tgt_in, memory, cache, offset)
         if packs is None:
@@ -41,14 +51,27 @@ class FastTransformer(Transformer):
                 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
                 or not works("packed_linear", "cpu", torch.float32)):
             return None
-        held = self.__dict__.get("_decoding_packs_held")  # (a weak reference to the memory, the packs)
-        if offset == 0 or held is None or held[0]() is not memory:
+        held = self.__dict__.get("_decoding_packs_held")  # (a weak reference to the memory, the packs, the weights)
+        if offset == 0 or held is None or held[0]() is not memory or not _unchanged(held[2]):
             layers = [m for m in (*self.decoder.modules(), self.generator)
                       if type(m) is OneDNNLinear and m.weight.dtype == torch.float32]
-            held = (weakref.ref(memory), {m: pack_weight(m.weight, tgt_in.numel()) for m in layers})
+            weights = [(m._parameters, m.weight, *_version(m.weight)) for m in layers]  # what was packed, as it was
+            held = (weakref.ref(memory), {m: pack_weight(m.weight, tgt_in.numel()) for m in layers}, weights)
             self.__dict__["_decoding_packs_held"] = held
             weakref.finalize(memory, _let_go, self.__dict__, held)  # the decoding is over: free the copies
         return held[1]
+
+
+def _version(weight) -> tuple:
+    """What changes when a weight is edited in place (its version counter) or given new memory (its address)."""
+    return weight.data_ptr(), None if weight.is_inference() else weight._version  # (an inference tensor has none)
+
+
+def _unchanged(weights) -> bool:
+    """Whether every packed layer still has the weight it had, unedited since it was packed (a few microseconds
+    a step: _parameters, not the module's slower attribute lookup)."""
+    return all(params.get("weight") is w and w.data_ptr() == address and (version is None or w._version == version)
+               for params, w, address, version in weights)
 
 
 def _let_go(attributes: dict, held) -> None:
