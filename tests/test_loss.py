@@ -42,6 +42,29 @@ def test_blockwise_loss_and_its_gradient_equal_torch_cross_entropy_with_padding(
     assert grad_ours[2, 1:].abs().sum() == 0  # padded positions get no gradient
 
 
+def test_blockwise_loss_is_the_references_for_large_logits_and_for_masked_tokens():
+    """The loss is computed relative to each row's largest logit, as log-softmax is: logits near 3e4 lose nothing
+    to cancellation, and a token masked to -inf costs nothing without smoothing (infinity with it), as in torch;
+    a PAD row adds 0 whatever its logits."""
+    torch.manual_seed(0)
+    target = torch.randint(4, 100, (4, 5))
+    target[3, 2:] = PAD
+    big = torch.randn(4, 5, 100) * 3 + 3e4
+    exact = F.cross_entropy(big.double().flatten(0, 1), target.flatten(), ignore_index=PAD, label_smoothing=0.1)
+    torch.testing.assert_close(sequence_loss(big, target, 0.1).double(), exact, rtol=2e-6, atol=0)
+    masked = torch.randn(4, 5, 100)
+    masked[..., 50:60] = float("-inf")  # tokens a caller forbids: never the target here
+    target = target.clamp(max=49)
+    for smoothing in (0.0, 0.1):
+        ours, theirs = sequence_loss(masked, target, smoothing), reference_loss(masked, target, smoothing)
+        assert torch.isfinite(ours) if smoothing == 0 else ours == float("inf")
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    masked[3, 2:, 70] = float("-inf")  # only in PAD rows: they count for nothing
+    masked[..., 50:60] = 0.0
+    torch.testing.assert_close(sequence_loss(masked, target, 0.1), reference_loss(masked, target, 0.1),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_sequence_loss_leaves_fp32_logits_unchanged():
     logits = torch.randn(2, 3, 11, requires_grad=True)
     before = logits.detach().clone()

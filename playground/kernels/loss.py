@@ -48,12 +48,16 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             if x.dtype != torch.float32:
                 x = scratch[: stop - start].copy_(x)  # our own fp32 copy, free to overwrite
             top = x.amax(-1, keepdim=True)  # (n, 1)
-            picked = x.gather(1, index[start:stop])  # (n, 1) logit of the right token
-            total = x.sum(-1, keepdim=True)  # (n, 1)
-            e = torch.sub(x, top, out=grad[start:stop] if direct else scratch[: stop - start]).exp_()
+            # everything relative to the row's largest logit: the loss is log(sum_e) - (1 - eps) (x_t - top)
+            # - (eps / V) sum_j (x_j - top), the top cancelling, as in log-softmax (no large terms that cancel)
+            shifted = torch.sub(x, top, out=grad[start:stop] if direct else scratch[: stop - start])  # (n, V)
+            picked = shifted.gather(1, index[start:stop])  # (n, 1) the right token's, before exp overwrites it
+            loss = -(1 - smoothing) * picked
+            if smoothing:  # only then: a logit of -inf (a masked token) costs eps/V of infinity, as in torch
+                loss -= (smoothing / V) * shifted.sum(-1, keepdim=True)
+            e = shifted.exp_()
             sum_e = e.sum(-1, keepdim=True)  # (n, 1)
-            lse = top + sum_e.log()
-            per_token[start:stop] = (lse - (1 - smoothing) * picked - (smoothing / V) * total).squeeze(1)
+            per_token[start:stop] = (sum_e.log() + loss).squeeze(1)
             if grad is not None:  # softmax - (1 - eps) onehot - eps / V, times the row's share
                 e.div_(sum_e).sub_(smoothing / V).scatter_add_(1, index[start:stop], e.new_full((stop - start, 1),
                                                                                             -(1 - smoothing)))
@@ -62,7 +66,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
                     grad[start:stop] = e
         ctx.save_for_backward(grad)
         ctx.logits_dtype, ctx.used = logits.dtype, False
-        return (per_token * row_scale.squeeze(1)).sum()
+        return torch.where(keep, per_token, 0.0).mul_(row_scale.squeeze(1)).sum()  # an ignored row adds 0, never nan
 
     @staticmethod
     def backward(ctx, grad_loss):
