@@ -5,12 +5,12 @@ a product of a few rows by a whole weight, for which oneDNN first lays the weigh
 own, on every call (linear.py). `FastTransformer.decode` lays out those weights once, at the first step of each
 decoding (offset 0, or another encoder output), and its steps multiply by them. The packed copies are made
 afresh for every decoding, from the weights as they are then, and are let go with that decoding's encoder
-output: an edited weight is never decoded with a stale copy. Within a decoding, each step checks that every packed
-weight is still the same tensor at the same version (an in-place edit under torch.no_grad(), an optimizer step,
-load_state_dict) and packs again if not; an edit through `.data`, which no version counter sees, shows from the next
-decoding on. The packs are not part of a copy or a pickle of the model (copy.deepcopy, torch.save). Elsewhere (training, autocast, other devices,
-decoding without a cache, torch.compile) decode is the reference's. Switching to evaluation (`eval()`) also lets
-go of the memory the training step's big temporaries keep (memory.py).
+output. Within a decoding, each step checks that every packed weight is still the same tensor at the same
+version (an in-place edit under torch.no_grad(), an optimizer step, load_state_dict) and packs again if not, so an
+edited weight is never decoded with a stale copy; an edit through `.data`, which no version counter sees, shows
+from the next decoding on. The packs are not part of a copy or a pickle of the model (copy.deepcopy, torch.save).
+Elsewhere (training, autocast, other devices, decoding without a cache, torch.compile) decode is the reference's.
+Switching to evaluation (`eval()`) also lets go of the memory the training step's big temporaries keep (memory.py).
 """
 
 import weakref
