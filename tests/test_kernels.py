@@ -367,6 +367,26 @@ def test_a_weight_edited_in_the_middle_of_a_decoding_is_used_from_the_next_step_
                                    reference.decode(ys[:, -1:], memory, src_mask, caches[1], 5), rtol=1e-5, atol=1e-5)
 
 
+def test_packs_of_an_earlier_decoding_are_freed_when_a_later_one_replaces_them_while_its_encoder_output_lives():
+    """A caller may keep encoder outputs (one per batch, say): only the packs in use are kept, about 19 MB at d256."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    fast = use_fast_kernels(build(tiny_model_config(), 20, 20)).eval()
+    src = torch.randint(4, 20, (5, 7))
+    kept, earlier = [], []
+    with torch.no_grad():
+        for _ in range(3):
+            memory, src_mask = fast.encode(src)
+            fast.decode(torch.full((5, 1), 1), memory, src_mask, {}, 0)
+            kept.append(memory)  # every encoder output stays alive
+            earlier.append([weakref.ref(pack) for pack in vars(fast)["_decoding_packs_held"][1].values()])
+    gc.collect()
+    assert all(ref() is None for refs in earlier[:-1] for ref in refs)  # replaced: freed
+    assert all(ref() is not None for ref in earlier[-1])  # in use: kept
+
+
 def test_a_kernel_written_for_the_cpu_is_neither_checked_nor_reported_on_another_device(caplog):
     cpu_only = {name for name, devices in support.DEVICES.items() if devices == ("cpu",)}
     assert cpu_only == {"cpu_attention", "fused_feed_forward", "onednn_linear", "packed_linear", "mask_dropout",

@@ -58,7 +58,9 @@ class FastTransformer(Transformer):
             weights = [(m._parameters, m.weight, *_version(m.weight)) for m in layers]  # what was packed, as it was
             held = (weakref.ref(memory), {m: pack_weight(m.weight, tgt_in.numel()) for m in layers}, weights)
             self.__dict__["_decoding_packs_held"] = held
-            weakref.finalize(memory, _let_go, self.__dict__, held)  # the decoding is over: free the copies
+            # the decoding is over: free the copies. The finalizer holds the packs' id, not the packs, so packs that
+            # a later decoding (or a repack) replaced are freed at once even while this encoder output lives on
+            weakref.finalize(memory, _let_go, self.__dict__, id(held))
         return held[1]
 
 
@@ -74,6 +76,8 @@ def _unchanged(weights) -> bool:
                for params, w, address, version in weights)
 
 
-def _let_go(attributes: dict, held) -> None:
-    if attributes.get("_decoding_packs_held") is held:
+def _let_go(attributes: dict, held_id: int) -> None:
+    # (should a newer decoding's packs have been given the same id, they go too, and are packed again at its next
+    # step: held is None there)
+    if id(attributes.get("_decoding_packs_held")) == held_id:
         del attributes["_decoding_packs_held"]
