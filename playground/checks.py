@@ -7,6 +7,7 @@ Hydra does, so that a mistake is one UserError line rather than Hydra's report; 
 training run checks first, and each sweep job too.
 """
 
+import math
 import os
 from dataclasses import fields
 
@@ -82,9 +83,27 @@ def choice_options() -> dict:
             "trainer.progress": PROGRESS}
 
 
+def check_finite(cfg) -> None:
+    """Refuse nan and inf in any number of the config (optimizer.lr=nan, decode.temperature=inf), naming the key: a
+    range check such as `lr <= 0` lets nan through (every comparison with nan is false), and the value would end in
+    a traceback from torch, or in a loss that is not finite blamed on the learning rate, after the run has begun."""
+
+    def walk(node, prefix):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            name = f"{prefix}.{key}" if isinstance(node, dict) else f"{prefix}[{key}]"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name.lstrip('.')}={value} is not a finite number")
+            walk(value, name)
+
+    container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
+    walk({key: value for key, value in container.items() if key != "hydra"}, "")  # Hydra's own node: Hydra's
+
+
 def check_choices(cfg) -> None:
-    """Refuse a misspelt option (optimizer.name=adamx) in one line listing the right ones: at the start of every
-    mode, before any data is read or downloaded."""
+    """Refuse a misspelt option (optimizer.name=adamx) in one line listing the right ones, and a number that is nan
+    or inf: at the start of every mode, before any data is read or downloaded."""
+    check_finite(cfg)
     for key, options in choice_options().items():
         group, _, name = key.rpartition(".")
         value = (cfg[group] if group else cfg).get(name)
@@ -99,6 +118,9 @@ def check_decode(d, trainer_cfg=None) -> None:
     for key in RETIRED_TRAINER_KEYS:
         if trainer_cfg is not None and getattr(trainer_cfg, key, None) is not None:
             raise UserError(f"trainer.{key} is now decode.{key}: write decode.{key}={getattr(trainer_cfg, key)}")
+    for key in ("length_penalty", "max_len_a", "temperature", "top_p"):  # from Python too (playground.load)
+        if not math.isfinite(getattr(d, key)):
+            raise UserError(f"decode.{key}={getattr(d, key)} is not a finite number")
     for key in ("beam_size", "nbest", "batch_size"):
         if getattr(d, key) <= 0:
             raise UserError(f"decode.{key}={getattr(d, key)} must be positive")

@@ -374,3 +374,26 @@ def test_each_numeric_setting_is_refused_just_past_its_limit_and_taken_at_it():
     check_decode(DecodeConfig(max_len_a=0, max_len_b=5))  # a fixed limit of 5 tokens
     with pytest.raises(UserError, match=r"^decode.sampling=true draws one sequence per input, so decode.beam_size=2"):
         check_decode(DecodeConfig(sampling=True, beam_size=2))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=nan", "optimizer.lr=nan is not a finite number"),  # passed `lr <= 0`: a traceback from torch
+    ("optimizer.lr=inf", "optimizer.lr=inf is not a finite number"),
+    ("trainer.grad_clip=nan", "trainer.grad_clip=nan is not a finite number"),  # trained, then blamed the lr
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay=inf is not a finite number"),
+    ("decode.temperature=-inf", "decode.temperature=-inf is not a finite number"),
+])
+def test_a_number_that_is_nan_or_inf_is_refused_naming_the_key_before_any_data_is_read(compose_config, tmp_path,
+                                                                                         monkeypatch, override, message):
+    from playground import experiment
+    from playground.checks import check_decode
+    from playground.config import DecodeConfig
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the value was checked")
+
+    monkeypatch.setattr(experiment, "load_data", no_data)
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        experiment.run_train(compose_config(override), tmp_path)
+    with pytest.raises(UserError, match=r"^decode.temperature=nan is not a finite number$"):
+        check_decode(DecodeConfig(sampling=True, temperature=float("nan")))  # from Python: playground.load().translate
