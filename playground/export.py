@@ -27,13 +27,21 @@ def is_exported(path) -> bool:
 def read_exported(folder) -> dict:
     """An exported folder's config, step and tokenizers, as a checkpoint holds them (without the weights)."""
     folder = Path(folder)
-    try:
-        record = json.loads((folder / CONFIG).read_text())
-        tokenizers = {side: json.loads((folder / name).read_text()) for side, name in TOKENIZERS.items()}
-    except FileNotFoundError as e:
-        raise UserError(f"ckpt_path={folder}: an exported folder needs {Path(e.filename).name} beside {WEIGHTS}")
-    except json.JSONDecodeError as e:
-        raise UserError(f"ckpt_path={folder}: a file of the exported folder is not JSON ({e})")
+
+    def read(name):
+        try:
+            return json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            raise UserError(f"ckpt_path={folder}: an exported folder needs {name} beside {WEIGHTS}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"ckpt_path={folder}: its {name} is not JSON ({e})") from None
+
+    record = read(CONFIG)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or "step" not in record:
+        # another program's folder of model.safetensors and config.json (a Hugging Face model's, say)
+        raise UserError(f"ckpt_path={folder}: its {CONFIG} is not one mode=export writes (no \"config\" and \"step\"): "
+                        f"not a folder of this project's mode=export")
+    tokenizers = {side: read(name) for side, name in TOKENIZERS.items()}
     return {"config": record["config"], "step": record["step"], "tokenizers": tokenizers}
 
 

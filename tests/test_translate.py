@@ -342,6 +342,25 @@ def test_an_exported_folder_whose_weights_lack_add_or_reshape_a_tensor_is_refuse
         playground.load(folder, device="cpu")
 
 
+def test_a_folder_of_safetensors_and_config_json_that_no_export_wrote_is_refused_in_one_line(tmp_path):
+    import playground
+    from safetensors.torch import save_file
+
+    save_file({"embeddings.weight": torch.zeros(4, 2)}, tmp_path / "model.safetensors")  # a Hugging Face model's folder
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "hidden_size": 2}')
+    with pytest.raises(UserError, match=r"config.json is not one mode=export writes \(no \"config\" and \"step\"\)"):
+        playground.load(tmp_path, device="cpu")  # named before the tokenizer files it lacks
+    for side in ("src", "tgt"):
+        (tmp_path / f"tokenizer_{side}.json").write_text('{"kind": "char"}')
+    for config in ('{"architectures": ["BertModel"]}', "[1, 2]", '{"step": 3}'):  # a KeyError's traceback before
+        (tmp_path / "config.json").write_text(config)
+        with pytest.raises(UserError, match=r"config.json is not one mode=export writes"):
+            playground.load(tmp_path, device="cpu")
+    (tmp_path / "config.json").write_bytes(b"\xff{")
+    with pytest.raises(UserError, match=r"its config.json is not JSON"):
+        playground.load(tmp_path, device="cpu")
+
+
 @pytest.mark.parametrize("mode, given, refused", [
     ("eval", "output_file=o.txt", True), ("eval", "text=hello", True), ("eval", "dataset.tokenizer=char", True),
     ("eval", "trainer.max_steps=9", True), ("eval", "dataset.test_file=t.tsv", False),
