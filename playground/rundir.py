@@ -16,12 +16,12 @@ from hydra.experimental.callback import Callback
 from .checks import check_not_a_sweep
 from .errors import UserError
 
-RUN_FILES = ("checkpoints", "metrics.json", "hypotheses.txt")
+RUN_FILES = ("checkpoints", "metrics.json", "hypotheses.txt", "exported")  # exported/: what mode=export writes
 
 
 def run_file_in(folder: Path):
-    """The name of the first file of a run that `folder` holds (checkpoints/, metrics.json, hypotheses.txt, a
-    TensorBoard event file), or None."""
+    """The name of the first file of a run that `folder` holds (checkpoints/, metrics.json, hypotheses.txt,
+    exported/, a TensorBoard event file), or None."""
     for name in RUN_FILES:
         if (folder / name).exists():
             return name

@@ -122,6 +122,20 @@ def test_starting_a_run_in_a_used_directory_changes_nothing_there(trained_run, m
     assert [f.read_bytes() for f in files] == before  # .hydra/ included: Hydra had not written it yet
 
 
+def test_an_export_into_the_directory_of_an_earlier_export_is_refused_and_leaves_it_as_it_was(trained_run, entry,
+                                                                                             tmp_path):
+    run_dir, _ = trained_run
+    first = entry("mode=export", f"ckpt_path={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path}/export")
+    assert first.returncode == 0, first.stderr
+    files = sorted(f for f in (tmp_path / "export").rglob("*") if f.is_file())  # exported/*, .hydra/*, the log
+    before = [f.read_bytes() for f in files]
+    again = entry("mode=export", f"ckpt_path={run_dir}/checkpoints/last.pt", f"hydra.run.dir={tmp_path}/export")
+    assert (again.returncode, again.stderr) == (2, f"error: {tmp_path}/export already holds a run (exported): refusing "
+                                                   f"to write into it (give this run its own directory with "
+                                                   f"hydra.run.dir=...)\n")
+    assert [f.read_bytes() for f in files] == before  # not another checkpoint's weights in the first one's place
+
+
 def test_a_refused_auto_resume_into_the_runs_own_directory_leaves_its_record_and_checkpoints_as_they_were(
         trained_run, entry):
     run_dir, _ = trained_run
