@@ -93,6 +93,13 @@ class RunDirectoryGuard(Callback):
             sys.exit(2)
         folder = Path(config.hydra.run.dir)
         note_created(folder)
+        try:  # made here, where a path that cannot be a folder is one line rather than Hydra's traceback
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            undo_refused_run(folder)  # the folders above it that this made, if any
+            what = "is a file, not a folder" if folder.is_file() else f"cannot be made ({e.strerror or e})"
+            print(f"error: hydra.run.dir={folder} {what}: give the run a folder with hydra.run.dir=...", file=sys.stderr)
+            sys.exit(2)
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
             # a requeued job resuming itself: the one used directory a run may write into. Hydra is about to write
             # this command's config into its .hydra/ folder: kept, to be put back if the resume is refused

@@ -122,6 +122,17 @@ def test_starting_a_run_in_a_used_directory_changes_nothing_there(trained_run, m
     assert [f.read_bytes() for f in files] == before  # .hydra/ included: Hydra had not written it yet
 
 
+@pytest.mark.parametrize("below, reason", [("", "is a file, not a folder"), ("/run", "cannot be made (Not a directory)")])
+def test_a_run_directory_that_cannot_be_a_folder_is_one_line_and_the_file_in_its_way_is_kept(entry, tmp_path, below,
+                                                                                           reason):
+    data = tmp_path / "train.tsv"
+    data.write_text("a\tb\n")
+    result = entry("trainer.max_steps=2", f"hydra.run.dir={data}{below}")  # a data file given as the run's folder
+    assert (result.returncode, result.stderr) == (2, f"error: hydra.run.dir={data}{below} {reason}: give the run a "
+                                                     f"folder with hydra.run.dir=...\n")  # not Hydra's traceback
+    assert data.read_text() == "a\tb\n" and sorted(tmp_path.iterdir()) == [data]
+
+
 def test_an_export_into_the_directory_of_an_earlier_export_is_refused_and_leaves_it_as_it_was(trained_run, entry,
                                                                                              tmp_path):
     run_dir, _ = trained_run
