@@ -82,8 +82,26 @@ def undo_refused_run(run_dir) -> None:
     _CREATED.clear()
 
 
+def _make_folder(folder: Path, key: str, what: str) -> None:
+    """Make the run's (or the sweep's) folder before Hydra does, so that a path that cannot be a folder (a data file
+    given as hydra.run.dir, say) is one line and exit 2 rather than Hydra's traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        undo_refused_run(folder)  # the folders above it that this made, if any
+        why = "is a file, not a folder" if folder.is_file() else f"cannot be made ({e.strerror or e})"
+        print(f"error: {key}={folder} {why}: give {what} a folder with {key}=...", file=sys.stderr)
+        sys.exit(2)
+
+
 class RunDirectoryGuard(Callback):
-    """Registered in configs/config.yaml: Hydra calls on_run_start before it makes or writes the run directory."""
+    """Registered in configs/config.yaml: Hydra calls on_run_start before it makes or writes the run directory, and
+    on_multirun_start before it makes the sweep's."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        note_created(folder)
+        _make_folder(folder, "hydra.sweep.dir", "the sweep")
 
     def on_run_start(self, config, **kwargs) -> None:
         try:
@@ -93,13 +111,7 @@ class RunDirectoryGuard(Callback):
             sys.exit(2)
         folder = Path(config.hydra.run.dir)
         note_created(folder)
-        try:  # made here, where a path that cannot be a folder is one line rather than Hydra's traceback
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            undo_refused_run(folder)  # the folders above it that this made, if any
-            what = "is a file, not a folder" if folder.is_file() else f"cannot be made ({e.strerror or e})"
-            print(f"error: hydra.run.dir={folder} {what}: give the run a folder with hydra.run.dir=...", file=sys.stderr)
-            sys.exit(2)
+        _make_folder(folder, "hydra.run.dir", "the run")
         if config.trainer.auto_resume and (folder / "checkpoints" / "last.pt").is_file():
             # a requeued job resuming itself: the one used directory a run may write into. Hydra is about to write
             # this command's config into its .hydra/ folder: kept, to be put back if the resume is refused

@@ -123,13 +123,15 @@ def test_starting_a_run_in_a_used_directory_changes_nothing_there(trained_run, m
 
 
 @pytest.mark.parametrize("below, reason", [("", "is a file, not a folder"), ("/run", "cannot be made (Not a directory)")])
-def test_a_run_directory_that_cannot_be_a_folder_is_one_line_and_the_file_in_its_way_is_kept(entry, tmp_path, below,
-                                                                                           reason):
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_run_or_sweep_directory_that_cannot_be_a_folder_is_one_line_and_the_file_in_its_way_is_kept(
+        entry, tmp_path, below, reason, sweep):
     data = tmp_path / "train.tsv"
     data.write_text("a\tb\n")
-    result = entry("trainer.max_steps=2", f"hydra.run.dir={data}{below}")  # a data file given as the run's folder
-    assert (result.returncode, result.stderr) == (2, f"error: hydra.run.dir={data}{below} {reason}: give the run a "
-                                                     f"folder with hydra.run.dir=...\n")  # not Hydra's traceback
+    key, what = ("hydra.sweep.dir", "the sweep") if sweep else ("hydra.run.dir", "the run")
+    result = entry(*["-m"] * sweep, "trainer.max_steps=2", f"{key}={data}{below}")  # a data file given as the folder
+    assert (result.returncode, result.stderr) == (2, f"error: {key}={data}{below} {reason}: give {what} a folder "
+                                                     f"with {key}=...\n")  # not Hydra's traceback
     assert data.read_text() == "a\tb\n" and sorted(tmp_path.iterdir()) == [data]
 
 
