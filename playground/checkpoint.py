@@ -78,7 +78,7 @@ def load_checkpoint(path) -> dict:
     except Exception as e:  # a truncated or empty file, a file that is not a checkpoint
         first_line = next(iter(str(e).splitlines()), "empty or truncated file")
         raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or not all(isinstance(state.get(key), dict) for key in ("model", "config")):
         raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
     missing = [key for key in ("tokenizers", "step") if key not in state]  # every checkpoint written here has both
     if missing:

@@ -58,7 +58,10 @@ def test_a_pickled_object_is_not_loaded(tmp_path):
     (lambda state: state.pop("step"), "not a complete Transformer Playground checkpoint (no step)"),
     (lambda state: state["tokenizers"]["tgt"].pop("num_symbols"), "its tokenizers cannot be rebuilt (KeyError: "
                                                                    "'num_symbols')"),
-    (lambda state: state["tokenizers"].pop("src"), "its tokenizers cannot be rebuilt (KeyError: 'src')")])
+    (lambda state: state["tokenizers"].pop("src"), "its tokenizers cannot be rebuilt (KeyError: 'src')"),
+    (lambda state: state.update(model=None), "not a Transformer Playground checkpoint (no model weights and config)"),
+    (lambda state: state.update(config="d_model: 32"), "not a Transformer Playground checkpoint (no model weights and "
+                                                       "config)")])
 def test_a_checkpoint_without_the_parts_eval_and_translate_read_is_refused_by_name(tmp_path, change, message):
     from playground.inference import load_trained
 
