@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from playground.checks import check_overrides
 from playground.config import register_configs
 from playground.errors import UserError
-from playground.rundir import run_file_in, undo_refused_run
+from playground.rundir import run_file_in, undo_interrupted_run, undo_refused_run
 from playground.sweep import FAILED
 
 register_configs()
@@ -85,6 +85,20 @@ def _refused_trial_value(sweeper) -> float | None:
 # an absolute path: the same folder whether this file runs as a script or as the installed transformer-playground
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return _run(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before training's own handler (reading data, building the model), or a second
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        run_dir = HydraConfig.get().runtime.output_dir
+        if undo_interrupted_run(run_dir):
+            print(f"interrupted (Ctrl-C) before anything was saved: {run_dir} is removed", file=sys.stderr)
+        else:
+            print(f"interrupted (Ctrl-C): what was saved before it is in {run_dir}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _run(cfg: DictConfig) -> float | None:
     from playground import average, experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
     from playground.setup import bound_onednn_cache
 

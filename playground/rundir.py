@@ -94,6 +94,19 @@ def _make_folder(folder: Path, key: str, what: str) -> None:
         sys.exit(2)
 
 
+def undo_interrupted_run(run_dir) -> bool:
+    """After a Ctrl-C that came before the first checkpoint (while the data was read or the model built): the run
+    directory this command made goes, as a refused run's does, TensorBoard's first lines with it (there is nothing to
+    resume, and a run that did not train would otherwise show in TensorBoard and count as a used directory); a used
+    one gets its .hydra/ record back. Returns True where the run directory is gone."""
+    folder = Path(run_dir).resolve()
+    if _CREATED and _CREATED[0] == folder and not any((folder / name).exists() for name in RUN_FILES):
+        for events in folder.glob("events.out.tfevents.*"):
+            events.unlink()
+    undo_refused_run(run_dir)
+    return not folder.exists()
+
+
 class RunDirectoryGuard(Callback):
     """Registered in configs/config.yaml: Hydra calls on_run_start before it makes or writes the run directory, and
     on_multirun_start before it makes the sweep's."""

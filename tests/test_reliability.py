@@ -178,6 +178,20 @@ def test_ctrl_c_during_the_final_test_evaluation_exits_130_keeping_the_checkpoin
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("where", ["load_data", "_flops_counters"])  # before and after TensorBoard's file is made
+def test_ctrl_c_before_the_first_checkpoint_is_one_line_and_leaves_no_run_directory(entry, monkeypatch, tmp_path,
+                                                                                   where):
+    def pressed(*args, **kwargs):  # Ctrl-C while the data is read or the model is set up: before training's handler
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, where, pressed)
+    run_dir = tmp_path / "runs" / "r"
+    result = entry(*FAST, "trainer.max_steps=4", f"hydra.run.dir={run_dir}")
+    assert (result.returncode, result.stderr) == (130, f"interrupted (Ctrl-C) before anything was saved: {run_dir} is "
+                                                       f"removed\n")  # not a traceback
+    assert list(tmp_path.iterdir()) == []  # no run without a checkpoint left to show in TensorBoard
+
+
 def test_the_command_line_keeps_few_onednn_primitives_unless_the_user_set_how_many(monkeypatch):
     # oneDNN's default of 1,024 kept primitives grew a bf16 CPU training process by hundreds of MB
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
