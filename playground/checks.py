@@ -229,6 +229,9 @@ def check_overrides(args) -> None:
     given = [a for a in args if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in given):  # --help, --cfg job, -cp ...: Hydra's flags, Hydra's business
         return
+    if any(not a.strip() for a in given):  # "$EXTRA" with EXTRA unset: Hydra's parser says only "mismatched <EOF>"
+        raise UserError("an empty word on the command line (a quoted shell variable that is not set?): every word "
+                        "after the command must be key=value; remove it")
     try:
         parsed = OverridesParser.create().parse_overrides(given)
     except HydraException as e:

@@ -92,7 +92,9 @@ def test_a_run_refused_for_its_data_removes_the_folders_it_made_and_only_those(t
                         "converted to Integer"),
     ("dataset=reversed", "error: dataset=reversed is not one of: copy, opus_books, reverse, sort, text_pairs "
                          "(configs/dataset/)"),
-    ("model.heads", "error: Error parsing override 'model.heads': missing EQUAL at '<EOF>' (write key=value)")])
+    ("model.heads", "error: Error parsing override 'model.heads': missing EQUAL at '<EOF>' (write key=value)"),
+    ("", "error: an empty word on the command line (a quoted shell variable that is not set?): every word after the "
+         "command must be key=value; remove it")])
 def test_a_misspelt_key_a_wrong_type_or_an_unknown_option_is_one_line_before_anything_runs(tmp_path, override,
                                                                                            message):
     result = run(override, f"hydra.run.dir={tmp_path}/bad")
