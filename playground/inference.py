@@ -195,10 +195,13 @@ def _check_output(cfg) -> None:
     path = Path(cfg.output_file)
     if not cfg.output_file or path.is_dir():
         raise UserError(f"output_file={cfg.output_file} is {'a folder' if cfg.output_file else 'empty'}: give a file")
-    for key in ("input_file", "reference_file"):  # overwrite=true is for an old output, not for the run's input
-        if cfg.get(key) and path.exists() and Path(cfg[key]).exists() and path.samefile(cfg[key]):
-            raise UserError(f"output_file={path} is the {key}: the outputs would replace what they are made from "
-                            f"(give another output_file)")
+    for key in ("input_file", "reference_file", "ckpt_path"):  # overwrite=true is for an old output, not the input
+        source = Path(cfg[key]) if cfg.get(key) else None
+        if source is None or not path.exists() or not source.exists():
+            continue
+        if path.samefile(source) or (source.is_dir() and path.parent.samefile(source)):  # an exported folder's file
+            raise UserError(f"output_file={path} is {'the' if path.samefile(source) else 'a file of the'} {key}: the "
+                            f"outputs would replace what they are made from (give another output_file)")
     if path.exists() and not cfg.overwrite:
         raise UserError(f"output_file={path} exists: refusing to overwrite it (overwrite=true replaces it)")
     if not path.parent.is_dir():

@@ -178,6 +178,8 @@ def test_score_cuts_a_reference_to_the_positions_left_after_bos_and_says_so(tran
     (["output_file=FOLDER"], "output_file=.* is a folder: give a file"),
     (["input_file=EXISTING", "output_file=EXISTING", "overwrite=true"], "output_file=.*existing.txt is the input_file: "
                                                                         "the outputs would replace what they are made"),
+    (["text=3 1 4", "output_file=CKPT", "overwrite=true"], "output_file=.*best.pt is the ckpt_path: the outputs would "
+                                                           "replace what they are made from"),  # not the checkpoint
     (["decode.beam_size=19"], "decode.beam_size=19 is more than the 18 tokens an output can start with"),
     (["input_file=LATIN1"], "latin1.txt line 2: not UTF-8 text"),
 ])
@@ -189,7 +191,7 @@ def test_bad_translate_and_score_settings_are_refused_by_name(checkpoint, compos
     (tmp_path / "latin1.txt").write_bytes("3 1\nè più\n".encode("latin-1"))
     (tmp_path / "tabs.tsv").write_text("3 1\t1 3\n3 1\t1 3\t0.5\n")  # a third column: not part of the reference
     names = {"MISSING": tmp_path / "missing.txt", "EXISTING": existing, "TWO": two, "FOLDER": tmp_path,
-             "LATIN1": tmp_path / "latin1.txt", "TABS": tmp_path / "tabs.tsv"}
+             "LATIN1": tmp_path / "latin1.txt", "TABS": tmp_path / "tabs.tsv", "CKPT": checkpoint[0]}
     overrides = [o.split("=")[0] + "=" + str(names.get(o.split("=")[1], o.split("=")[1])) for o in overrides]
     mode = "mode=score" if "mode=score" in overrides else "mode=translate"
     cfg = compose_config(mode, f"ckpt_path={checkpoint[0]}", *[o for o in overrides if not o.startswith("mode=")])
