@@ -1,6 +1,7 @@
 """Train, evaluate and use the Transformer of "Attention Is All You Need": `python transformer_playground.py --help`."""
 
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -98,6 +99,16 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(130)
 
 
+def _note_in_run_log(run_dir, message: str) -> None:
+    """Write `message` into the log file of a run directory that outlives the refusal (a used one, whose log the
+    refused command had begun to write: "resuming this run directory from ..." would otherwise read as a resume),
+    and only there: the console has the error line."""
+    for handler in logging.getLogger().handlers:
+        if (isinstance(handler, logging.FileHandler) and Path(run_dir).is_dir()
+                and Path(handler.baseFilename).parent == Path(run_dir).resolve()):
+            handler.emit(logging.LogRecord("playground", logging.ERROR, __file__, 0, message, None, None))
+
+
 def _run(cfg: DictConfig) -> float | None:
     from playground import average, experiment, export, inference  # after Hydra has parsed the command line: --help stays fast
     from playground.setup import bound_onednn_cache
@@ -139,6 +150,7 @@ def _run(cfg: DictConfig) -> float | None:
             return _refused_trial_value(hydra_cfg.sweeper)
         undo_refused_run(run_dir)  # the run directory it made is removed; a used one's .hydra/ record is put back
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the first process, not one from each
+            _note_in_run_log(run_dir, f"refused: {e}")
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except experiment.Interrupted as e:

@@ -199,14 +199,18 @@ def run_train(cfg, run_dir: Path) -> dict:
     t.precision = cfg.trainer.precision = resolve_precision(device, t.precision)  # checkpoints record the one used
     run_dir = Path(distributed.from_main(d, str(run_dir)))  # rank 0's run directory is everyone's
     ckpt_dir = run_dir / "checkpoints"
-    in_place = t.auto_resume and not cfg.ckpt_path and (ckpt_dir / "last.pt").exists()
-    if in_place:  # a requeued job: this run directory's own last checkpoint, continued where it is
-        cfg.ckpt_path = str((ckpt_dir / "last.pt").resolve())
+    # a requeued job: this run directory's own last checkpoint (or another of its own checkpoints, named by ckpt_path:
+    # an unreadable last.pt's way on), continued where it is
+    own = bool(cfg.ckpt_path) and Path(cfg.ckpt_path).resolve().parent == ckpt_dir.resolve()
+    in_place = t.auto_resume and (ckpt_dir / "last.pt").exists() and (own or not cfg.ckpt_path)
+    if in_place:
+        cfg.ckpt_path = str(Path(cfg.ckpt_path or ckpt_dir / "last.pt").resolve())
         if d.is_main:
             log.info(f"trainer.auto_resume=true: resuming this run directory from {cfg.ckpt_path}")
     elif (ckpt_dir / "last.pt").exists():
+        again = " or continue it in place with trainer.auto_resume=true" if own else ""
         raise UserError(f"{run_dir} already holds a run's checkpoints: refusing to overwrite them "
-                        f"(give this run its own directory with {_directory_key()}=...)")
+                        f"(give this run its own directory with {_directory_key()}=...{again})")
     autocast = autocast_for(device, t.precision)
     resume = load_to_resume(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None:
@@ -252,7 +256,9 @@ def run_train(cfg, run_dir: Path) -> dict:
     # checks of the batch size against the data come before the first file is written: a run refused here leaves
     # its run directory free for the corrected command
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)
-    tracker = Tracker(run_dir, enabled=d.is_main)
+    # continued in place: TensorBoard hides what the interrupted run logged after this checkpoint's step, which the
+    # steps from here on log again
+    tracker = Tracker(run_dir, enabled=d.is_main, purge_step=start_step + 1 if in_place else None)
     tracker.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```", start_step)
     tracker.hparams(flat_hparams(cfg), HPARAM_METRICS)
     tracker.layout()

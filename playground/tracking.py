@@ -14,8 +14,9 @@ from torch.utils.tensorboard.summary import hparams
 class Tracker:
     """A thin SummaryWriter wrapper; with enabled=False (non-zero ranks, eval runs) every call does nothing."""
 
-    def __init__(self, log_dir, enabled=True):
-        self.writer = SummaryWriter(log_dir=str(log_dir)) if enabled else None
+    def __init__(self, log_dir, enabled=True, purge_step=None):
+        # purge_step: the events of earlier writers in log_dir at this step or later are hidden (a run continued)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step) if enabled else None
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer:

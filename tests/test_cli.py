@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,28 @@ def test_a_refused_auto_resume_into_the_runs_own_directory_leaves_its_record_and
                                     f"checkpoint: 32)")
     assert result.stderr.endswith("or start a new run in its own directory, hydra.run.dir=...)\n")
     assert [f.read_bytes() for f in files] == before  # Hydra wrote the refused command's config: it is put back
+
+
+def test_an_unreadable_last_checkpoint_names_the_way_on_which_continues_the_run_in_place(trained_run, entry, tmp_path):
+    """A requeued job whose last.pt cannot be read (trainer.auto_resume=true) is refused naming the newest readable
+    checkpoint, in the run's log too; the same command with that ckpt_path continues the run in its own directory,
+    and TensorBoard shows each step once."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run[0], run_dir)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    command = [*SMALL, "trainer.auto_resume=true", f"hydra.run.dir={run_dir}"]
+    refused = entry(*command)
+    best = run_dir / "checkpoints" / "best.pt"
+    assert refused.returncode == 2
+    assert refused.stderr.endswith(f"resume from it with ckpt_path={best}\n") and refused.stderr.count("\n") == 1
+    assert "[ERROR] - refused: ckpt_path=" in (run_dir / "transformer_playground.log").read_text()
+    resumed = entry(*command, f"ckpt_path={best}")
+    assert resumed.returncode == 0, resumed.stderr
+    log = (run_dir / "transformer_playground.log").read_text()
+    assert f"trainer.auto_resume=true: resuming this run directory from {best}" in log
+    assert not [p for p in run_dir.parent.iterdir() if p != run_dir]  # no new run directory
+    steps = [e.step for e in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # the steps after best.pt's, logged again, shown once
 
 
 @pytest.mark.full  # the whole default experiment: 25 s alone, 40 s beside the suite's other worker; `pytest -m full`
