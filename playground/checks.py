@@ -390,7 +390,10 @@ def compose_checked(overrides, with_hydra: bool = False):
         group, _, option = str(getattr(e, "missing_cfg_file", "") or "").partition("/")
         options = getattr(e, "options", None)
         if group and options:
-            raise UserError(f"{group}={option} is not one of: {', '.join(options)} (configs/{group}/)") from None
+            asked = "" if f"{group}={option}" in overrides else next(  # not typed: a preset's defaults list asks it
+                (f" (asked for by {_shown_path(str(f))})" for f in _chosen_files(overrides)
+                 if f"/{group}: {option}" in f.read_text(errors="replace")), "")
+            raise UserError(f"{group}={option} is not one of: {', '.join(options)} (configs/{group}/){asked}") from None
         raise UserError(str(e).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException) as e:
         # the reason is Hydra's cause for an override, and the exception it was handling for a YAML file's value
@@ -399,6 +402,10 @@ def compose_checked(overrides, with_hydra: bool = False):
         reason = str(cause).splitlines()[0] if cause else ""
         key = getattr(cause, "full_key", None) or ""
         hint = _close_key(key) if "not in" in reason else ""
+        for group in ("experiment", "hparams_search"):  # presets written without their first line
+            if f"Key '{group}' not in" in reason:
+                hint += (f" (a file of configs/{group}/ starts with the line `# @package _global_`, so that its keys "
+                         f"are the run's own: model.heads, not {group}.model.heads)")
         where = f"{key}: " if key and key not in first + reason else ""
         raise UserError(f"{first}: {where}{reason}{hint}" if reason else first) from None
     except yaml.YAMLError as e:  # a config file that is not YAML: its path and line
@@ -406,8 +413,35 @@ def compose_checked(overrides, with_hydra: bool = False):
         where = f"{_shown_path(mark.name)} line {mark.line + 1}" if mark else "a config file"
         what = ": ".join(str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part)
         raise UserError(f"{where}: not valid YAML: {what or e}") from None
+    except UnicodeDecodeError as e:  # a config file saved in another encoding (Latin-1, UTF-16): which one
+        unreadable = next((f for f in _chosen_files(overrides) if not _is_utf8(f)), None)
+        where = _shown_path(str(unreadable)) if unreadable else "a config file the overrides choose"
+        raise UserError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
     except ValueError as e:  # Hydra's own, for an override it parsed but cannot apply ("=3")
         raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
+
+
+def _chosen_files(overrides):
+    """The config files that `group=option` overrides choose, in configs/ and in the folders of hydra.searchpath."""
+    from pathlib import Path
+
+    folders = [Path(__file__).resolve().parents[1] / "configs"]
+    for text in overrides:
+        if text.startswith("hydra.searchpath="):
+            folders += [Path(p.strip(" '\"").removeprefix("file://"))
+                        for p in text.split("=", 1)[1].strip("[]").split(",") if p.strip()]
+    for text in overrides:
+        group, _, option = text.partition("=")
+        if option and "." not in group and not group.startswith(("hydra", "+", "~")):
+            yield from (f for f in (folder / group / f"{option}.yaml" for folder in folders) if f.is_file())
+
+
+def _is_utf8(path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _shown_path(path: str) -> str:

@@ -283,6 +283,24 @@ def test_a_mistake_inside_a_users_yaml_file_is_one_line_naming_the_file_and_the_
         check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"model:\n  heads: 2\n", r"^In 'experiment/mine': ConfigKeyError: Key 'experiment' not in 'Config' \(a file of "
+                             r"configs/experiment/ starts with the line `# @package _global_`, so that its keys are "
+                             r"the run's own: model\.heads, not experiment\.model\.heads\)$"),
+    (b"# @package _global_\nmodel:\n  heads: 2 # caf\xe9\n", r"^\S*experiment/mine\.yaml: not UTF-8 text \(invalid "
+                                                            r"continuation byte at byte 43\): save it as UTF-8$"),
+    (b"# @package _global_\ndefaults:\n  - override /model: huge\n",
+     r"^model=huge is not one of: base, big, small, tiny \(configs/model/\) \(asked for by \S*experiment/mine\.yaml\)$")])
+def test_a_users_experiment_file_without_its_header_in_another_encoding_or_choosing_a_missing_option_is_named(
+        tmp_path, content, message):
+    from playground.checks import check_overrides
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        check_overrides([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"])
+
+
 def test_a_data_file_given_to_a_generated_task_is_named_in_a_warning_rather_than_ignored(compose_config, tmp_path,
                                                                                         caplog):
     from playground import experiment
