@@ -56,6 +56,8 @@ def save_checkpoint(path, state: dict) -> None:
 
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by save_checkpoint; a missing or unreadable file is the user's error."""
+    if not str(path).strip():  # ckpt_path= with nothing after it (Path("") would be the working folder)
+        raise UserError("ckpt_path is empty: give a checkpoint file (a run's checkpoints/best.pt, say)")
     path = Path(path)
     if path.is_dir():  # a run directory, most likely: name its checkpoints
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -77,7 +79,8 @@ def load_checkpoint(path) -> dict:
                         f"and a checkpoint file is never allowed to run code)")
     except Exception as e:  # a truncated or empty file, a file that is not a checkpoint
         first_line = next(iter(str(e).splitlines()), "empty or truncated file")
-        raise UserError(f"ckpt_path={path}: not a readable checkpoint ({type(e).__name__}: {first_line})")
+        raise UserError(f"ckpt_path={path}: not a readable checkpoint, truncated or damaged ({type(e).__name__}: "
+                        f"{first_line})")
     if not isinstance(state, dict) or not all(isinstance(state.get(key), dict) for key in ("model", "config")):
         raise UserError(f"ckpt_path={path}: not a Transformer Playground checkpoint (no model weights and config)")
     missing = [key for key in ("tokenizers", "step") if key not in state]  # every checkpoint written here has both

@@ -37,13 +37,20 @@ def test_a_checkpoint_missing_a_layer_says_which(tmp_path):
 @pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a checkpoint of this project"),
                                               (b"hello\tciao\n", r"not a checkpoint of this project \(not a file "
                                                                 r"torch.save writes: a data or text file\?\)"),
-                                              (b"PK\x03\x04 half a checkpoint", "not a readable checkpoint"),
+                                              (b"PK\x03\x04 half a checkpoint", "not a readable checkpoint, "
+                                                                                "truncated or damaged"),
                                               (b"", "not a readable checkpoint")])
 def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(tmp_path, content, message):
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
     with pytest.raises(UserError, match=f"ckpt_path={path}: {message}"):
         load_checkpoint(path)
+
+
+def test_an_empty_ckpt_path_is_named_as_empty_not_as_the_working_folder():
+    for empty in ("", " "):
+        with pytest.raises(UserError, match=r"^ckpt_path is empty: give a checkpoint file"):
+            load_checkpoint(empty)
 
 
 def test_a_pickled_object_is_not_loaded(tmp_path):
