@@ -92,6 +92,8 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         run_dir = HydraConfig.get().runtime.output_dir
+        if "playground.tracking" in sys.modules:  # its event file, whole, before the run directory is judged
+            sys.modules["playground.tracking"].close_all()
         if undo_interrupted_run(run_dir):
             print(f"interrupted (Ctrl-C) before anything was saved: {run_dir} is removed", file=sys.stderr)
         else:

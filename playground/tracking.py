@@ -4,6 +4,8 @@ Everything goes into the run directory itself, so `tensorboard --logdir outputs`
 one run per directory: scalars, the HParams tab, attention heatmaps (IMAGES) and sample outputs (TEXT).
 """
 
+import weakref
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +19,7 @@ class Tracker:
     def __init__(self, log_dir, enabled=True, purge_step=None):
         # purge_step: the events of earlier writers in log_dir at this step or later are hidden (a run continued)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step) if enabled else None
+        _OPEN.add(self)
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer:
@@ -63,6 +66,17 @@ class Tracker:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+            self.writer = None
+
+
+_OPEN = weakref.WeakSet()  # every Tracker not yet garbage
+
+
+def close_all() -> None:
+    """Flush and close every Tracker's event file: after a Ctrl-C, before the run directory is judged (its event
+    file is written by a thread of its own, which may create it only at its first flush)."""
+    for tracker in list(_OPEN):
+        tracker.close()
 
 
 def _hparam_value(value):
