@@ -16,6 +16,7 @@ from playground.data.parallel import read_pairs, split_off
 from playground.data.tokenizers import tokenizer_from_dict, train_tokenizer
 from playground.data.toy_corpus import make_pairs, write
 from playground.errors import UserError
+from playground.evaluate import text_metrics
 from playground.config import DatasetConfig
 from playground.data import BOS, EOS, PAD, UNK
 from test_cli import ENTRY, ROOT
@@ -72,6 +73,21 @@ def test_every_tokenizer_keeps_the_special_ids_and_survives_a_checkpoint(kind):
     assert tokenizer.decode(ids + [EOS, ids[0]]) == texts[0]  # decoding stops at EOS
     restored = tokenizer_from_dict(tokenizer.to_dict())
     assert restored.encode(texts[1]) == tokenizer.encode(texts[1]) and restored.vocab_size == tokenizer.vocab_size
+
+
+PUNCTUATED = ["L'uomo disse: «Non è così!»", "Dell'acqua, per favore.", "Ho 3.5 euro e 12,50 dollari.",
+              "È l'una e mezza - no, le due.", "C'era una volta un re...", "Perché? Non lo so; forse sì.",
+              "Il ben-noto scrittore (1850-1920) morì.", '"Vieni qui", disse lei.']
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_a_perfect_translation_decodes_to_its_reference_as_written_and_scores_bleu_100(kind):
+    # the text metrics compare the decoded output with the reference text as written: a tokenizer that decoded
+    # "l'uomo" as "l ' uomo" would cost a perfect model 40 BLEU and give it a WER above 1
+    tokenizer = train_tokenizer(kind, PUNCTUATED, vocab_size=500, min_frequency=1)
+    hypotheses = [tokenizer.decode(tokenizer.encode(text)) for text in PUNCTUATED]
+    assert hypotheses == PUNCTUATED
+    assert text_metrics(hypotheses, PUNCTUATED) == pytest.approx({"bleu": 100, "chrf": 100, "cer": 0, "wer": 0})
 
 
 def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_cut(tmp_path):

@@ -128,8 +128,8 @@ def test_another_tokenizers_version_tokenises_anew_and_never_reads_the_old_cache
     assert "tokenised the corpus into" in caplog.text  # the version is part of the key: a new file, the old kept
     assert len(cache_files(text_corpus)) == 2  # for the environment that still has the other version
     same_data(load_data(config(text_corpus, cache=False)), again)
-    with pytest.raises(cache.Unusable, match=r"was written by another version \(cache format 1, tokenizers 0.0.1; "
-                                             r"now 1 and"):
+    with pytest.raises(cache.Unusable, match=rf"was written by another version \(cache format {cache.FORMAT}, "
+                                             rf"tokenizers 0.0.1; now {cache.FORMAT} and"):
         cache.read(old)  # and were it found under the new name, its header would refuse it
 
 
