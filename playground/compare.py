@@ -26,7 +26,8 @@ def _lines(run: Path, name: str) -> list:
     if not path.is_file():
         what = "hypotheses" if name == "hypotheses.txt" else "references (written by runs since the decode group)"
         raise UserError(f"{run}: no {name}, so no test {what} to compare (train or evaluate it with mode=eval first)")
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
+    with open(path, encoding="utf-8", newline="\n") as f:  # lines end at "\n" only, as runs write them and sacreBLEU
+        return f.read().split("\n")[:-1]  # reads them: a "\r" inside a sentence (from a TSV) stays in it
 
 
 def sentence_statistics(hypotheses, references) -> np.ndarray:

@@ -62,3 +62,13 @@ def test_compare_reads_two_run_directories_and_refuses_what_it_cannot_compare(tm
         compare(a, tmp_path / "empty")
     assert main([str(a), str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_carriage_return_inside_a_sentence_stays_in_its_line(tmp_path):
+    # runs write one sentence a line ending at "\n" (a TSV's "\r" inside a sentence is kept), and sacreBLEU reads
+    # them so: read with universal newlines, the "\r" would split a reference in two and the run be refused
+    references = REFERENCES[:20] + ["prima\rdopo"]
+    a = write_run(tmp_path / "a", references, references)
+    b = write_run(tmp_path / "b", degraded(references, 0.5), references)
+    result = compare(a, b, resamples=100)
+    assert result["bleu_a"] == pytest.approx(sacrebleu.corpus_bleu(references, [references]).score)
