@@ -90,6 +90,17 @@ def test_a_perfect_translation_decodes_to_its_reference_as_written_and_scores_bl
     assert text_metrics(hypotheses, PUNCTUATED) == pytest.approx({"bleu": 100, "chrf": 100, "cer": 0, "wer": 0})
 
 
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_special_tokens_written_in_the_text_are_text_and_never_special_ids(kind):
+    texts = ["il prezzo era <s>10</s> 8 euro", "scrivi </s> alla fine", "usa <pad> e <unk> nel codice"]
+    tokenizer = train_tokenizer(kind, texts * 3, vocab_size=300, min_frequency=1)
+    for restored in (tokenizer, tokenizer_from_dict(tokenizer.to_dict())):
+        for text in texts:
+            ids = restored.encode(text)
+            assert min(ids) > UNK and restored.decode(ids) == text, [restored.piece(i) for i in ids]
+    assert min(min(ids) for ids in tokenizer.encode_batch(texts)) > UNK
+
+
 def test_held_out_splits_are_disjoint_and_seeded_and_long_pairs_are_filtered_or_cut(tmp_path):
     write(make_pairs(400), tmp_path / "all.tsv", "tsv")
     c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "all.tsv"), tokenizer="word", vocab_size=500,

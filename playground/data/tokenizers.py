@@ -92,6 +92,10 @@ class HFTokenizer(_Tokenizer):
 
     def __init__(self, tokenizer, kind):
         self.tokenizer, self.kind = tokenizer, kind
+        # "<s>", "</s>" or "<pad>" written in a sentence is text, as training read it: never BOS, EOS or PAD, which
+        # would end a target early or mask a source word (the library matches the special tokens in the text
+        # otherwise, and does not save this setting in its JSON, so it is set here for a tokenizer loaded too)
+        tokenizer.encode_special_tokens = True
         self.vocab_size = tokenizer.get_vocab_size()
 
     @classmethod
