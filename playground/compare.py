@@ -95,8 +95,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     verdict = "a real difference (p < 0.05)" if r["p"] < 0.05 else "within the noise of the test set (p >= 0.05)"
+    # no draw on the far side of 0: the p-value is below what this many draws can resolve, not 0
+    p = f"p < {1 / args.resamples:.2g}" if r["p"] == 0 else f"p = {r['p']:.3f}"
     print(f"BLEU  A {r['bleu_a']:.2f}  B {r['bleu_b']:.2f}\n"
-          f"A - B {r['delta']:+.2f}, 95% interval [{r['low']:+.2f}, {r['high']:+.2f}], p = {r['p']:.3f} "
+          f"A - B {r['delta']:+.2f}, 95% interval [{r['low']:+.2f}, {r['high']:+.2f}], {p} "
           f"({args.resamples} paired resamples): {verdict}")
     return 0
 

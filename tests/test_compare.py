@@ -53,7 +53,10 @@ def test_compare_reads_two_run_directories_and_refuses_what_it_cannot_compare(tm
     b = write_run(tmp_path / "b", degraded(REFERENCES[:50], 0.5), REFERENCES[:50])
     assert compare(a, b, resamples=100)["delta"] > 0
     assert main([str(a), str(b), "--resamples", "100"]) == 0
-    assert "A - B +" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "A - B +" in out and "p < 0.01 (100 paired resamples)" in out  # no draw below 0: not "p = 0.000"
+    assert main([str(a), str(a), "--resamples", "100"]) == 0
+    assert "p = 1.000 (100 paired resamples): within the noise" in capsys.readouterr().out
     other = write_run(tmp_path / "other", REFERENCES[50:90], REFERENCES[50:90])
     with pytest.raises(UserError, match="different test sets"):
         compare(a, other)
