@@ -181,3 +181,26 @@ def test_the_length_penalty_changes_which_hypothesis_beam_search_keeps(seeded):
                                    atol=1e-4, rtol=1e-4)
         chosen[alpha] = lengths
     assert (chosen[1.0] >= chosen[0.0]).all() and (chosen[1.0] > chosen[0.0]).any()  # a penalty favours longer outputs
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_a_beam_wider_than_every_output_finds_the_exhaustive_best_and_its_nbest_in_order(kernels, alpha, seeded):
+    import itertools
+
+    vocab, limit = 7, 3  # outputs: EOS, UNK, 4, 5, 6; every one of at most 3 tokens, ended by EOS or the limit
+    model = build(tiny_model_config(d_model=16, heads=2, enc_layers=1, dec_layers=1, d_ff=32), vocab, vocab, kernels)
+    model.eval()
+    words = [t for t in range(vocab) if t not in (PAD, BOS, EOS)]
+    outputs = [[*body, EOS] for n in range(limit) for body in itertools.product(words, repeat=n)]
+    outputs += [list(body) for body in itertools.product(words, repeat=limit)]
+    src = torch.tensor([[4, 6, 5, 3]])
+    ids = torch.tensor([row + [PAD] * (limit - len(row)) for row in outputs])  # (85, 3)
+    with torch.no_grad():
+        exhaustive = sequence_log_prob(model, src.expand(len(outputs), -1), ids)
+    lengths = torch.tensor([float(len(row)) for row in outputs])
+    exhaustive = exhaustive / length_penalty_factor(lengths, alpha)
+    best = exhaustive.argsort(descending=True)[:5]
+    found, scores = beam_search(model, src, limit, beam_size=len(outputs), length_penalty=alpha, nbest=5)
+    assert [[t for t in row if t != PAD] for row in found[0].tolist()] == [outputs[i] for i in best]
+    torch.testing.assert_close(scores[0], exhaustive[best], atol=1e-4, rtol=1e-4)
