@@ -1,6 +1,7 @@
 """Metrics on a held-out split: teacher-forced loss, NLL and token accuracy, and exact match of decoded outputs."""
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,10 @@ def exact_matches(pred, ref):
 def output_limits(model, src, d):
     """Each row's longest output (B,): max_len_a * its source length + max_len_b tokens, within the model's positions."""
     lengths = (src != PAD).sum(1)  # (B,)
-    return (d.max_len_a * lengths + d.max_len_b).long().clamp(1, model.max_len - 1)
+    # in whole numbers, a as the fraction it was written as: 1.3 * 90 + 10 is 127 tokens, which float32 (126.99998)
+    # and even float64 (0.29 * 100 = 28.999999999999996) would cut to one less (and MPS has no float64)
+    a = Fraction(d.max_len_a).limit_denominator(10**6)
+    return (lengths * a.numerator // a.denominator + int(d.max_len_b)).clamp(1, model.max_len - 1)
 
 
 def decode(model, src, d, generator=None):

@@ -117,6 +117,14 @@ def test_an_outputs_length_limit_is_max_len_a_times_its_source_plus_max_len_b_wi
     assert output_limits(model, src, DecodeConfig(max_len_a=1.0, max_len_b=50)).tolist() == [11, 11]  # positions
 
 
+def test_an_outputs_length_limit_is_not_cut_one_short_by_the_rounding_of_max_len_a():
+    model = SimpleNamespace(max_len=1024)
+    for a, length, b, limit in [(1.3, 90, 10, 127), (2.1, 50, 10, 115), (0.29, 100, 0, 29), (2.6, 45, 10, 127)]:
+        src = torch.full((1, length), 5)
+        # a * length + b is a whole number here; float32 (and even float64) arithmetic gave one token less
+        assert output_limits(model, src, DecodeConfig(max_len_a=a, max_len_b=b)).tolist() == [limit], (a, length, b)
+
+
 BAD_TRAINER = [
     ("trainer.patience=-1", "trainer.patience=-1 must be 0 (no early stopping) or positive"),
     ("trainer.accumulate=0", "trainer.accumulate=0 must be positive"),
