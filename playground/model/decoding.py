@@ -29,8 +29,8 @@ def block_repeated_ngrams(ys, logits, n, eos_id):
 
 
 def top_k_top_p(logits, top_k=0, top_p=1.0):
-    """Keep the top_k most likely tokens (0: all), then the fewest of them whose probabilities add up to at least
-    top_p, the nucleus of Holtzman et al. (2020); the rest get -inf. logits (N, V)."""
+    """Keep the top_k most likely tokens (and any tied with the k-th; 0: all), then the fewest of them whose
+    probabilities add up to at least top_p, the nucleus of Holtzman et al. (2020); the rest get -inf. logits (N, V)."""
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
