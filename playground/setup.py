@@ -110,7 +110,9 @@ def autocast_for(device: torch.device, precision: str):
     if dtype is None:
         return contextlib.nullcontext
     if precision == "fp16" and device.type != "cuda":
-        raise UserError(f"trainer.precision=fp16 needs trainer.device=cuda (on {device.type}, use bf16)")
+        # bf16 is the half precision of CPUs and Apple GPUs, but only a CPU with bf16 units computes it natively
+        instead = "bf16" if device.type != "cpu" or cpu_computes_bf16() else "fp32: this CPU has no bf16 units"
+        raise UserError(f"trainer.precision=fp16 needs trainer.device=cuda (on {device.type}, use {instead})")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("trainer.precision=bf16 but this GPU has no bf16 support (use fp16)")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

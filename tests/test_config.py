@@ -96,8 +96,11 @@ def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key(monk
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer.device=cuda but this machine has no cuda device"):
             setup.resolve_device("cuda")
-    with pytest.raises(UserError, match="trainer.precision=fp16 needs trainer.device=cuda"):
-        setup.autocast_for(torch.device("cpu"), "fp16")
+    for native, instead in ((True, "bf16"), (False, "fp32: this CPU has no bf16 units")):  # never what is refused next
+        monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: native)
+        refusal = rf"^trainer.precision=fp16 needs trainer.device=cuda \(on cpu, use {instead}\)$"
+        with pytest.raises(UserError, match=refusal):
+            setup.autocast_for(torch.device("cpu"), "fp16")
     with pytest.raises(UserError, match="trainer.precision=int8 is not one of"):
         setup.autocast_for(torch.device("cpu"), "int8")
     monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: True)  # the context itself, on any CPU
