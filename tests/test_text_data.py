@@ -52,6 +52,18 @@ def test_a_missing_file_a_folder_and_unequal_moses_files_are_refused(tmp_path):
         read_pairs(tmp_path / "m", "auto", "en", "it", "dataset.train_file")
 
 
+@pytest.mark.parametrize("name", ["p.tsv", "p.jsonl", "p.en"])
+def test_a_byte_order_mark_at_the_start_of_a_file_is_no_part_of_its_first_pair(tmp_path, name):
+    pairs = make_pairs(5)
+    write(pairs, tmp_path / "p.tsv", "tsv")
+    write(pairs, tmp_path / "p.jsonl", "jsonl")
+    (tmp_path / "p.en").write_text("".join(f"{en}\n" for en, _ in pairs))
+    (tmp_path / "p.it").write_text("".join(f"{it}\n" for _, it in pairs))
+    for path in tmp_path.iterdir():  # as an editor that saves "UTF-8 with BOM" writes them
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_pairs(tmp_path / name.replace(".en", ""), "auto", "en", "it", "dataset.train_file") == pairs
+
+
 def test_tsv_jsonl_and_moses_files_give_the_same_pairs(tmp_path):
     pairs = make_pairs(20)
     write(pairs, tmp_path / "p.tsv", "tsv")

@@ -406,3 +406,8 @@ def test_a_line_is_cut_only_past_the_models_positions_and_counted():
     encode = inference.Encoder(SymbolTokenizer(10), limit=5)
     exactly, longer = encode(["1 2 3 4 5", "1 2 3 4 5 6"])
     assert (len(exactly), len(longer), encode.cut) == (5, 5, 1)  # a line of exactly the limit is kept whole
+
+
+def test_a_byte_order_mark_at_the_start_of_an_input_file_is_no_part_of_its_first_line(translate):
+    out = translate(["\ufeff3 1 4 1 5", "3 1 4 1 5"])  # an editor's BOM (Windows Notepad) before the first line
+    assert out[0] == out[1]

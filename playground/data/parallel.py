@@ -19,17 +19,19 @@ from pathlib import Path
 from ..errors import UserError
 
 FORMATS = ("auto", "tsv", "jsonl", "moses")
+BOM = "\ufeff"  # the byte order mark some editors (Windows Notepad) put at the start of a UTF-8 file
 
 
 def decode_lines(raw_lines, where):
-    """(line number, text) for each bytes line (split at "\n" only), without its line end; a line whose bytes
-    do not decode as UTF-8 is named with `where` (a file, or standard input)."""
+    """(line number, text) for each bytes line (split at "\n" only), without its line end or, on the first line, a
+    byte order mark; a line whose bytes do not decode as UTF-8 is named with `where` (a file, or standard input)."""
     for number, raw in enumerate(raw_lines, start=1):
         try:
-            yield number, raw.decode("utf-8").rstrip("\r\n")
+            text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             raise UserError(f"{where} line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
                             f"{e.start + 1})")
+        yield number, text.removeprefix(BOM) if number == 1 else text
 
 
 def _lines(path: Path):
