@@ -27,6 +27,8 @@ BAD_FILES = [
     ("bytes.tsv", b"a\tb\n\xff\xfe\tc\n", "line 2: not UTF-8 text (byte 0xff at column 1)"),
     ("bad.jsonl", b'{"src": "a", "tgt": "b"}\n{not json}\n', "line 2: not JSON"),
     ("keys.jsonl", b'{"src": "a", "tgt": "b"}\n{"source": "a"}\n', 'line 2: expected {"src": ..., "tgt": ...}'),
+    ("surrogate.jsonl", b'{"src": "a", "tgt": "b"}\n{"src": "a", "tgt": "b \\ud83d"}\n',
+     'line 2: the target holds "\\ud83d" without the other half of its UTF-16 surrogate pair'),
     ("empty.tsv", b"", "the file holds no sentence pairs"),
 ]
 
@@ -35,8 +37,8 @@ BAD_FILES = [
 def test_a_broken_data_file_is_refused_naming_the_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(UserError, match=f"{path}.*{message[:40]}".replace("(", r"\(").replace(")", r"\)")
-                       .replace("{", r"\{").replace("}", r"\}").replace("[", r"\[")):
+    with pytest.raises(UserError, match=f"{path}.*{message[:40]}".replace("\\", "\\\\").replace("(", r"\(")
+                       .replace(")", r"\)").replace("{", r"\{").replace("}", r"\}").replace("[", r"\[")):
         read_pairs(path, "auto", "en", "it", "dataset.train_file")
 
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import socket
 import urllib.parse
 import urllib.request
@@ -20,6 +21,7 @@ from ..errors import UserError
 
 FORMATS = ("auto", "tsv", "jsonl", "moses")
 BOM = "\ufeff"  # the byte order mark some editors (Windows Notepad) put at the start of a UTF-8 file
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, which JSON's "\ud83d" can write alone
 
 
 def decode_lines(raw_lines, where):
@@ -64,6 +66,11 @@ def _jsonl(path, src_lang, tgt_lang):
         if pair is None:
             raise UserError(f'{path} line {number}: expected {{"src": ..., "tgt": ...}} or {{"translation": '
                             f'{{"{src_lang}": ..., "{tgt_lang}": ...}}}} (dataset.src_lang, dataset.tgt_lang)')
+        for side, text in zip(("source", "target"), pair):
+            if lone := LONE_SURROGATE.search(text):  # no tokenizer, and no UTF-8 file of outputs, can take it
+                raise UserError(f'{path} line {number}: the {side} holds "\\u{ord(lone.group()):04x}" without the '
+                                f'other half of its UTF-16 surrogate pair, which is not a character (write the '
+                                f'character itself, or both halves)')
         yield number, *pair
 
 
