@@ -37,6 +37,13 @@ def _take_text(argv) -> str | None:
         text = arg[len("text="):]
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             text = text[1:-1]
+        raw = os.fsencode(text)  # the bytes the shell gave: Python keeps those that are not UTF-8 as surrogates
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            print(f"error: text= is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}): set the "
+                  f"terminal to UTF-8, or give the text in a UTF-8 file as input_file=PATH", file=sys.stderr)
+            sys.exit(2)
     return text
 
 

@@ -237,3 +237,10 @@ def test_a_kept_run_record_goes_back_only_for_its_own_refused_command_and_only_i
     assert refused(lambda: None) == "old"
     assert refused(lambda: checkpoint.write_bytes(b"step 20, trained further")) == "new"  # it trained: kept as is
     assert refused(lambda: rundir.note_created(tmp_path / "b")) == "new"  # another run's command started since
+
+
+def test_text_whose_bytes_are_not_utf8_is_refused_in_one_line_naming_the_byte():
+    result = run("mode=translate", "ckpt_path=missing.pt", "text=caf\udce9")  # "café" from a Latin-1 terminal
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: text= is not UTF-8 text (byte 0xe9 at column 4): set the terminal to "
+                                     "UTF-8, or give the text in a UTF-8 file as input_file=PATH")
