@@ -165,7 +165,9 @@ def translate(model, inputs, tgt_tok, d, device, autocast) -> list:
 
 def output_lines(results, first_index: int = 0) -> list:
     """The printed form: one text a line; with nbest > 1, fairseq's "H-<input index>\\t<score>\\t<text>" lines,
-    nbest of them per input, best first (input index from 0; score: log-probability / length penalty)."""
+    nbest of them per input, best first (input index from 0; score: log-probability / length penalty). A newline
+    inside a text (learned from JSONL) becomes a space, as in hypotheses.txt, so that line n answers input n."""
+    results = [[(score, text.replace("\n", " ")) for score, text in hypotheses] for hypotheses in results]
     if len(results[0]) == 1 and results[0][0][0] is None:
         return [text for (_, text), in results]
     return [f"H-{first_index + i}\t{score:.4f}\t{text}" for i, hypotheses in enumerate(results)

@@ -411,3 +411,12 @@ def test_a_line_is_cut_only_past_the_models_positions_and_counted():
 def test_a_byte_order_mark_at_the_start_of_an_input_file_is_no_part_of_its_first_line(translate):
     out = translate(["\ufeff3 1 4 1 5", "3 1 4 1 5"])  # an editor's BOM (Windows Notepad) before the first line
     assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("nbest", [1, 2])
+def test_a_translation_holding_a_newline_is_written_on_one_line_so_line_n_answers_input_n(translate, monkeypatch, nbest):
+    # a target vocabulary learned from JSONL sentences with "\n" inside them can decode to one
+    monkeypatch.setattr(SymbolTokenizer, "decode", lambda self, ids: "first half\nsecond half")
+    out = translate(["3 1 4", "1 5"], "decode=beam", f"decode.nbest={nbest}", name=f"newline{nbest}.txt")
+    assert len(out) == 2 * nbest
+    assert all(line.endswith("first half second half") for line in out)
