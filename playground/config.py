@@ -41,7 +41,7 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     name: str = "reverse"  # copy | reverse | sort (synthetic) | text_pairs (local files) | opus_books (the hub)
-    vocab_size: int = 16  # synthetic: number of symbols; text: the largest vocabulary to learn (bpe: each character seen, even past it)
+    vocab_size: int = 16  # synthetic: number of symbols; text: the largest vocabulary (bpe also keeps each character seen)
     seed: int = 0  # fixes the splits, independently of the training seed
     # synthetic tasks
     min_len: int = 1  # shortest source sequence
