@@ -80,6 +80,8 @@ def evaluate(model, data, batch_size, device, autocast, label_smoothing=0.0, dec
     totals = torch.zeros(6, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     predictions = []
     for index in rows.split(batch_size):
+        if not len(index):  # a process's share of a split smaller than the number of processes: no rows
+            continue
         src, tgt = (t.to(device, non_blocking=True) for t in data.batch(index))
         tgt_out = tgt[:, 1:]  # (B, T)
         # the teacher-forced sums a few rows at a time: B x T x V logits of a whole batch of 500 would take GBs

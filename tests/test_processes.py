@@ -8,12 +8,17 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import contextlib
+
 import pytest
 import torch
 
+from conftest import build
 from playground import experiment, resume
 from playground.checkpoint import rng_state
+from playground.data import load_data
 from playground.distributed import Dist
+from playground.evaluate import evaluate
 from test_reliability import ENTRY, FAST, losses, start, wait_for
 
 
@@ -115,3 +120,22 @@ def test_each_process_takes_back_its_own_random_generators_on_resume(monkeypatch
                                                    None, trainer, Dist(rank=1, world_size=2, enabled=True), seed=0)
     assert (step, position) == (2, 32)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_process_whose_share_of_a_small_split_is_empty_adds_nothing_to_its_metrics(compose_config):
+    # a validation split of 1 pair under 2 processes: rank 0 evaluates the pair, rank 1 none, and both report the
+    # metrics of that one pair (rank 1 used to fail on its empty batch, after all the training)
+    cfg = compose_config(*FAST, "dataset.num_valid=1")
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+    valid, cpu = data.splits["valid"], torch.device("cpu")
+    shares = torch.arange(len(valid)).tensor_split(2)  # as experiment._evaluator splits a split's rows
+    kept = []  # rank 0's totals, to add to rank 1's as the sum across processes does
+    first, predictions = evaluate(model, valid, 8, cpu, contextlib.nullcontext, rows=shares[0],
+                                  reduce=lambda totals: kept.append(totals.clone()))  # rank 1 adds 0 to these
+    second, nothing = evaluate(model, valid, 8, cpu, contextlib.nullcontext, rows=shares[1],
+                               reduce=lambda totals: totals.add_(kept[0]))
+    alone, _ = evaluate(model, valid, 8, cpu, contextlib.nullcontext)
+    assert len(predictions) == 1 and nothing == []
+    assert first == second == alone
