@@ -225,9 +225,10 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             # the loss of a step is the mean over every target token of its batches in every process: each
             # batch's mean, weighted by its share of those tokens (counted from lengths kept on the host: no device
             # sync), times the number of processes, whose gradients DDP averages
+            total = sum(_target_tokens(data, rows) for rows in shards)  # every process's, for the throughput too
+            window.tokens += total
             weights = None
             if accumulate > 1 or run.dist.world_size > 1:
-                total = sum(_target_tokens(data, rows) for rows in shards)
                 weights = [_target_tokens(data, rows) * run.dist.world_size / total for rows in micro]
             loss = None
             for i, rows in enumerate(micro):
@@ -383,9 +384,9 @@ class LogWindow:
             self.norms.append(grad_norm.detach().float())
 
     def count(self, data, rows, src, tgt_in):
-        """Count one batch's tokens and FLOPs; token counts come from lengths kept on the host: no device sync."""
+        """Count one batch's padding and FLOPs (the real target tokens of every process are added to `tokens` by the
+        loop); token counts come from lengths kept on the host: no device sync."""
         tgt_real = int(data.tgt_lengths[rows].sum())
-        self.tokens += tgt_real - len(rows)  # real target tokens predicted (tgt_out has one fewer per row)
         self.real += int(data.src_lengths[rows].sum()) + tgt_real
         self.padded += src.numel() + tgt_in.numel() + len(rows)
         if self.run.step_flops is not None:
@@ -405,7 +406,7 @@ class LogWindow:
         elapsed = time.perf_counter() - self.start
         values = {"train/loss": loss / max(self.steps, 1) / world, "train/lr": run.scheduler.get_last_lr()[0],
                   "train/padding_fraction": 1 - self.real / max(self.padded, 1),
-                  "perf/tokens_per_sec": self.tokens * world / elapsed}  # real target tokens, all processes
+                  "perf/tokens_per_sec": self.tokens / elapsed}  # real target tokens, all processes
         if run.step_flops is not None and run.peak_flops:
             values["perf/mfu"] = self.flops / elapsed / run.peak_flops  # this process on its device
         if grad_norm is not None:

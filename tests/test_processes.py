@@ -9,16 +9,21 @@ import sys
 from types import SimpleNamespace
 
 import contextlib
+import itertools
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import build
 from playground import experiment, resume
+from playground import train as train_module
 from playground.checkpoint import rng_state
-from playground.data import load_data
+from playground.data import MODEL_IDS, load_data
 from playground.distributed import Dist
 from playground.evaluate import evaluate
+from playground.kernels import loss_function
+from playground.setup import build_optimizer, build_scheduler, resolve_recipe
 from test_reliability import ENTRY, FAST, losses, start, wait_for
 
 
@@ -139,3 +144,34 @@ def test_a_process_whose_share_of_a_small_split_is_empty_adds_nothing_to_its_met
     alone, _ = evaluate(model, valid, 8, cpu, contextlib.nullcontext)
     assert len(predictions) == 1 and nothing == []
     assert first == second == alone
+
+
+def test_every_process_logs_the_throughput_of_all_processes_data(compose_config, monkeypatch):
+    # each rank of 2 with batch 8 sees other rows than the other; both log the target tokens of both per second, as
+    # one process of batch 16 over the same rows does (a clock that ticks once a reading: the same elapsed time)
+    cfg = compose_config(*FAST, "trainer.max_steps=2", "trainer.log_every=1", "trainer.progress=off",
+                         "trainer.precision=fp32", "model.dropout=0.0")
+    data = load_data(cfg.dataset)
+    train_split = data.splits["train"]
+    resolve_recipe(cfg, 2)
+
+    def throughput(batch_size, d):
+        torch.manual_seed(0)
+        model = build(cfg.model, data.src_tokenizer.vocab_size, data.tgt_tokenizer.vocab_size)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters(), torch.device("cpu"))
+        run = train_module.Training(model=model, optimizer=optimizer, scheduler=build_scheduler(cfg.scheduler, optimizer, 2),
+                                    scaler=torch.amp.GradScaler("cpu", enabled=False), loss_fn=loss_function("reference"),
+                                    pad_id=MODEL_IDS["pad_id"], device=torch.device("cpu"), dist=d)
+        logged = []
+        tracker = SimpleNamespace(scalars=lambda values, step: logged.append(values.get("perf/tokens_per_sec")))
+        batches = train_module.BatchStream(train_split, batch_size, cfg.seed, d.world_size, d.rank)
+        with monkeypatch.context() as m:
+            m.setattr(train_module.time, "perf_counter", itertools.count().__next__)
+            train_module.train(run, OmegaConf.to_object(cfg.trainer), train_split, batches, tracker,
+                               lambda step: False, lambda step: None)
+        return [value for value in logged if value is not None]
+
+    rank_0 = throughput(8, Dist(rank=0, world_size=2))  # not enabled: no process group, the rows of a rank of 2
+    rank_1 = throughput(8, Dist(rank=1, world_size=2))
+    alone = throughput(16, Dist())
+    assert len(alone) == 2 and rank_0 == rank_1 == alone
