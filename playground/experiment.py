@@ -34,7 +34,7 @@ from .rundir import command_line, log_file_only, pasted_override, quoted_overrid
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
-from .train import BatchStream, Monitor, StopRequest, Training, resolve_monitor, train
+from .train import BatchStream, Monitor, StopRequest, Training, carried_position, resolve_monitor, train
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,11 @@ def run_train(cfg, run_dir: Path) -> dict:
              f"{', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} examples"
              f"{f'; resuming at step {start_step}' if resume else ''}")
 
+    if resume is not None and len(resume["rng"]) != d.world_size:  # another number of processes (resume_override)
+        saved = resume["config"]
+        position = carried_position(data.splits["train"], position, (saved["seed"], saved["trainer"]["batch_size"],
+                                    saved["trainer"].get("max_tokens", 0), len(resume["rng"])),
+                                    (cfg.seed, t.batch_size, t.max_tokens, d.world_size))
     # checks of the batch size against the data come before the first file is written: a run refused here leaves
     # its run directory free for the corrected command
     batches = BatchStream(data.splits["train"], t.batch_size, cfg.seed, d.world_size, d.rank, position, t.max_tokens)

@@ -106,6 +106,20 @@ class BatchStream:
         return self.shards[self.rank]  # shards: every process's rows of this batch, for the global token count
 
 
+def carried_position(data, position, saved: tuple, now: tuple) -> int:
+    """The data position, in this run's steps, of a checkpoint written by another number of processes
+    (trainer.resume_override): the same epoch, and in it as many per-process batches done as the checkpoint's run
+    had done, rounded down to a whole step (a step's worth at most is seen again, none is skipped). saved and now
+    are (seed, batch_size, max_tokens, world_size), the checkpoint's and this run's."""
+    (seed, batch_size, max_tokens, world), (new_seed, new_batch_size, new_max_tokens, new_world) = saved, now
+    old = BatchStream(data, batch_size, seed, world, position=position, max_tokens=max_tokens)
+    next(old)  # finds the epoch holding `position`
+    done = (position - old._start) * world  # per-process batches of that epoch
+    new = BatchStream(data, new_batch_size, new_seed, new_world, max_tokens=new_max_tokens)
+    start = sum(len(new._epoch_batches(epoch)) // new_world for epoch in range(old._epoch))
+    return start + done // new_world
+
+
 VALID_METRICS = ("loss", "nll", "ppl", "token_accuracy", "exact_match", "bleu", "chrf", "cer", "wer")
 LOWER_IS_BETTER = ("loss", "nll", "ppl", "cer", "wer")
 MONITOR_MODES = ("max", "min")

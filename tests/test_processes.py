@@ -24,6 +24,7 @@ from playground.distributed import Dist
 from playground.evaluate import evaluate
 from playground.kernels import loss_function
 from playground.setup import build_optimizer, build_scheduler, resolve_recipe
+from playground.train import BatchStream, carried_position
 from test_reliability import ENTRY, FAST, losses, start, wait_for
 
 
@@ -175,3 +176,23 @@ def test_every_process_logs_the_throughput_of_all_processes_data(compose_config,
     rank_1 = throughput(8, Dist(rank=1, world_size=2))
     alone = throughput(16, Dist())
     assert len(alone) == 2 and rank_0 == rank_1 == alone
+
+
+@pytest.mark.parametrize("before, after", [(1, 2), (2, 1), (2, 4)])
+@pytest.mark.parametrize("steps", [5, 40])  # in the first epoch; in a later one
+def test_a_run_resumed_with_another_number_of_processes_goes_on_where_its_epoch_stopped(compose_config, before, after,
+                                                                                       steps):
+    # trainer.resume_override=true: the epoch the checkpoint was in goes on after the pairs its processes had seen,
+    # rounded down to a whole step of the new processes (some seen again, none skipped), not at the step number
+    train_split = load_data(compose_config(*FAST).dataset).splits["train"]  # 300 pairs, batches of 8 per process
+    streams = [BatchStream(train_split, 8, 7, before, rank) for rank in range(before)]
+    for _ in range(steps):
+        for stream in streams:
+            next(stream)
+    epoch, done = streams[0]._epoch, (steps - streams[0]._start) * before * 8  # pairs of this epoch seen
+    position = carried_position(train_split, steps, (7, 8, 0, before), (7, 8, 0, after))
+    resumed = [BatchStream(train_split, 8, 7, after, rank, position) for rank in range(after)]
+    rows = torch.cat([next(stream) for stream in resumed])  # the first step after the resume, every process's rows
+    order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(7 + epoch))
+    start = done // (after * 8) * after * 8
+    assert resumed[0]._epoch == epoch and torch.equal(rows, order[start:start + after * 8])
