@@ -226,6 +226,9 @@ def check_overrides(args) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     sweep = any(a in ("-m", "--multirun") for a in args)
+    if sweep and "WORLD_SIZE" in os.environ:  # each process would run its own sweep: the second job's DDP hangs
+        raise UserError("a sweep (-m) does not run under torchrun: start torchrun once for each job, with its "
+                        "overrides (or sweep without torchrun)")
     given = [a for a in args if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in given):  # --help, --cfg job, -cp ...: Hydra's flags, Hydra's business
         return

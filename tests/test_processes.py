@@ -196,3 +196,15 @@ def test_a_run_resumed_with_another_number_of_processes_goes_on_where_its_epoch_
     order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(7 + epoch))
     start = done // (after * 8) * after * 8
     assert resumed[0]._epoch == epoch and torch.equal(rows, order[start:start + after * 8])
+
+
+def test_a_sweep_under_torchrun_is_refused_in_one_line_from_the_first_process(entry, monkeypatch, tmp_path):
+    # every process would run a sweep of its own (and its own multirun folder); the second job's DDP used to hang
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", "error: a sweep (-m) does not run under torchrun: start torchrun once for each job"),
+                       ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        result = entry("-m", *FAST, "trainer.max_steps=2", "model.heads=1,2", f"hydra.sweep.dir={tmp_path}/sweep",
+                       cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.startswith(said) and result.stderr.count("\n") == bool(said)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "multirun").exists()
