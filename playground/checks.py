@@ -243,6 +243,7 @@ def check_overrides(args) -> None:
         raise UserError(f"{lines[0]}: {lines[1] if len(lines) > 1 else 'not key=value'} (write key=value)") from None
     choices = []  # for each override, the texts to compose with
     direction = None  # hydra.sweeper.direction as the command line gives it (hydra.* is not composed here)
+    counts = {}  # hydra.sweeper.n_trials and n_jobs as the command line gives them: {key: (text, value)}
     swept = set()  # keys whose values the sweeper chooses outside these combinations (range(), Optuna's params)
     unknown = False  # values chosen elsewhere that cannot be named key by key (a group's glob(), the sweeper's node)
     sections = config_sections()
@@ -253,6 +254,8 @@ def check_overrides(args) -> None:
             continue
         if key == "hydra.sweeper.direction":
             direction = override.value()
+        if key in ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs"):
+            counts[key] = (text, override.value())
         if key == "hydra/launcher" and "slurm" in str(override.value()) and sweep:
             _check_slurm_here(text)
         if key.startswith("hydra.sweeper.params."):
@@ -282,6 +285,7 @@ def check_overrides(args) -> None:
                 raise UserError(str(e).splitlines()[0]) from None
         if sweep:
             _check_sweep_direction(cfg, direction)
+            _check_sweeper_counts(cfg, counts)
         keys = swept | set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})  # a preset's search space too
         if not sweep or unknown or cfg.mode != "train" or any("." not in key for key in keys):
             continue  # a single run makes these checks itself, first thing; a swept group changes any key
@@ -321,6 +325,19 @@ def _check_sweep_direction(cfg, direction=None) -> None:
         return
     _, mode = resolve_monitor(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.dataset.name not in TASKS)
     check_sweeper_direction(direction or OmegaConf.select(cfg, "hydra.sweeper.direction"), mode)
+
+
+def _check_sweeper_counts(cfg, given: dict) -> None:
+    """Optuna's hydra.sweeper.n_trials and n_jobs (`given`: the command line's, {key: (text, value)}) must be whole
+    numbers of at least 1: with 0 trials the study ends in Optuna's "No trials are completed yet" traceback, with 0
+    at a time in a ZeroDivisionError, and a word in Hydra's report of several lines."""
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith(".OptunaSweeper"):
+        return
+    for key in ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs"):
+        text, value = given.get(key, (f"{key}={OmegaConf.select(cfg, key)}", OmegaConf.select(cfg, key)))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            what = "trials in all" if key.endswith("n_trials") else "trials asked for at a time"
+            raise UserError(f"{text}: the number of {what} must be a whole number, 1 or more")
 
 
 def _check_slurm_here(text: str) -> None:

@@ -345,6 +345,17 @@ def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_fi
     check_overrides(["-m", "hparams_search=optuna", "trainer.monitor=valid/nll", "hydra.sweeper.direction=minimize"])
 
 
+@pytest.mark.parametrize("override", ["hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=-2",
+                                      "hydra.sweeper.n_trials=x", "hydra.sweeper.n_jobs=0"])
+def test_an_optuna_search_without_a_trial_to_run_is_refused_in_one_line_before_the_study(override):
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=rf"^{re.escape(override)}: the number of trials .* must be a whole number, "
+                                        rf"1 or more$"):
+        check_overrides(["-m", "hparams_search=optuna", override])
+    check_overrides(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["-m", "hparams_search=optuna", "model.d_model=32", "model.heads=3"], r"^model.heads=3 does not divide"),
     (["-m", "model.dropout=range(0,0.3,0.1)", "trainer.batch_size=0"], r"^trainer.batch_size=0 must be positive")])
