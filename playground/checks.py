@@ -259,7 +259,13 @@ def check_overrides(args) -> None:
         if key == "hydra/launcher" and "slurm" in str(override.value()) and sweep:
             _check_slurm_here(text)
         if key.startswith("hydra.sweeper.params."):
-            swept.add(key.removeprefix("hydra.sweeper.params."))
+            name = key.removeprefix("hydra.sweeper.params.")
+            if override.is_sweep_override() or "." in name:  # Hydra's "not supported" or "not in struct", in lines
+                value = text.split("=", 1)[1].strip()
+                value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+                raise UserError(f"{text}: Hydra cannot set a search space under hydra.sweeper.params from the command "
+                                f"line; give it to the key itself, as in -m hparams_search=optuna '{name}={value}'")
+            swept.add(name)
         unknown |= key in ("hydra", "hydra.sweeper", "hydra.sweeper.params") or override.is_delete()
         if key.startswith("hydra") or override.is_delete():
             continue

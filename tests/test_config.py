@@ -232,7 +232,7 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
 
 @pytest.mark.parametrize("args", [
     ["-m", "model.d_model=range(96,97)", "model.heads=3"],  # the sweep's d_model, not the default's, meets heads=3
-    ["-m", "hparams_search=optuna", "hydra.sweeper.params.model.d_model=choice(96,192)", "model.heads=3"],
+    ["-m", "hparams_search=optuna", "model.d_model=choice(96,192)", "model.heads=3"],
     ["-m", "mode=translate", "ckpt_path=a.pt,b.pt", "input_file=in.txt"],  # not a training sweep
     ["-m", "trainer.kernels=fast", "model.heads=1,2"], ["-m", "optimizer.lr=null,0.001"],
     ["-m", "dataset=text_pairs", 'dataset.train_file="a,b.tsv",c.tsv'], ["-m", "experiment=glob(*)"], ["--cfg", "job"],
@@ -335,6 +335,16 @@ def test_a_value_holding_an_equals_sign_or_a_comma_is_refused_with_the_quoting_t
     with pytest.raises(UserError, match=re.escape(f"""quote the value: 'ckpt_path="{path}"'""")):
         check_overrides(["mode=eval", f"ckpt_path={path}"])
     check_overrides(["mode=eval", f'ckpt_path="{path}"'])  # what the shell passes on for the quoted word
+
+
+@pytest.mark.parametrize("override", ["hydra.sweeper.params.model.d_model=choice(96,192)",
+                                      "hydra.sweeper.params.model.d_model='choice(96,192)'"])
+def test_a_search_space_set_under_hydra_sweeper_params_is_refused_in_one_line_with_the_form_that_works(override):
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=re.escape("give it to the key itself, as in -m hparams_search=optuna "
+                                                  "'model.d_model=choice(96,192)'")):
+        check_overrides(["-m", "hparams_search=optuna", override])
 
 
 def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_first_job():
