@@ -221,7 +221,7 @@ def check_overrides(args) -> None:
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -244,6 +244,7 @@ def check_overrides(args) -> None:
     choices = []  # for each override, the texts to compose with
     direction = None  # hydra.sweeper.direction as the command line gives it (hydra.* is not composed here)
     counts = {}  # hydra.sweeper.n_trials and n_jobs as the command line gives them: {key: (text, value)}
+    intervals = []  # interval() sweeps: a range of real numbers, which only a search (Optuna) can draw from
     swept = set()  # keys whose values the sweeper chooses outside these combinations (range(), Optuna's params)
     unknown = False  # values chosen elsewhere that cannot be named key by key (a group's glob(), the sweeper's node)
     sections = config_sections()
@@ -275,6 +276,8 @@ def check_overrides(args) -> None:
             raise UserError(f"{text}: {key} exists: write {text.lstrip('+')} (a + adds a new key)" if known else
                             f"{text}: {section} has no key {name} to add: the playground would not read it, and a "
                             f"checkpoint holding it could not be loaded back")
+        if isinstance(override.value(), IntervalSweep):
+            intervals.append((text, key))
         if not override.is_sweep_override():
             choices.append([text])
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:
@@ -292,6 +295,10 @@ def check_overrides(args) -> None:
         if sweep:
             _check_sweep_direction(cfg, direction)
             _check_sweeper_counts(cfg, counts)
+            if intervals and str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith(".BasicSweeper"):
+                text, key = intervals[0]
+                raise UserError(f"{text}: interval() is a range for a search to draw from, and -m alone runs a list "
+                                f"of values: add hparams_search=optuna, or list the values ({key}=A,B,C)")
         keys = swept | set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})  # a preset's search space too
         if not sweep or unknown or cfg.mode != "train" or any("." not in key for key in keys):
             continue  # a single run makes these checks itself, first thing; a swept group changes any key

@@ -347,6 +347,16 @@ def test_a_search_space_set_under_hydra_sweeper_params_is_refused_in_one_line_wi
         check_overrides(["-m", "hparams_search=optuna", override])
 
 
+@pytest.mark.parametrize("override", ["optimizer.lr=interval(1e-4,1e-3)", "optimizer.lr=tag(log,interval(1e-4,1e-3))"])
+def test_an_interval_without_a_search_to_draw_from_it_is_refused_in_one_line(override):
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=rf"^{re.escape(override)}: interval\(\) is a range for a search .* add "
+                                        rf"hparams_search=optuna"):
+        check_overrides(["-m", override, "model.heads=1,2"])
+    check_overrides(["-m", "hparams_search=optuna", override])  # Optuna draws from it
+
+
 def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_first_job():
     from playground.checks import check_overrides
 
