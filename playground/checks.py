@@ -259,6 +259,8 @@ def check_overrides(args) -> None:
             counts[key] = (text, override.value())
         if key == "hydra/launcher" and "slurm" in str(override.value()) and sweep:
             _check_slurm_here(text)
+        if sweep and key in ("hydra/launcher", "hydra/sweeper"):  # composed too: a misspelt one is named in one line
+            choices.append([text])
         if key.startswith("hydra.sweeper.params."):
             name = key.removeprefix("hydra.sweeper.params.")
             if override.is_sweep_override() or "." in name:  # Hydra's "not supported" or "not in struct", in lines
@@ -310,7 +312,7 @@ def check_overrides(args) -> None:
             message = str(e).splitlines()[0]
             if any(key in message for key in keys):
                 continue  # about a value the sweeper chooses: another value may pass, and each job checks its own
-            shown = [c for c in combination if not c.startswith("hydra.")]
+            shown = [c for c in combination if not c.startswith("hydra")]
             where = f"the sweep's job with {' '.join(shown)}" if shown else "every job of the sweep"
             raise UserError(f"{message} (in {where})") from None
         except OmegaConfBaseException as e:  # a mandatory value left ???, an interpolation that does not resolve
@@ -420,7 +422,7 @@ def compose_checked(overrides, with_hydra: bool = False):
     try:
         return compose_config(overrides, with_hydra)
     except MissingConfigException as e:
-        group, _, option = str(getattr(e, "missing_cfg_file", "") or "").partition("/")
+        group, _, option = str(getattr(e, "missing_cfg_file", "") or "").rpartition("/")  # hydra/launcher/jobl too
         options = getattr(e, "options", None)
         if group and options:
             asked = "" if f"{group}={option}" in overrides else next(  # not typed: a preset's defaults list asks it

@@ -357,6 +357,14 @@ def test_an_interval_without_a_search_to_draw_from_it_is_refused_in_one_line(ove
     check_overrides(["-m", "hparams_search=optuna", override])  # Optuna draws from it
 
 
+def test_a_misspelt_launcher_is_refused_in_one_line_listing_the_launchers():
+    from playground.checks import check_overrides
+
+    with pytest.raises(UserError, match=r"^hydra/launcher=jobl is not one of: basic, joblib, "):
+        check_overrides(["-m", "hydra/launcher=jobl", "model.heads=1,2"])
+    check_overrides(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.heads=1,2"])
+
+
 def test_a_sweep_whose_sweeper_looks_for_the_worst_runs_is_refused_before_its_first_job():
     from playground.checks import check_overrides
 
