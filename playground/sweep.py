@@ -21,9 +21,21 @@ from omegaconf import OmegaConf
 FAILED = "failed.txt"  # in a sweep job's directory: the one-line reason the job was refused
 
 
-def failed_jobs(sweep_dir: Path) -> list:
-    """[(job directory name, reason)] for each job of the sweep that was refused."""
-    return [(f.parent.name, f.read_text().strip()) for f in sorted(Path(sweep_dir).glob(f"*/{FAILED}"))]
+def refusals(sweep_dir) -> dict:
+    """{failed.txt path: (modification time, size)} of every refused job under sweep_dir."""
+    return {path: _stamp(path) for path in Path(sweep_dir).glob(f"*/{FAILED}")}
+
+
+def _stamp(path: Path) -> tuple:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def failed_jobs(sweep_dir: Path, earlier=None) -> list:
+    """[(job directory name, reason)] for each job of the sweep that was refused; with `earlier` (refusals() when the
+    sweep started), only those refused since: an earlier sweep into the same folder answered for its own."""
+    paths = [f for f in sorted(Path(sweep_dir).glob(f"*/{FAILED}")) if earlier is None or earlier.get(f) != _stamp(f)]
+    return [(f.parent.name, f.read_text().strip()) for f in paths]
 
 
 def collect(sweep_dir: Path):
@@ -142,13 +154,19 @@ class SweepSummary(Callback):
 
     def __init__(self, sort_by: str = None, mode: str = "max"):
         self.sort_by, self.mode = sort_by, mode
+        self.earlier = None  # the refused jobs already in the sweep's folder when it started
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        # several sweeps into one folder build one table (docs/run_variants.sh), but each reports, and exits 2
+        # for, only the jobs it refused itself
+        self.earlier = refusals(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = summarize(sweep_dir, self.sort_by, self.mode)
         if table:
             print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{table}")
-        failed = failed_jobs(sweep_dir)
+        failed = failed_jobs(sweep_dir, self.earlier)
         if failed:  # the other jobs ran and are summarised; the command still ends as a mistake does
             refused = "refused jobs:\n" + "".join(f"- {name}: {reason}\n" for name, reason in failed)
             with open(sweep_dir / "summary.md", "a" if table else "w") as f:  # below this sweep's table, if any

@@ -181,3 +181,29 @@ def test_a_job_refused_for_its_data_leaves_the_rest_of_the_sweep_running_and_sum
                   "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}")  # into the same folder
     assert again.returncode == 2 and "already holds a run's checkpoints" in again.stderr  # it stops there, as before
     assert [p.parent.name.split("_")[0] for p in sweep.glob("*/failed.txt")] == ["0"]  # job 1's run is not "refused"
+
+
+def test_a_sweep_into_the_folder_of_an_earlier_one_adds_to_its_table_but_reports_only_its_own_refusals(tmp_path,
+                                                                                                        capsys):
+    from playground.sweep import FAILED, SweepSummary
+
+    fake_job(tmp_path / "0_model.heads=1", ["model.heads=1"], {"valid/exact_match": 0.99, "step": 10})  # earlier
+    (tmp_path / "1_model.heads=3").mkdir()
+    (tmp_path / "1_model.heads=3" / FAILED).write_text("model.heads=3 does not divide model.d_model=128\n")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    fake_job(tmp_path / "0_model.heads=4", ["model.heads=4"], {"valid/exact_match": 0.5, "step": 10})  # this sweep's
+    summary.on_multirun_end(config)  # the earlier sweep's refusal is not this one's: no exit 2
+    rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "summary.md").read_text().splitlines()[4:]]
+    assert rows == ["0_model.heads=1", "0_model.heads=4"]  # one table of both sweeps, as docs/run_variants.sh builds
+    assert "refused" not in capsys.readouterr().err + (tmp_path / "summary.md").read_text()
+
+    (tmp_path / "2_model.heads=5").mkdir()  # a refusal of the next sweep into the folder is its own
+    summary.on_multirun_start(config)
+    (tmp_path / "2_model.heads=5" / FAILED).write_text("model.heads=5 does not divide model.d_model=128\n")
+    with pytest.raises(SystemExit) as stopped:
+        summary.on_multirun_end(config)
+    assert stopped.value.code == 2
+    assert "1 job of the sweep refused: 2_model.heads=5: model.heads=5 does not" in capsys.readouterr().err
+
