@@ -18,6 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
 from .checks import check_decode, check_decode_vocabulary
 from .config import DecodeConfig
@@ -42,7 +44,10 @@ class Trained:
         if unknown:
             raise UserError(f"translate(..., {unknown[0]}=...): not a decode setting (they are: "
                             f"{', '.join(f.name for f in fields(DecodeConfig))})")
-        d = DecodeConfig(**decode)
+        try:  # typed as the command line types decode.* (beam_size="4" is 4; 2.5 is no beam size)
+            d = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DecodeConfig), decode))
+        except ValidationError as e:
+            raise UserError(f"translate(..., {e.key}={decode[e.key]!r}): {str(e).splitlines()[0]}") from None
         check_decode(d)
         check_decode_vocabulary(d, self.tokenizers["tgt"].vocab_size)
         inputs = Encoder(self.tokenizers["src"], self.model.max_len)(_lines(lines, "translate(lines)"))
@@ -52,6 +57,8 @@ class Trained:
     def score(self, sources, targets, batch_size: int = 64):
         """Each (source, target) pair's log-probability and NLL per target token (EOS counted), as mode=score."""
         sources, targets = _lines(sources, "score(sources, ...)"), _lines(targets, "score(..., targets)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise UserError(f"score(..., batch_size={batch_size!r}): the pairs scored together, a positive whole number")
         if len(sources) != len(targets):
             raise UserError(f"score: {len(sources)} sources but {len(targets)} targets (one target for each source)")
         src = Encoder(self.tokenizers["src"], self.model.max_len)(sources)

@@ -267,7 +267,16 @@ def test_the_python_api_translates_any_text_as_the_command_line_prints_it_and_sc
     (lambda t: t.translate([3, 1]), r"takes texts, and one item is a int: 3$"),
     (lambda t: t.translate(["3 1"], beam=4), r"^translate\(\.\.\., beam=\.\.\.\): not a decode setting \(they are: "
                                              r"beam_size, "),
+    (lambda t: t.translate(["3 1"], beam_size="two"), r"^translate\(\.\.\., beam_size='two'\): Value 'two' of type "
+                                                     r"'str' could not be converted to Integer$"),
+    (lambda t: t.translate(["3 1"], beam_size=2.5), r"^translate\(\.\.\., beam_size=2.5\): .* converted to Integer$"),
+    (lambda t: t.translate(["3 1"], max_len_b=1.5), r"^translate\(\.\.\., max_len_b=1.5\): "),
+    (lambda t: t.translate(["3 1"], sampling=True, top_k=2.5), r"^translate\(\.\.\., top_k=2.5\): "),
+    (lambda t: t.translate(["3 1"], max_len_a=None), r"^translate\(\.\.\., max_len_a=None\): "),
     (lambda t: t.score(["3 1", "4"], ["1 3"]), r"^score: 2 sources but 1 targets"),
+    (lambda t: t.score(["3 1"], ["1 3"], batch_size=-1), r"^score\(\.\.\., batch_size=-1\): the pairs scored together, "
+                                                         r"a positive whole number$"),
+    (lambda t: t.score(["3 1"], ["1 3"], batch_size=2.0), r"^score\(\.\.\., batch_size=2.0\): "),
     (lambda t: t.score("3 1", "1 3"), r"^score\(sources, \.\.\.\) takes a list of texts"),
     (lambda t: t.attention("", ""), r"^attention\(source, target\) takes two texts, the source not empty$")])
 def test_a_mistake_in_the_python_api_is_a_user_error_naming_it(checkpoint, call, message):
