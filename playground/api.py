@@ -90,7 +90,12 @@ def _lines(texts, where: str) -> list:
 
 def load(path, device: str = "auto", precision: str = "auto", kernels: str = "reference") -> Trained:
     """A checkpoint (checkpoints/best.pt, last.pt, averaged.pt) as a Trained model; device and precision as
-    trainer.device and trainer.precision choose them."""
+    trainer.device and trainer.precision choose them, and kernels as trainer.kernels (reference or fast)."""
+    import playground.kernels  # noqa: F401 (registers kernels="fast", as the command line does)
+    from .model import KERNELS
+
+    if kernels not in KERNELS:
+        raise UserError(f"trainer.kernels={kernels} is not one of: {', '.join(KERNELS)}")
     model, saved, src_tok, tgt_tok, _ = load_trained(path, kernels)
     where = resolve_device(device)
     return Trained(model.to(where).eval(), src_tok, tgt_tok, saved, where, resolve_precision(where, precision))

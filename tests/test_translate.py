@@ -262,6 +262,22 @@ def test_the_python_api_translates_any_text_as_the_command_line_prints_it_and_sc
         trained.translate(lines, nbest=3)
 
 
+def test_the_python_api_loads_a_model_with_the_fast_kernels_in_a_fresh_process_and_translates_as_the_reference(
+        checkpoint):
+    import playground
+
+    lines = random_lines(5, seed=3, longest=8)
+    code = (f"import playground; t = playground.load({str(checkpoint[0])!r}, device='cpu', precision='fp32', "
+            f"kernels='fast'); print(type(t.model).__name__); print(*t.translate({lines!r}, beam_size=2), sep='\\n')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    name, *outputs = done.stdout.splitlines()
+    assert name == "FastTransformer"
+    assert outputs == playground.load(checkpoint[0], device="cpu", precision="fp32").translate(lines, beam_size=2)
+    with pytest.raises(UserError, match=r"^trainer.kernels=quick is not one of: reference, fast$"):
+        playground.load(checkpoint[0], device="cpu", kernels="quick")
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda t: t.translate("3 1 4"), r"^translate\(lines\) takes a list of texts, not one text: write \['3 1 4'\]$"),
     (lambda t: t.translate([3, 1]), r"takes texts, and one item is a int: 3$"),
