@@ -14,7 +14,7 @@ from dataclasses import fields
 import yaml
 from omegaconf import OmegaConf
 
-from .config import MODES, RETIRED_TRAINER_KEYS, Config, compose_config, config_sections
+from .config import MODES, RETIRED_TRAINER_KEYS, Config, DecodeConfig, compose_config, config_sections
 from .errors import UserError
 
 
@@ -140,6 +140,14 @@ def check_decode(d, trainer_cfg=None) -> None:
                         f"would have no effect: sample with decode.beam_size=1, or search with decode.sampling=false")
     if d.max_len_a == 0 and d.max_len_b == 0:
         raise UserError("decode.max_len_a=0 and decode.max_len_b=0 leave no room for a single output token")
+    # a setting only the other decoding reads, given a value other than the schema's default, is refused, not ignored
+    for key in ("temperature", "top_k", "top_p"):
+        if not d.sampling and getattr(d, key) != getattr(DecodeConfig, key):
+            raise UserError(f"decode.{key}={getattr(d, key)}: only sampling reads it, and decode.sampling=false takes "
+                            f"the most likely token: add decode.sampling=true (or use decode=sample), or remove it")
+    if d.beam_size == 1 and d.length_penalty != DecodeConfig.length_penalty:
+        raise UserError(f"decode.length_penalty={d.length_penalty}: only beam search reads it, and decode.beam_size=1 "
+                        f"takes one token at a time: add decode.beam_size=4 (or use decode=beam), or remove it")
 
 
 def check_decode_vocabulary(d, tgt_vocab_size: int) -> None:

@@ -436,6 +436,31 @@ def test_each_numeric_setting_is_refused_just_past_its_limit_and_taken_at_it():
         check_decode(DecodeConfig(sampling=True, beam_size=2))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["decode.temperature=0.7"], r"^decode.temperature=0.7: only sampling reads it, and decode.sampling=false takes the "
+                                 r"most likely token: add decode.sampling=true \(or use decode=sample\), or remove it$"),
+    (["decode.top_k=5"], r"^decode.top_k=5: only sampling reads it"),
+    (["decode=beam", "decode.top_p=0.9"], r"^decode.top_p=0.9: only sampling reads it"),
+    (["decode=sample", "decode.sampling=false"], r"^decode.top_p=0.9: only sampling reads it"),
+    (["decode.length_penalty=1.0"], r"^decode.length_penalty=1.0: only beam search reads it, and decode.beam_size=1 "
+                                    r"takes one token at a time: add decode.beam_size=4 \(or use decode=beam\), or "
+                                    r"remove it$"),
+])
+def test_a_decode_setting_the_chosen_decoding_would_not_read_is_refused_naming_it(compose_config, overrides, message):
+    from playground.checks import check_decode
+
+    with pytest.raises(UserError, match=message):
+        check_decode(compose_config(*overrides).decode)
+
+
+@pytest.mark.parametrize("overrides", [[], ["decode=beam"], ["decode=sample"], ["decode=sample", "decode.top_k=5",
+                                       "decode.temperature=0.7"], ["decode=beam", "decode.length_penalty=1.0"]])
+def test_each_decode_preset_and_the_settings_its_decoding_reads_are_accepted(compose_config, overrides):
+    from playground.checks import check_decode
+
+    check_decode(compose_config(*overrides).decode)
+
+
 @pytest.mark.parametrize("override, message", [
     ("optimizer.lr=nan", "optimizer.lr=nan is not a finite number"),  # passed `lr <= 0`: a traceback from torch
     ("optimizer.lr=inf", "optimizer.lr=inf is not a finite number"),
