@@ -70,7 +70,7 @@ _RUNNING = {"trainer.device", "trainer.precision", "trainer.kernels", "trainer.p
 UNUSED_BY_MODE = {
     "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS,
     "translate": _FROM_CHECKPOINT | {"dataset", "trainer", "reference_file"},
-    "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text"},
+    "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text", "decode"},  # it decodes nothing (decode.batch_size: kept)
     "average": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
     "export": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
 }
@@ -91,6 +91,7 @@ def refuse_unused_overrides(cfg, saved=None) -> None:
         group = key.split(".")[0]
         another_dataset = key == "dataset" and saved is not None and value != saved.dataset.name
         kept = group == "trainer" and key in _RUNNING and cfg.mode in ("translate", "score")  # decoding reads them
+        kept = kept or (key == "decode.batch_size" and cfg.mode == "score")  # the pairs scored together
         if (key in unused or (group in unused and not kept)) or another_dataset:
             raise UserError(f"{override}: mode={cfg.mode} {_WORKS_FROM[cfg.mode].format(ckpt=cfg.ckpt_path)}, so "
                             f"this would have no effect: remove it")
@@ -101,8 +102,8 @@ _WORKS_FROM = {
             "of files may name others)",
     "translate": "rebuilds the model from ckpt_path={ckpt} and uses no dataset (text=, input_file=, output_file= and "
                  "decode.* are its settings)",
-    "score": "rebuilds the model from ckpt_path={ckpt} and uses no dataset (input_file=, reference_file= and "
-             "output_file= are its settings)",
+    "score": "rebuilds the model from ckpt_path={ckpt}, uses no dataset and decodes nothing (input_file=, "
+             "reference_file=, output_file= and decode.batch_size are its settings)",
     "average": "averages the step_N.pt checkpoints in ckpt_path={ckpt}",
     "export": "writes the model, config and tokenizers of ckpt_path={ckpt}",
 }

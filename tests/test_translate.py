@@ -394,7 +394,9 @@ def test_a_folder_of_safetensors_and_config_json_that_no_export_wrote_is_refused
     ("eval", "trainer.label_smoothing=0", False),  # test/loss is computed with it
     ("translate", "trainer.label_smoothing=0.3", True), ("translate", "dataset.num_test=5", True),
     ("translate", "trainer.device=cpu", False), ("translate", "decode.beam_size=4", False),
-    ("score", "text=hello", True), ("average", "model.heads=8", True), ("export", "decode.beam_size=3", True)])
+    ("score", "text=hello", True), ("score", "decode=beam", True), ("score", "decode.max_len_b=3", True),
+    ("score", "decode.batch_size=8", False), ("score", "trainer.device=cpu", False),  # it scores, and decodes nothing
+    ("average", "model.heads=8", True), ("export", "decode.beam_size=3", True)])
 def test_an_override_a_mode_would_not_use_is_refused_naming_it(compose_config, monkeypatch, mode, given, refused):
     class CommandLine:  # what Hydra holds of the command line when the entry runs
         overrides = SimpleNamespace(task=[f"mode={mode}", "ckpt_path=c.pt", *([] if given.startswith("text=") else
