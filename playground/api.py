@@ -71,8 +71,14 @@ class Trained:
         (the target starts with BOS; self.tokenizers[side].piece(i) names each token)."""
         if not isinstance(source, str) or not isinstance(target, str) or not source.strip():
             raise UserError("attention(source, target) takes two texts, the source not empty")
-        src = torch.tensor([self.tokenizers["src"].encode(source)], device=self.device)
-        tgt_in = torch.tensor([[BOS, *self.tokenizers["tgt"].encode(target)]], device=self.device)
+        src_ids, tgt_ids = self.tokenizers["src"].encode(source), self.tokenizers["tgt"].encode(target)
+        positions = f"the model's {self.model.max_len} positions (model.max_len)"  # maps of a cut text would mislead
+        if len(src_ids) > self.model.max_len:
+            raise UserError(f"attention(source, ...): {len(src_ids)} tokens, more than {positions}")
+        if len(tgt_ids) + 1 > self.model.max_len:
+            raise UserError(f"attention(..., target): {len(tgt_ids)} tokens and BOS, more than {positions}")
+        src = torch.tensor([src_ids], device=self.device)
+        tgt_in = torch.tensor([[BOS, *tgt_ids]], device=self.device)
         return {name: weights[0] for name, weights in self.model.attention_maps(src, tgt_in).items()}
 
 

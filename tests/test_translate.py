@@ -294,7 +294,11 @@ def test_the_python_api_loads_a_model_with_the_fast_kernels_in_a_fresh_process_a
                                                          r"a positive whole number$"),
     (lambda t: t.score(["3 1"], ["1 3"], batch_size=2.0), r"^score\(\.\.\., batch_size=2.0\): "),
     (lambda t: t.score("3 1", "1 3"), r"^score\(sources, \.\.\.\) takes a list of texts"),
-    (lambda t: t.attention("", ""), r"^attention\(source, target\) takes two texts, the source not empty$")])
+    (lambda t: t.attention("", ""), r"^attention\(source, target\) takes two texts, the source not empty$"),
+    (lambda t: t.attention(" ".join("1" * (MAX_LEN + 1)), "1"), rf"^attention\(source, \.\.\.\): 25 tokens, more than the "
+                                                             rf"model's {MAX_LEN} positions \(model.max_len\)$"),
+    (lambda t: t.attention("1", " ".join("1" * MAX_LEN)), rf"^attention\(\.\.\., target\): 24 tokens and BOS, more than "
+                                                         rf"the model's {MAX_LEN} positions \(model.max_len\)$")])
 def test_a_mistake_in_the_python_api_is_a_user_error_naming_it(checkpoint, call, message):
     import playground
 
