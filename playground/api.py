@@ -58,7 +58,8 @@ class Trained:
         """Each (source, target) pair's log-probability and NLL per target token (EOS counted), as mode=score."""
         sources, targets = _lines(sources, "score(sources, ...)"), _lines(targets, "score(..., targets)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise UserError(f"score(..., batch_size={batch_size!r}): the pairs scored together, a positive whole number")
+            raise UserError(f"score(..., batch_size={batch_size!r}): the pairs scored together, a positive whole "
+                            f"number")
         if len(sources) != len(targets):
             raise UserError(f"score: {len(sources)} sources but {len(targets)} targets (one target for each source)")
         src = Encoder(self.tokenizers["src"], self.model.max_len)(sources)

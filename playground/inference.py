@@ -68,9 +68,9 @@ _TOKENIZERS = {f"dataset.{k}" for k in ("tokenizer", "vocab_size", "min_frequenc
 _FROM_CHECKPOINT = {"model", "optimizer", "scheduler", "experiment"}
 _RUNNING = {"trainer.device", "trainer.precision", "trainer.kernels", "trainer.progress"}  # what decoding reads
 UNUSED_BY_MODE = {
-    "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS,
+    "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS | {"decode.batch_size"},  # trainer.eval_batch_size
     "translate": _FROM_CHECKPOINT | {"dataset", "trainer", "reference_file"},
-    "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text", "decode"},  # it decodes nothing (decode.batch_size: kept)
+    "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text", "decode"},  # it decodes nothing; decode.batch_size: kept
     "average": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
     "export": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,
 }
@@ -99,7 +99,7 @@ def refuse_unused_overrides(cfg, saved=None) -> None:
 
 _WORKS_FROM = {
     "eval": "rebuilds the model and its tokenizers from ckpt_path={ckpt} and reads only its test data (dataset.* keys "
-            "of files may name others)",
+            "of files may name others), in batches of trainer.eval_batch_size",
     "translate": "rebuilds the model from ckpt_path={ckpt} and uses no dataset (text=, input_file=, output_file= and "
                  "decode.* are its settings)",
     "score": "rebuilds the model from ckpt_path={ckpt}, uses no dataset and decodes nothing (input_file=, "

@@ -214,7 +214,8 @@ def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path, entry):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: model.d_model=256: mode=eval rebuilds the model and its tokenizers from "
                                     f"ckpt_path={run_dir}/checkpoints/best.pt and reads only its test data (dataset.* "
-                                    f"keys of files may name others), so this would have no effect: remove it")
+                                    f"keys of files may name others), in batches of trainer.eval_batch_size, so this "
+                                    f"would have no effect: remove it")
     assert "Traceback" not in result.stderr and not (tmp_path / "e" / "metrics.json").exists()
 
 
