@@ -158,13 +158,16 @@ def check_decode_vocabulary(d, tgt_vocab_size: int) -> None:
                         f"start with (the target vocabulary less <pad> and <s>)")
 
 
+DATA_FILE_KEYS = ("train_file", "valid_file", "test_file", "hub_name")  # dataset.* keys naming data to read
+
+
 def unread_dataset_files(dataset_cfg) -> str | None:
     """The line a run logs where data files are given to a generated task, which reads none: forgetting
     dataset=text_pairs would otherwise train on the task without a word. (A warning, not a refusal: a sweep over
     every preset gives one command line's files to the text presets and the generated ones alike.)"""
     from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
 
-    given = [f"dataset.{key}={dataset_cfg[key]}" for key in ("train_file", "valid_file", "test_file", "hub_name")
+    given = [f"dataset.{key}={dataset_cfg[key]}" for key in DATA_FILE_KEYS
              if dataset_cfg.name in TASKS and dataset_cfg.get(key)]
     if given:
         return (f"{', '.join(given)} not read: dataset={dataset_cfg.name} generates its examples (to train on files: "

@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
 from .checkpoint import (atomic_write, checkpoint_tokenizers, keep_last_checkpoints, load_checkpoint, load_to_resume,
                          rng_state, save_checkpoint)
-from .checks import (check_choices, check_decode, check_decode_vocabulary, check_lengths, check_model,
-                     check_run_config, check_sweeper_direction, check_trainer, unread_dataset_files)
+from .checks import (DATA_FILE_KEYS, check_choices, check_decode, check_decode_vocabulary, check_lengths,
+                     check_model, check_run_config, check_sweeper_direction, check_trainer, unread_dataset_files)
 from .config import RETIRED_TRAINER_KEYS, upgrade_saved_config
 from .data import MODEL_IDS, Data, load_data
 from .data.synthetic import TASKS
@@ -406,7 +406,11 @@ def run_eval(cfg, run_dir: Path) -> dict:
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # none from Python
     given = [o for o in overrides if o.startswith("dataset.")]
     dataset = OmegaConf.merge(saved.dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in given]))
-    if unread := unread_dataset_files(dataset):
+    files = [o for o in given if o.partition("=")[0].removeprefix("dataset.") in DATA_FILE_KEYS]
+    if files and dataset.name in TASKS:  # its generated pairs would be scored, not the file given
+        raise UserError(f"{files[0]}: the model of ckpt_path={cfg.ckpt_path} learnt dataset={dataset.name}, whose "
+                        f"test pairs are generated, so mode=eval reads no file: remove it")
+    if unread := unread_dataset_files(dataset):  # files the checkpoint's own config names
         log.warning(unread)
     check_lengths(saved.model, dataset, checkpoint=cfg.ckpt_path)
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read

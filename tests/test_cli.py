@@ -219,6 +219,19 @@ def test_eval_refuses_an_override_it_would_ignore(trained_run, tmp_path, entry):
     assert "Traceback" not in result.stderr and not (tmp_path / "e" / "metrics.json").exists()
 
 
+def test_eval_of_a_generated_tasks_model_refuses_a_test_file_rather_than_scoring_its_generated_pairs(trained_run,
+                                                                                                       tmp_path, entry):
+    run_dir, _ = trained_run
+    (tmp_path / "test.tsv").write_text("3 1 4\t4 1 3\n")
+    result = entry("mode=eval", f"ckpt_path={run_dir}/checkpoints/best.pt", f"dataset.test_file={tmp_path}/test.tsv",
+                   f"hydra.run.dir={tmp_path}/e")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: dataset.test_file={tmp_path}/test.tsv: the model of ckpt_path={run_dir}/checkpoints/"
+                             f"best.pt learnt dataset=reverse, whose test pairs are generated, so mode=eval reads no "
+                             f"file: remove it\n")
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
 def test_a_kept_run_record_goes_back_only_for_its_own_refused_command_and_only_if_it_trained_nothing(tmp_path):
     from playground import rundir
 
