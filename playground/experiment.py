@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, kernels  # kernels: registers build_model(..., kernels="fast")
-from .checkpoint import (atomic_write, checkpoint_tokenizers, keep_last_checkpoints, load_checkpoint, load_to_resume,
+from .checkpoint import (atomic_write, checkpoint_tokenizers, keep_last_checkpoints, load_to_resume,
                          rng_state, save_checkpoint)
 from .checks import (DATA_FILE_KEYS, check_choices, check_decode, check_decode_vocabulary, check_lengths,
                      check_model, check_run_config, check_sweeper_direction, check_trainer, unread_dataset_files)
@@ -28,7 +28,7 @@ from .evaluate import evaluate, text_metrics
 from .inference import model_from_checkpoint
 from .model import build_model
 from .perf import matmul_peak, training_flops
-from .resume import (apply_learning_rate, check_resume, data_fingerprint, restore_monitor,
+from .resume import (apply_learning_rate, best_checkpoint, check_resume, data_fingerprint, restore_monitor,
                      restore_training_state)
 from .rundir import command_line, log_file_only, pasted_override, quoted_override
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
@@ -237,15 +237,23 @@ def run_train(cfg, run_dir: Path) -> dict:
     scheduler = build_scheduler(cfg.scheduler, optimizer, t.max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # fp16 gradients underflow without it
     start_step, position, best, best_weights = 0, 0, {}, None  # best: the valid metrics of the best evaluation
+    best_state = best_source = None  # resumed: the checkpoint of the best evaluation, and its file
     if resume is not None:
         start_step, position = restore_training_state(resume, cfg.ckpt_path, model, optimizer, scheduler, scaler, t, d, cfg.seed)
         if cfg.optimizer.lr != resume["config"]["optimizer"]["lr"]:  # allowed by trainer.resume_override
             apply_learning_rate(optimizer, scheduler, cfg.optimizer.lr)
         best = dict(resume.get("best", best))
         restore_monitor(monitor, resume, best)
-        best_file = Path(cfg.ckpt_path).with_name("best.pt")
-        if best_file.is_file():
-            best_weights = load_checkpoint(best_file)["model"]
+        best_state, best_source = best_checkpoint(cfg.ckpt_path, resume, best)
+        if best_state is not None:
+            best_weights = best_state["model"]
+        elif best and d.is_main:  # its evaluations choose best.pt afresh, rather than test weights of another step
+            log.warning(f"ckpt_path={cfg.ckpt_path}: the weights of its best evaluation (step {best['step']}) are not "
+                        f"beside it (neither best.pt nor step_{best['step']}.pt is of that step): best.pt is chosen "
+                        f"afresh from this run's evaluations")
+        if best_state is None:
+            best.clear()
+            monitor.best, monitor.best_step, monitor.evals_since_best = None, None, 0
     else:
         torch.manual_seed(cfg.seed + d.rank)  # each process its own dropout; DDP gives all rank 0's weights
     log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, {t.precision}"
@@ -285,8 +293,9 @@ def run_train(cfg, run_dir: Path) -> dict:
         for side, tokenizer in (("src", data.src_tokenizer), ("tgt", data.tgt_tokenizer)):
             if hasattr(tokenizer, "tokenizer"):
                 tokenizer.tokenizer.save(str(run_dir / f"tokenizer_{side}.json"))
-    if d.is_main and best_weights is not None and not in_place:  # the new run directory holds its own best weights
-        save_checkpoint(ckpt_dir / "best.pt", {**resume, "model": best_weights})
+    # the new run directory holds its own best weights; continued in place from a step_N.pt, best.pt is that step's best
+    if d.is_main and best_state is not None and best_source.resolve() != (ckpt_dir / "best.pt").resolve():
+        save_checkpoint(ckpt_dir / "best.pt", best_state)
 
     def save(step, metrics=None, name="last.pt"):
         rngs = distributed.gather_to_main(d, rng_state())  # every process's generators, for an exact resume

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model_weights, set_rng_state
+from .checkpoint import load_checkpoint, load_model_weights, set_rng_state
 from .config import DecodeConfig
 from .data.cache import file_sha256
 from .distributed import Dist
@@ -154,6 +154,28 @@ def restore_optimizer(optimizer, state, path, d: Dist) -> None:
         raise UserError(f"ckpt_path={path}: its optimizer state does not fit optimizer.name={now} ({e})")
     for group, settings in zip(optimizer.param_groups, ours):
         group.update(settings)
+
+
+def best_checkpoint(path, state: dict, best: dict):
+    """(the checkpoint holding the weights of the best evaluation that `state`, read from `path`, records, its file):
+    `state` itself where that is its own step, else the best.pt or step_N.pt beside it written at that step (a best.pt
+    written later, after the step resumed from, is another branch's). (None, None) where none is there, or where no
+    best is recorded."""
+    step = best.get("step")
+    if step is None:
+        return None, None
+    if step == state["step"]:
+        return state, Path(path)
+    for name in ("best.pt", f"step_{step}.pt"):
+        candidate = Path(path).with_name(name)
+        if candidate.is_file():
+            try:
+                found = load_checkpoint(candidate)
+            except UserError:
+                continue
+            if found["step"] == step:
+                return found, candidate
+    return None, None
 
 
 def restore_monitor(monitor, state: dict, best: dict) -> None:

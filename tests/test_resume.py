@@ -124,6 +124,40 @@ def test_an_unreadable_last_checkpoint_names_the_newest_readable_one_beside_it(c
     assert flat["last_step"] == 12
 
 
+@pytest.mark.parametrize("keep_last, best_step", [(3, 2), (2, 6)])
+def test_a_run_resumed_from_an_earlier_step_tests_the_best_weights_up_to_that_step_not_a_later_best_pt(
+        compose_config, tmp_path, monkeypatch, keep_last, best_step):
+    # valid/exact_match scripted by evaluation: best at step 2, worse at 4, best.pt rewritten at 6; the branch resumed
+    # from step_4.pt scores worse at its step 6. Its best is step 2's weights (step_2.pt, where kept; otherwise it
+    # chooses afresh), never the first run's step 6
+    scores = iter([0.5, 0.1, 0.9, 0.2])
+    evaluator = experiment._evaluator
+
+    def scripted(*args):
+        run = evaluator(*args)
+
+        def evaluate(split):
+            metrics, predictions, hypotheses = run(split)
+            if split == "valid":
+                metrics["exact_match"] = next(scores)
+            return metrics, predictions, hypotheses
+        return evaluate
+
+    monkeypatch.setattr(experiment, "_evaluator", scripted)
+    common = [*FAST, "trainer.eval_every=2", f"trainer.keep_last={keep_last}"]
+    experiment.run_train(compose_config(*common, "trainer.max_steps=6"), tmp_path / "first")
+    kept = tmp_path / "first" / "checkpoints"
+    assert torch.load(kept / "best.pt", weights_only=True)["step"] == 6
+    flat = experiment.run_train(compose_config(*common, "trainer.max_steps=6", f"ckpt_path={kept / 'step_4.pt'}"),
+                                tmp_path / "branch")
+    assert flat["step"] == best_step
+    best = torch.load(tmp_path / "branch" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == best_step
+    expected = torch.load(kept / "step_2.pt" if best_step == 2 else tmp_path / "branch" / "checkpoints" / "last.pt",
+                          weights_only=True)["model"]
+    assert all(torch.equal(best["model"][k], expected[k]) for k in expected)
+
+
 def test_a_checkpoint_from_before_the_attention_and_feed_forward_dropout_keys_resumes_only_as_it_trained(
         compose_config):
     from omegaconf import OmegaConf
