@@ -472,3 +472,13 @@ def test_a_linear_output_in_reused_memory_can_be_changed_in_place_as_nn_linears_
         results.append([y, *torch.autograd.grad((y ** 2).sum(), [x, layer.weight])])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_with_fast_kernels_compiles_to_one_graph_as_the_reference_does():
+    # under torch.compile every fast piece takes its reference code: nothing of the fast path may break the graph
+    torch.manual_seed(0)
+    model = build(tiny_model_config(enc_layers=1, dec_layers=1), 20, 20, kernels="fast").train()
+    src, tgt_in = torch.randint(4, 20, (2, 5)), torch.randint(4, 20, (2, 4))
+    explained = torch._dynamo.explain(model)(src, tgt_in)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explained.break_reasons]

@@ -115,12 +115,14 @@ class OneDNNLinear(nn.Linear):
     """nn.Linear (same parameters, same state_dict) whose fp32 CPU products go through oneDNN (see above)."""
 
     def forward(self, x):
+        # first: torch.compile cannot trace the packs' ContextVar, and would break its graph at every linear layer
+        if torch.compiler.is_compiling():
+            return super().forward(x)
         packs = _PACKED.get()
         if packs is not None and self in packs:  # inside a decoding step (FastTransformer.decode): no grad, fp32
             return _onednn_linear(x, packs[self], self.bias)
         if (x.device.type == "cpu" and x.dim() >= 2 and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-                and works("onednn_linear", "cpu", torch.float32)):
+                and not torch.is_autocast_enabled("cpu") and works("onednn_linear", "cpu", torch.float32)):
             if torch.is_grad_enabled():
                 return _Linear.apply(x, self.weight, self.bias)
             return matmul_t(x, self.weight, self.bias)
