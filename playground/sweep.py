@@ -10,7 +10,6 @@ configuration (summary.md, the printout, and summary_by_config.csv).
 import csv
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -61,6 +60,8 @@ def summarize(sweep_dir, sort_by=None, mode="max"):
         return ""
     if sort_by is None:
         sort_by, mode = jobs[0][2].get("monitor", "valid/exact_match"), jobs[0][2].get("monitor_mode", "max")
+        if not any(_number(j[2].get(sort_by)) for j in jobs) and sort_by.startswith("valid/"):
+            sort_by = "test/" + sort_by.removeprefix("valid/")  # mode=eval jobs score the test split only
     sign = -1 if mode == "max" else 1
     jobs.sort(key=lambda j: sign * j[2][sort_by] if _number(j[2].get(sort_by)) else float("inf"))
     keys = sorted({k for _, overrides, _ in jobs for k in overrides})
@@ -72,7 +73,8 @@ def summarize(sweep_dir, sort_by=None, mode="max"):
         csv.writer(f).writerows([header, *rows])
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                        *("| " + " | ".join(map(str, row)) + " |" for row in rows)])
-    table = f"sorted by {sort_by} ({mode})\n\n" + table
+    scored = any(_number(j[2].get(sort_by)) for j in jobs)
+    table = (f"sorted by {sort_by} ({mode})" if scored else f"in job order (no job recorded {sort_by})") + "\n\n" + table
     by_config = seed_statistics(jobs, sort_by, mode, metrics)
     if by_config:
         markdown, csv_rows = by_config
@@ -106,7 +108,11 @@ def seed_statistics(jobs, sort_by: str, mode: str, metrics):
         values = [r[metric] for r in runs if _number(r.get(metric))]
         if not values:
             return None
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan"), len(values)
+        # in plain floats: statistics.stdev fails on an infinite value (a loss that overflowed), where this gives nan
+        n = len(values)
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+        return mean, sd, n
 
     sign = -1 if mode == "max" else 1
     def rank_key(group):

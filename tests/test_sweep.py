@@ -207,3 +207,25 @@ def test_a_sweep_into_the_folder_of_an_earlier_one_adds_to_its_table_but_reports
     assert stopped.value.code == 2
     assert "1 job of the sweep refused: 2_model.heads=5: model.heads=5 does not" in capsys.readouterr().err
 
+
+
+def test_a_seed_whose_loss_overflowed_still_gets_its_configuration_a_row(tmp_path):
+    for job, (heads, seed, loss) in enumerate([(1, 1, 2.0), (1, 2, float("inf")), (2, 1, 1.0), (2, 2, 1.2)]):
+        fake_job(tmp_path / f"{job}_job", [f"model.heads={heads}", f"seed={seed}"],
+                 {"valid/exact_match": 0.5 + heads / 10, "test/loss": loss, "step": 10})
+    table = summarize(tmp_path)
+    rows = {r[0].strip("| "): r for r in (line.split(" | ") for line in table.splitlines() if " ± " in line)}
+    assert rows["2"][3] == "1.1000 ± 0.1414" and rows["1"][3] == "inf ± nan"
+
+
+def test_an_eval_sweep_is_sorted_by_the_test_score_and_a_missing_sort_key_says_job_order(tmp_path):
+    for name, value in [("0_ckpt_path=a", 0.5), ("1_ckpt_path=b", 0.9), ("2_ckpt_path=c", 0.7)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- mode=eval\n- ckpt_path={name[-1]}\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test/exact_match": value, "step": 3}))
+    table = summarize(tmp_path)  # mode=eval's metrics.json has no valid/ scores and no monitor
+    assert table.startswith("sorted by test/exact_match (max)")
+    assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == ["b", "c", "a"]
+    table = summarize(tmp_path, "test/bleu")
+    assert table.startswith("in job order (no job recorded test/bleu)")
+    assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == ["a", "b", "c"]
