@@ -4,8 +4,10 @@ import logging
 from pathlib import Path
 
 from .checkpoint import check_same_parameters, load_checkpoint, save_checkpoint, step_checkpoints
+from .config import upgrade_saved_config
 from .errors import UserError
 from .inference import refuse_unused_overrides
+from .resume import config_changes
 from .rundir import log_file_only, pasted_override
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,17 @@ def run_average(cfg, run_dir: Path) -> Path:
     states = [load_checkpoint(f) for f in files]
     latest = states[-1]  # its config, vocabulary and step describe the average
     for f, state in zip(files, states):
-        if state["config"]["model"] != latest["config"]["model"] or state["tokenizers"] != latest["tokenizers"]:
-            raise UserError(f"{f}: another model or vocabulary than {files[-1]}: only checkpoints of one run average")
+        # another run of the same shape (another seed, learning rate or data) differs in what a resume may not change
+        changes = config_changes(upgrade_saved_config(latest["config"]), upgrade_saved_config(state["config"]))
+        data, latest_data = state.get("data") or {}, latest.get("data") or {}  # each data file's SHA-256
+        changes += [f"dataset.{key} of other content (by SHA-256)" for key in sorted(data.keys() & latest_data.keys())
+                    if data[key]["sha256"] != latest_data[key]["sha256"]]
+        if changes:
+            raise UserError(f"{f}: trained differently from {files[-1].name}, so not a checkpoint of the same run: "
+                            f"{'; '.join(changes[:3]).replace('the checkpoint:', files[-1].name + ':')}: only "
+                            f"checkpoints of one run average")
+        if state["tokenizers"] != latest["tokenizers"]:
+            raise UserError(f"{f}: another vocabulary than {files[-1]}: only checkpoints of one run average")
         check_same_parameters(latest["model"], state["model"], f, what=files[-1].name)
     averaged = {name: _mean([state["model"][name] for state in states]) for name in latest["model"]}
     out = Path(run_dir) / "checkpoints" / "averaged.pt"

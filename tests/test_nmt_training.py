@@ -238,6 +238,32 @@ def test_the_averaged_checkpoint_holds_the_mean_of_the_weights_and_needs_two(tmp
         run_average(OmegaConf.create({"ckpt_path": str(folder)}), tmp_path / "avg2")
 
 
+def test_averaging_refuses_step_checkpoints_of_another_run_of_the_same_shape(tmp_path):
+    # two seeds of one experiment: the same parameter names and shapes, but averaging them means nothing
+    folder = tmp_path / "mixed" / "checkpoints"
+    config = {"model": {"d_model": 4}, "optimizer": {"lr": 0.001}, "trainer": {"max_steps": 30}}
+    data = {"train_file": {"path": "train.tsv", "bytes": 10, "sha256": "a" * 64}}
+    for step, seed in ((10, 1), (20, 1), (30, 2)):
+        save_checkpoint(folder / f"step_{step}.pt", {"model": {"w": torch.randn(3, 4)}, "step": step, "data": data,
+                                                     "config": {**config, "seed": seed},
+                                                     "tokenizers": {"src": {}, "tgt": {}}})
+    with pytest.raises(UserError, match=r"step_10.pt: trained differently from step_30.pt.*seed=1 \(step_30.pt: 2\)"):
+        run_average(OmegaConf.create({"ckpt_path": str(folder)}), tmp_path / "avg")
+    assert not (tmp_path / "avg").exists()
+    # another data file's content under the same name is another run too
+    other = {"train_file": {**data["train_file"], "sha256": "b" * 64}}
+    save_checkpoint(folder / "step_30.pt", {"model": {"w": torch.randn(3, 4)}, "step": 30, "data": other,
+                                            "config": {**config, "seed": 1}, "tokenizers": {"src": {}, "tgt": {}}})
+    with pytest.raises(UserError, match=r"dataset.train_file of other content"):
+        run_average(OmegaConf.create({"ckpt_path": str(folder)}), tmp_path / "avg")
+    # what a resumed run may change (a longer trainer.max_steps) is still the same run
+    for step in (10, 20):
+        save_checkpoint(folder / f"step_{step}.pt", {"model": {"w": torch.randn(3, 4)}, "step": step, "data": other,
+                                                     "config": {**config, "seed": 1, "trainer": {"max_steps": 20}},
+                                                     "tokenizers": {"src": {}, "tgt": {}}})
+    assert run_average(OmegaConf.create({"ckpt_path": str(folder)}), tmp_path / "avg").is_file()
+
+
 @pytest.mark.slow
 def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints_and_averages_them(
         compose_config, tmp_path, caplog, entry):
