@@ -68,6 +68,8 @@ def paired_bootstrap(hypotheses_a, hypotheses_b, references, resamples: int = 10
 
 def compare(run_a, run_b, resamples: int = 1000, seed: int = 12345) -> dict:
     """paired_bootstrap on two run directories, which must hold the same test set."""
+    if resamples < 1:
+        raise UserError(f"--resamples {resamples}: the number of paired draws, at least 1")
     hyps_a, hyps_b = _lines(run_a, "hypotheses.txt"), _lines(run_b, "hypotheses.txt")
     refs_a, refs_b = _lines(run_a, "references.txt"), _lines(run_b, "references.txt")
     if refs_a != refs_b:

@@ -75,3 +75,10 @@ def test_a_carriage_return_inside_a_sentence_stays_in_its_line(tmp_path):
     b = write_run(tmp_path / "b", degraded(references, 0.5), references)
     result = compare(a, b, resamples=100)
     assert result["bleu_a"] == pytest.approx(sacrebleu.corpus_bleu(references, [references]).score)
+
+
+@pytest.mark.parametrize("resamples", ["0", "-5"])
+def test_a_number_of_resamples_below_one_is_one_line_naming_the_option(tmp_path, capsys, resamples):
+    a = write_run(tmp_path / "a", REFERENCES[:20], REFERENCES[:20])
+    assert main([str(a), str(a), "--resamples", resamples]) == 2
+    assert capsys.readouterr().err == f"error: --resamples {resamples}: the number of paired draws, at least 1\n"
