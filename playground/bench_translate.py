@@ -49,8 +49,21 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     bench_device(parser, args.device)
+    for option in ("lines", "batch_size", "rounds"):  # checked before the minutes of training the default model
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: at least 1")
     if args.input and not Path(args.input).is_file():
         parser.error(f"--input {args.input}: no such file")
+    if args.input:
+        try:
+            lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.lines]
+        except UnicodeDecodeError as e:
+            parser.error(f"--input {args.input}: not UTF-8 text ({e.reason} at byte {e.start})")
+        if not any(line.strip() for line in lines):
+            parser.error(f"--input {args.input}: no line to translate (the file is empty or blank)")
+    else:
+        rng = random.Random(0)
+        lines = [" ".join(str(rng.randrange(16)) for _ in range(rng.randint(1, 10))) for _ in range(args.lines)]
     with tempfile.TemporaryDirectory() as scratch:
         try:  # a missing or mismatched checkpoint, bf16 on a CPU without it: the project's one line, exit 2
             device = resolve_device(args.device)
@@ -62,11 +75,6 @@ def main(argv=None):
         except UserError as error:
             parser.error(str(error))
         model.to(device).eval()
-    if args.input:
-        lines = Path(args.input).read_text(encoding="utf-8").splitlines()[: args.lines]
-    else:
-        rng = random.Random(0)
-        lines = [" ".join(str(rng.randrange(16)) for _ in range(rng.randint(1, 10))) for _ in range(args.lines)]
     inputs = Encoder(src_tok, model.max_len)(lines)
     autocast = autocast_for(device, precision)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "

@@ -88,3 +88,20 @@ def test_the_translate_benchmark_refuses_a_missing_checkpoint_in_one_line(tmp_pa
         bench_translate.main(["--ckpt", str(tmp_path / "missing.pt")])
     assert exit_.value.code == 2
     assert "missing.pt" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, message", [(["--lines", "0"], "--lines 0: at least 1"),
+                                           (["--lines", "-3"], "--lines -3: at least 1"),
+                                           (["--batch-size", "0"], "--batch-size 0: at least 1"),
+                                           (["--rounds", "0"], "--rounds 0: at least 1"),
+                                           (["--input", "EMPTY"], "no line to translate (the file is empty or blank)")])
+def test_the_translate_benchmark_refuses_a_count_below_one_or_an_empty_input_before_any_work(argv, message, tmp_path,
+                                                                                             capsys, monkeypatch):
+    from playground import bench_translate
+
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    monkeypatch.setattr(bench_translate, "train_default", lambda *_: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit) as exit_:
+        bench_translate.main([a.replace("EMPTY", str(tmp_path / "empty.txt")) for a in argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
