@@ -50,7 +50,9 @@ class Trained:
             raise UserError(f"translate(..., {e.key}={decode[e.key]!r}): {str(e).splitlines()[0]}") from None
         check_decode(d)
         check_decode_vocabulary(d, self.tokenizers["tgt"].vocab_size)
-        inputs = Encoder(self.tokenizers["src"], self.model.max_len)(_lines(lines, "translate(lines)"))
+        encode = Encoder(self.tokenizers["src"], self.model.max_len)
+        inputs = encode(_lines(lines, "translate(lines)"))
+        encode.warn()  # a line cut to the model's positions, as mode=translate says on standard error
         results = translate(self.model, inputs, self.tokenizers["tgt"], d, self.device, self.autocast)
         return [hypotheses[0][1] for hypotheses in results] if d.nbest == 1 else results
 
@@ -62,8 +64,11 @@ class Trained:
                             f"number")
         if len(sources) != len(targets):
             raise UserError(f"score: {len(sources)} sources but {len(targets)} targets (one target for each source)")
-        src = Encoder(self.tokenizers["src"], self.model.max_len)(sources)
-        tgt = Encoder(self.tokenizers["tgt"], self.model.max_len - 1)(targets)
+        src_encode = Encoder(self.tokenizers["src"], self.model.max_len, "source")
+        tgt_encode = Encoder(self.tokenizers["tgt"], self.model.max_len - 1, "target")
+        src, tgt = src_encode(sources), tgt_encode(targets)
+        src_encode.warn()  # a cut text's score is the cut text's, as mode=score says on standard error
+        tgt_encode.warn()
         return [(log_prob, -log_prob / tokens) for log_prob, tokens in
                 score(self.model, src, tgt, batch_size, self.device, self.autocast)]
 

@@ -262,6 +262,25 @@ def test_the_python_api_translates_any_text_as_the_command_line_prints_it_and_sc
         trained.translate(lines, nbest=3)
 
 
+def test_the_python_api_warns_as_the_command_line_does_when_it_cuts_a_text_longer_than_the_models_positions(
+        checkpoint, capsys):
+    import playground
+
+    trained = playground.load(checkpoint[0], device="cpu")
+    long_text, cut_text = " ".join(["5"] * (MAX_LEN + 6)), " ".join(["5"] * (MAX_LEN - 1))
+    assert trained.score([long_text], [long_text]) == trained.score([long_text], [cut_text])  # the cut text is scored
+    err = capsys.readouterr().err
+    assert (f"warning: 1 source line longer than {MAX_LEN} tokens (the model's positions, model.max_len) was cut to "
+            f"{MAX_LEN} tokens") in err
+    assert f"warning: 1 target line longer than {MAX_LEN - 1} tokens" in err
+    trained.translate([long_text, "3 1 4"])
+    assert capsys.readouterr().err == (f"warning: 1 input line longer than {MAX_LEN} tokens (the model's positions, "
+                                       f"model.max_len) was cut to {MAX_LEN} tokens\n")
+    trained.score(["3 1 4"], ["4 1 3"])
+    trained.translate(["3 1 4"])
+    assert capsys.readouterr().err == ""  # nothing cut, nothing said
+
+
 def test_the_python_api_loads_a_model_with_the_fast_kernels_in_a_fresh_process_and_translates_as_the_reference(
         checkpoint):
     import playground
