@@ -118,14 +118,23 @@ def run(overrides=(), run_dir=None) -> tuple:
     The run directory is outputs/<date>/<time> under the current folder unless given."""
     from .checks import compose_checked
     from .experiment import run_train
-    from .rundir import note_created, undo_refused_run
+    from .rundir import note_created, run_file_in, undo_refused_run
 
     cfg = compose_checked(list(overrides))
     if run_dir is None:
         run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
     run_dir = Path(run_dir)
+    found = run_file_in(run_dir) if run_dir.is_dir() else None  # as the command line's RunDirectoryGuard refuses it
+    if found and not (cfg.trainer.auto_resume and (run_dir / "checkpoints" / "last.pt").is_file()):
+        raise UserError(f"{run_dir} already holds a run ({found}): refusing to write into it (give this run its own "
+                        f"directory with run_dir=...)")
     note_created(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        undo_refused_run(run_dir)  # the folders above it that this made, if any
+        why = "is a file, not a folder" if run_dir.is_file() else f"cannot be made ({e.strerror or e})"
+        raise UserError(f"run_dir={run_dir} {why}: give the run a folder") from None
     try:
         return run_train(cfg, run_dir), run_dir
     except UserError:

@@ -336,6 +336,24 @@ def test_the_python_api_refuses_a_misspelt_override_or_a_bad_value_in_one_line_l
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_python_api_refuses_a_run_directory_that_holds_a_run_or_is_a_file_leaving_it_as_it_was(tmp_path):
+    import playground
+
+    used = tmp_path / "eval"  # what mode=eval leaves: its metrics.json must not be replaced
+    used.mkdir()
+    (used / "metrics.json").write_text('{"test/bleu": 12.5}\n')
+    with pytest.raises(UserError, match=r"eval already holds a run \(metrics.json\): refusing to write into it"):
+        playground.run(["trainer.max_steps=2"], used)
+    assert [p.name for p in used.iterdir()] == ["metrics.json"]
+    assert (used / "metrics.json").read_text() == '{"test/bleu": 12.5}\n'
+    (tmp_path / "file.tsv").write_text("a\tb\n")
+    with pytest.raises(UserError, match=r"^run_dir=.*file.tsv is a file, not a folder: give the run a folder$"):
+        playground.run(["trainer.max_steps=2"], tmp_path / "file.tsv")
+    with pytest.raises(UserError, match=r"^run_dir=.*file.tsv/run cannot be made \(Not a directory\)"):
+        playground.run(["trainer.max_steps=2"], tmp_path / "file.tsv" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "file.tsv"]
+
+
 def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tmp_path):
     import playground
 
