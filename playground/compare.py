@@ -26,8 +26,12 @@ def _lines(run: Path, name: str) -> list:
     if not path.is_file():
         what = "hypotheses" if name == "hypotheses.txt" else "references (written by runs since the decode group)"
         raise UserError(f"{run}: no {name}, so no test {what} to compare (train or evaluate it with mode=eval first)")
-    with open(path, encoding="utf-8", newline="\n") as f:  # lines end at "\n" only, as runs write them and sacreBLEU
-        return f.read().split("\n")[:-1]  # reads them: a "\r" inside a sentence (from a TSV) stays in it
+    data = path.read_bytes()
+    try:  # lines end at "\n" only, as runs write them and sacreBLEU reads them: a "\r" inside a sentence stays in it
+        return data.decode("utf-8").split("\n")[:-1]
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text ({e.reason})") from None
 
 
 def sentence_statistics(hypotheses, references) -> np.ndarray:
@@ -70,6 +74,8 @@ def compare(run_a, run_b, resamples: int = 1000, seed: int = 12345) -> dict:
     """paired_bootstrap on two run directories, which must hold the same test set."""
     if resamples < 1:
         raise UserError(f"--resamples {resamples}: the number of paired draws, at least 1")
+    if seed < 0:
+        raise UserError(f"--seed {seed}: the seed of the draws, 0 or more")
     hyps_a, hyps_b = _lines(run_a, "hypotheses.txt"), _lines(run_b, "hypotheses.txt")
     refs_a, refs_b = _lines(run_a, "references.txt"), _lines(run_b, "references.txt")
     if refs_a != refs_b:

@@ -82,3 +82,13 @@ def test_a_number_of_resamples_below_one_is_one_line_naming_the_option(tmp_path,
     a = write_run(tmp_path / "a", REFERENCES[:20], REFERENCES[:20])
     assert main([str(a), str(a), "--resamples", resamples]) == 2
     assert capsys.readouterr().err == f"error: --resamples {resamples}: the number of paired draws, at least 1\n"
+
+
+def test_a_negative_seed_or_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
+    a = write_run(tmp_path / "a", REFERENCES[:20], REFERENCES[:20])
+    assert main([str(a), str(a), "--seed", "-1"]) == 2
+    assert capsys.readouterr().err == "error: --seed -1: the seed of the draws, 0 or more\n"
+    b = write_run(tmp_path / "b", REFERENCES[:20], REFERENCES[:20])
+    (b / "hypotheses.txt").write_bytes(b"ciao\nun caff\xe8\n")  # Latin-1, from another tool
+    assert main([str(a), str(b)]) == 2
+    assert capsys.readouterr().err == f"error: {b / 'hypotheses.txt'} line 2: not UTF-8 text (invalid continuation byte)\n"
