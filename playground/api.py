@@ -108,6 +108,8 @@ def load(path, device: str = "auto", precision: str = "auto", kernels: str = "re
 
     if kernels not in KERNELS:
         raise UserError(f"trainer.kernels={kernels} is not one of: {', '.join(KERNELS)}")
+    if not isinstance(device, str):  # a torch.device("cpu") would be refused as "trainer.device=cpu is not one of: cpu"
+        raise UserError(f"load(..., device={device!r}): give its name, as trainer.device takes it (auto, cpu, cuda, mps)")
     model, saved, src_tok, tgt_tok, _ = load_trained(path, kernels)
     where = resolve_device(device)
     return Trained(model.to(where).eval(), src_tok, tgt_tok, saved, where, resolve_precision(where, precision))

@@ -295,6 +295,9 @@ def test_the_python_api_loads_a_model_with_the_fast_kernels_in_a_fresh_process_a
     assert outputs == playground.load(checkpoint[0], device="cpu", precision="fp32").translate(lines, beam_size=2)
     with pytest.raises(UserError, match=r"^trainer.kernels=quick is not one of: reference, fast$"):
         playground.load(checkpoint[0], device="cpu", kernels="quick")
+    with pytest.raises(UserError, match=r"^load\(\.\.\., device=device\(type='cpu'\)\): give its name, as "
+                                        r"trainer.device takes it \(auto, cpu, cuda, mps\)$"):
+        playground.load(checkpoint[0], device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("call, message", [
