@@ -150,6 +150,20 @@ def check_decode(d, trainer_cfg=None) -> None:
                         f"takes one token at a time: add decode.beam_size=4 (or use decode=beam), or remove it")
 
 
+TRAINING_UNREAD_DECODE = {  # decode.* keys a training run's evaluations do not read, and what does their job there
+    "batch_size": "its evaluations decode in batches of trainer.eval_batch_size, and decode.batch_size is translate's "
+                  "and score's: set trainer.eval_batch_size, or remove it",
+    "nbest": "its evaluations score the best hypothesis alone, and decode.nbest is translate's: remove it"}
+
+
+def check_training_decode(d) -> None:
+    """A training run's evaluations read every decode setting but decode.batch_size and decode.nbest: either, given a
+    value other than the schema's default, is refused naming it, as eval refuses decode.batch_size, not ignored."""
+    for key, why in TRAINING_UNREAD_DECODE.items():
+        if getattr(d, key) != getattr(DecodeConfig, key):
+            raise UserError(f"decode.{key}={getattr(d, key)}: mode=train does not read it: {why}")
+
+
 def check_decode_vocabulary(d, tgt_vocab_size: int) -> None:
     """A beam wider than the tokens that can start an output (the vocabulary less PAD and BOS) would fill with
     impossible hypotheses."""
@@ -418,6 +432,7 @@ def check_run_config(cfg):
     check_scheduler(cfg.scheduler)
     check_unused_settings(cfg.optimizer, cfg.scheduler)
     check_decode(cfg.decode, t)
+    check_training_decode(cfg.decode)
     check_model(cfg.model)
     check_tied_vocabulary(cfg.model, cfg.dataset)
     check_lengths(cfg.model, cfg.dataset)

@@ -461,6 +461,25 @@ def test_each_decode_preset_and_the_settings_its_decoding_reads_are_accepted(com
     check_decode(compose_config(*overrides).decode)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["decode.batch_size=7"], r"^decode.batch_size=7: mode=train does not read it: its evaluations decode in batches "
+                              r"of trainer.eval_batch_size, .*: set trainer.eval_batch_size, or remove it$"),
+    (["decode=beam", "decode.nbest=2"], r"^decode.nbest=2: mode=train does not read it: its evaluations score the best "
+                                        r"hypothesis alone"),
+])
+def test_a_training_run_refuses_the_decode_settings_its_evaluations_do_not_read(compose_config, tmp_path, monkeypatch,
+                                                                              overrides, message):
+    from playground import experiment
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the value was checked")
+
+    monkeypatch.setattr(experiment, "load_data", no_data)
+    with pytest.raises(UserError, match=message):
+        experiment.run_train(compose_config(*overrides), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("override, message", [
     ("optimizer.lr=nan", "optimizer.lr=nan is not a finite number"),  # passed `lr <= 0`: a traceback from torch
     ("optimizer.lr=inf", "optimizer.lr=inf is not a finite number"),
