@@ -34,7 +34,7 @@ from .rundir import command_line, log_file_only, pasted_override, quoted_overrid
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
 from .tracking import Tracker
-from .train import BatchStream, Monitor, StopRequest, Training, carried_position, resolve_monitor, train
+from .train import BatchStream, LogWindow, Monitor, StopRequest, Training, carried_position, resolve_monitor, train
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +299,13 @@ def run_train(cfg, run_dir: Path) -> dict:
 
     def save(step, metrics=None, name="last.pt"):
         rngs = distributed.gather_to_main(d, rng_state())  # every process's generators, for an exact resume
+        log_window = window.state_dict()  # the steps not logged yet
         if d.is_main:
             save_checkpoint(ckpt_dir / name, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "data_position": batches.position, "rng": rngs,
                 "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best),
-                "monitor": monitor.state_dict(), "data": fingerprint})
+                "monitor": monitor.state_dict(), "data": fingerprint, "log_window": log_window})
 
     def on_eval(step) -> bool:
         nonlocal best_weights
@@ -333,8 +334,12 @@ def run_train(cfg, run_dir: Path) -> dict:
                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss_fn=kernels.loss_function(t.kernels),
                    pad_id=MODEL_IDS["pad_id"], device=device, autocast=autocast, dist=d, step_flops=step_flops,
                    peak_flops=peak_flops)
+    window = LogWindow(run, start_step)
+    if resume is not None:
+        window.load_state_dict(resume.get("log_window"), t.log_every)
     with StopRequest() as stop:
-        last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop, doctor.on_log)
+        last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop, doctor.on_log,
+                     window)
     if monitor.exhausted:
         if d.is_main:
             log.info(f"{monitor.reason()}; testing best.pt")

@@ -215,17 +215,18 @@ class StopRequest:
 
 
 def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoint, start_step=0, stop=None,
-          on_log=None) -> int:
+          on_log=None, window=None) -> int:
     """Teacher-forced training from start_step to settings.max_steps; returns the last step done (less if stopped).
 
     `data` is the training split (TokenPairs), `batches` yields its rows batch by batch (BatchStream); a step
     takes settings.accumulate of them. `on_eval(step)` evaluates and checkpoints, and returns True to end the
     run there (early stopping); `on_checkpoint(step)` only checkpoints; `on_log(step, train_loss, grad_norms)` sees
-    each log step's mean loss and every step's gradient norm since the last (the run doctor). The only host
-    synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
+    each log step's mean loss and every step's gradient norm since the last (the run doctor). `window` is the
+    LogWindow the train/* scalars come from (a resumed run's holds the steps its checkpoint had not logged yet). The
+    only host synchronisations are at log, evaluation and checkpoint steps (and every step with on_nonfinite=skip).
     """
     model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
-    window, nonfinite = LogWindow(run), NonFinite(run, settings.on_nonfinite)
+    window, nonfinite = window or LogWindow(run, start_step), NonFinite(run, settings.on_nonfinite)
     accumulate = settings.accumulate
     model.train()
     step = start_step
@@ -274,7 +275,7 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             last = step == settings.max_steps
             if step % settings.log_every == 0 or last:
                 nonfinite.check()
-                values = window.report(grad_norm)
+                values = window.report(grad_norm, step)
                 tracker.scalars(values, step)
                 if on_log is not None:
                     on_log(step, values["train/loss"], window.step_norms)
@@ -381,12 +382,27 @@ def _stop_requested(dist: Dist, stop, step: int, log_every: int, device) -> bool
 
 
 class LogWindow:
-    """The loss (summed on the device), tokens, FLOPs and time since the last log step: train/* and perf/* scalars."""
+    """The loss (summed on the device), tokens, FLOPs and time since the last log step (`after`): train/* and perf/*
+    scalars."""
 
-    def __init__(self, run: Training):
-        self.run = run
+    def __init__(self, run: Training, after: int = 0):
+        self.run, self.after = run, after
         self.loss_sum = torch.zeros((), device=run.device)  # read back only at log steps
         self._reset()
+
+    def state_dict(self) -> dict:
+        """The steps since the last log step and their summed loss (every process's): a checkpoint keeps them, so that
+        a run resumed from it logs at its next log step the mean the uninterrupted run logs there."""
+        total = sum_across(self.run.dist, self.loss_sum.clone()).item() / self.run.dist.world_size
+        return {"after": self.after, "steps": self.steps, "loss_sum": total}
+
+    def load_state_dict(self, state: dict, log_every: int) -> None:
+        """Continue a checkpoint's window: only where its last log step is this run's last one (trainer.log_every may
+        have changed); the first process holds its sum."""
+        if state and state["steps"] and state["after"] == self.after - self.after % log_every:
+            self.after, self.steps = state["after"], state["steps"]
+            if self.run.dist.is_main:
+                self.loss_sum.fill_(state["loss_sum"] * self.run.dist.world_size)
 
     def _reset(self):
         self.loss_sum.zero_()
@@ -416,8 +432,9 @@ class LogWindow:
         yield
         self.start += time.perf_counter() - paused
 
-    def report(self, grad_norm) -> dict:
-        """The window's scalars (this waits for the device: its work is done before it is timed); starts a new one."""
+    def report(self, grad_norm, step: int) -> dict:
+        """The window's scalars (this waits for the device: its work is done before it is timed); starts a new one
+        after `step`."""
         run, world = self.run, self.run.dist.world_size
         sum_across(run.dist, self.loss_sum)
         loss = self.loss_sum.item()
@@ -431,6 +448,7 @@ class LogWindow:
             values["train/grad_norm"] = grad_norm.item()
         self.step_norms = torch.stack(self.norms).tolist() if self.norms else []  # for the run doctor
         self._reset()
+        self.after = step
         return values
 
 

@@ -55,6 +55,20 @@ def test_a_resumed_run_continues_with_exactly_the_losses_of_the_uninterrupted_ru
     assert losses(tmp_path / "first")[16] == expected[16]
 
 
+@pytest.mark.slow
+def test_a_run_resumed_between_log_steps_logs_the_train_loss_the_uninterrupted_run_logs(compose_config, tmp_path):
+    # evaluations at steps 6, 12, 18 save step_N.pt between the log steps 4, 8, 12, ...: a resume from step_6.pt
+    # must log at step 8 the mean loss of steps 5-8, as the uninterrupted run does, not that of steps 7-8
+    common = [*FAST, "model.dropout=0.1", "scheduler=noam", "scheduler.warmup_steps=4", "trainer.log_every=4",
+              "trainer.eval_every=6", "trainer.max_steps=16"]
+    experiment.run_train(compose_config(*common, "trainer.keep_last=3"), tmp_path / "whole")
+    experiment.run_train(compose_config(*common, f"ckpt_path={tmp_path}/whole/checkpoints/step_6.pt"),
+                         tmp_path / "resumed")
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
+    assert sorted(got) == [8, 12, 16]
+    assert [got[s] for s in (8, 12, 16)] == [expected[s] for s in (8, 12, 16)]  # bit for bit
+
+
 # SIGUSR2 (exit 140, the same message) is sent in test_processes.py's requeue test
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
