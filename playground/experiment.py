@@ -307,8 +307,10 @@ def run_train(cfg, run_dir: Path) -> dict:
                 "config": config, "tokenizers": tokenizers, "metrics": metrics or {}, "best": dict(best),
                 "monitor": monitor.state_dict(), "data": fingerprint, "log_window": log_window})
 
+    stopped_early = False  # by trainer.patience, before max_steps
+
     def on_eval(step) -> bool:
-        nonlocal best_weights
+        nonlocal best_weights, stopped_early
         metrics, predictions, _ = evaluate_split("valid")
         metrics.update(log_attention(tracker, model, data, cfg.dataset.name if cfg.dataset.name in TASKS else None,
                                      device, step))  # heatmaps, entropy; on a synthetic task, valid/attention_alignment
@@ -326,6 +328,7 @@ def run_train(cfg, run_dir: Path) -> dict:
         save(step, metrics)
         if t.keep_last and d.is_main:
             keep_last_checkpoints(ckpt_dir, step, t.keep_last)
+        stopped_early = monitor.exhausted and step < t.max_steps
         return monitor.exhausted
 
     step_flops, peak_flops = _flops_counters(cfg.model, data.tgt_tokenizer.vocab_size, device, t.precision, d)
@@ -340,7 +343,7 @@ def run_train(cfg, run_dir: Path) -> dict:
     with StopRequest() as stop:
         last = train(run, t, data.splits["train"], batches, tracker, on_eval, save, start_step, stop, doctor.on_log,
                      window)
-    if monitor.exhausted:
+    if stopped_early:  # not a run that reached max_steps, nor one stopped by a signal before an evaluation
         if d.is_main:
             log.info(f"{monitor.reason()}; testing best.pt")
     elif last < t.max_steps:

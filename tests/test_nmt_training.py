@@ -297,6 +297,19 @@ def test_a_run_stops_when_the_monitor_stops_improving_keeps_its_last_checkpoints
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/pairs_scored"] == 60
 
 
+@pytest.mark.slow
+def test_a_run_that_reaches_max_steps_is_not_logged_as_stopped_early(compose_config, tmp_path, caplog):
+    # patience runs out at the last evaluation, which is at max_steps: the run ended because its steps were done
+    from test_reliability import FAST
+
+    caplog.set_level(logging.INFO)
+    run_train(compose_config(*FAST, "trainer.max_steps=4", "trainer.eval_every=2", "trainer.patience=1",
+                             "trainer.monitor=valid/loss", "trainer.monitor_mode=max"), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["last_step"] == 4
+    assert "early stop" not in caplog.text
+    assert "testing the weights of step 2 (best.pt, by valid/loss)" in caplog.text
+
+
 def test_a_sweeper_looking_the_other_way_is_refused_before_any_work(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hparams_search=optuna", "trainer.monitor=valid/loss"],
