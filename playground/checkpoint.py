@@ -26,7 +26,9 @@ def atomic_write(path, write) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         tmp.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        # torch.save's RuntimeError ("unexpected pos 64 vs 0") was raised while handling the write's OSError: its reason
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        reason = cause.strerror if cause is not None and cause.strerror else str(e).splitlines()[0]
         kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
         raise UserError(f"{path}: could not be written ({reason}); {kept}")
     except BaseException:  # Ctrl-C half-way: no temporary file left behind either

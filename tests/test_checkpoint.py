@@ -135,6 +135,42 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_and_no_tempo
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
+def test_a_disk_that_fills_during_torch_save_is_named_as_full_not_as_torchs_zip_writer_error(tmp_path, monkeypatch):
+    import builtins
+
+    from playground import checkpoint
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "step": 1, "tokenizers": {}})
+
+    class FullDisk:  # the file torch.save writes into, on a disk with 100 bytes left
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(checkpoint, "open", lambda *args: FullDisk(builtins.open(*args)), raising=False)
+    with pytest.raises(UserError, match=rf"^{path}: could not be written \(No space left on device\); the previous "
+                                        rf"last.pt is unchanged$"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "config": {}, "step": 2})  # torch's own save
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
 def test_a_checkpoint_and_the_folder_it_is_renamed_in_are_flushed_to_disk(tmp_path, monkeypatch):
     from playground import checkpoint
 
