@@ -4,6 +4,8 @@ Everything goes into the run directory itself, so `tensorboard --logdir outputs`
 one run per directory: scalars, the HParams tab, attention heatmaps (IMAGES) and sample outputs (TEXT).
 """
 
+import contextlib
+import threading
 import weakref
 
 import numpy as np
@@ -12,23 +14,41 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from .errors import UserError
+
 
 class Tracker:
     """A thin SummaryWriter wrapper; with enabled=False (non-zero ranks, eval runs) every call does nothing."""
 
     def __init__(self, log_dir, enabled=True, purge_step=None):
         # purge_step: the events of earlier writers in log_dir at this step or later are hidden (a run continued)
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step) if enabled else None
+        self.log_dir, self.writer = log_dir, None
+        if enabled:
+            with self._writing():
+                self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         _OPEN.add(self)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write the disk refuses (full, gone, read-only; in the writer's thread, it raises at the next call) is one
+        line naming the run directory, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            self.writer = None  # nothing more goes to it
+            raise UserError(f"{self.log_dir}: the TensorBoard event file could not be written "
+                            f"({e.strerror or e})") from None
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+            with self._writing():
+                for tag, value in values.items():
+                    self.writer.add_scalar(tag, value, step)
 
     def text(self, tag: str, markdown: str, step: int) -> None:
         if self.writer:
-            self.writer.add_text(tag, markdown, step)
+            with self._writing():
+                self.writer.add_text(tag, markdown, step)
 
     def hparams(self, params: dict, metric_tags) -> None:
         """Declare this run's hyper-parameters and the scalar tags the HParams tab compares runs by.
@@ -38,16 +58,17 @@ class Tracker:
         """
         if self.writer:
             summaries = hparams({k: _hparam_value(v) for k, v in params.items()}, {tag: 0.0 for tag in metric_tags})
-            file_writer = self.writer._get_file_writer()
-            for summary in summaries:
-                file_writer.add_summary(summary)
+            with self._writing():
+                file_writer = self.writer._get_file_writer()
+                for summary in summaries:
+                    file_writer.add_summary(summary)
 
     def layout(self) -> None:
         """TensorBoard's CUSTOM SCALARS tab: train and valid loss on one chart (both label-smoothed), and the
         validation NLL and perplexity (unsmoothed) beside it; the attention heads' entropy, one chart per kind of
         attention, and their alignment accuracy (playground/diagnostics.py)."""
         if self.writer:
-            self.writer.add_custom_scalars({"loss": {
+            charts = {"loss": {
                 "train/loss and valid/loss (label-smoothed)": ["Multiline", ["train/loss", "valid/loss"]],
                 "valid/nll (nats per target token)": ["Multiline", ["valid/nll"]],
                 "valid/ppl": ["Multiline", ["valid/ppl"]]}, "attention": {
@@ -56,16 +77,21 @@ class Tracker:
                 "decoder self-attention entropy (nats)": ["Multiline", [r"attention_entropy/decoder\..*self_attn.*"]],
                 "decoder cross-attention entropy (nats)": ["Multiline", [r"attention_entropy/decoder\..*cross_attn.*"]],
                 "alignment accuracy of the last decoder layer's heads (synthetic tasks)":
-                    ["Multiline", [r"attention_alignment/.*", "valid/attention_alignment"]]}})
+                    ["Multiline", [r"attention_alignment/.*", "valid/attention_alignment"]]}}
+            with self._writing():
+                self.writer.add_custom_scalars(charts)
 
     def attention(self, tag: str, weights, queries, keys, step: int) -> None:
         """One heatmap per head of weights (H, T, S), queries down the side and keys along the bottom."""
         if self.writer:
-            self.writer.add_image(tag, attention_image(weights, queries, keys), step, dataformats="HWC")
+            with self._writing():
+                self.writer.add_image(tag, attention_image(weights, queries, keys), step, dataformats="HWC")
 
     def close(self) -> None:
         if self.writer:
-            self.writer.close()
+            with self._writing():
+                self.writer.flush()  # raises what the writer's thread failed to write; close() would not
+                self.writer.close()
             self.writer = None
 
 
@@ -76,7 +102,24 @@ def close_all() -> None:
     """Flush and close every Tracker's event file: after a Ctrl-C, before the run directory is judged (its event
     file is written by a thread of its own, which may create it only at its first flush)."""
     for tracker in list(_OPEN):
-        tracker.close()
+        try:
+            tracker.close()
+        except UserError:  # a full disk: what could be written is, and the Ctrl-C is what is reported
+            pass
+
+
+_thread_excepthook = threading.excepthook  # what reports any other thread's exception
+
+
+def _quiet_writer_thread(args) -> None:
+    """TensorBoard's writer thread ends on a write the disk refuses with a traceback of its own, and the run's next
+    call to the writer raises the same error again, which Tracker._writing turns into one line: that line is enough."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _thread_excepthook(args)
+
+
+threading.excepthook = _quiet_writer_thread
 
 
 def _hparam_value(value):
