@@ -3,6 +3,7 @@ before Hydra writes its .hydra/ files. A refused command leaves what it found as
 table or a summary goes into the run's log file too (`log_file_only`), and the commands it prints for the next step
 can be pasted as they are (`command_line`, `quoted_override`)."""
 
+import contextlib
 import logging
 import os
 import re
@@ -82,15 +83,33 @@ def undo_refused_run(run_dir) -> None:
     _CREATED.clear()
 
 
+WRITE_PROBE = ".playground-write-test"  # written into a run's folder and removed before Hydra writes there
+
+
 def _make_folder(folder: Path, key: str, what: str) -> None:
-    """Make the run's (or the sweep's) folder before Hydra does, so that a path that cannot be a folder (a data file
-    given as hydra.run.dir, say) is one line and exit 2 rather than Hydra's traceback."""
+    """Make the run's (or the sweep's) folder before Hydra does, and write a few bytes into it, so that a path that
+    cannot be a folder (a data file given as hydra.run.dir, say), or a folder that cannot be written to (a full disk,
+    a read-only one), is one line and exit 2 rather than Hydra's traceback."""
+    probe = folder / WRITE_PROBE
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         undo_refused_run(folder)  # the folders above it that this made, if any
         why = "is a file, not a folder" if folder.is_file() else f"cannot be made ({e.strerror or e})"
         print(f"error: {key}={folder} {why}: give {what} a folder with {key}=...", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(4096))  # Hydra's record and log, about as much
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):  # not there (a read-only disk answers so, not "no such file")
+            probe.unlink()
+        undo_refused_run(folder)
+        print(f"error: {key}={folder} cannot be written to ({e.strerror or e}): give {what} a folder it can write to "
+              f"with {key}=...", file=sys.stderr)
         sys.exit(2)
 
 

@@ -138,6 +138,26 @@ def test_a_run_or_sweep_directory_that_cannot_be_a_folder_is_one_line_and_the_fi
     assert data.read_text() == "a\tb\n" and sorted(tmp_path.iterdir()) == [data]
 
 
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_run_or_sweep_directory_on_a_full_disk_is_one_line_and_leaves_no_folder(entry, tmp_path, monkeypatch, sweep):
+    import builtins
+
+    from playground import rundir
+
+    def full(path, *args, **kwargs):  # the first bytes written into the new folder find no space
+        if Path(path).name == rundir.WRITE_PROBE:
+            raise OSError(28, "No space left on device")
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", full, raising=False)
+    key, what = ("hydra.sweep.dir", "the sweep") if sweep else ("hydra.run.dir", "the run")
+    result = entry(*["-m"] * sweep, "trainer.max_steps=2", f"{key}={tmp_path}/runs/r")
+    assert (result.returncode, result.stderr) == (2, f"error: {key}={tmp_path}/runs/r cannot be written to (No space "
+                                                     f"left on device): give {what} a folder it can write to with "
+                                                     f"{key}=...\n")  # not Hydra's traceback as it writes .hydra/
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_export_into_the_directory_of_an_earlier_export_is_refused_and_leaves_it_as_it_was(trained_run, entry,
                                                                                              tmp_path):
     run_dir, _ = trained_run
