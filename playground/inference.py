@@ -68,7 +68,8 @@ _TOKENIZERS = {f"dataset.{k}" for k in ("tokenizer", "vocab_size", "min_frequenc
 _FROM_CHECKPOINT = {"model", "optimizer", "scheduler", "experiment"}
 _RUNNING = {"trainer.device", "trainer.precision", "trainer.kernels", "trainer.progress"}  # what decoding reads
 UNUSED_BY_MODE = {
-    "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS | {"decode.batch_size"},  # trainer.eval_batch_size
+    # eval decodes in batches of trainer.eval_batch_size and scores the best hypothesis alone
+    "eval": _FROM_CHECKPOINT | _TOKENIZERS | _TRAINING | _INPUTS | {"decode.batch_size", "decode.nbest"},
     "translate": _FROM_CHECKPOINT | {"dataset", "trainer", "reference_file"},
     "score": _FROM_CHECKPOINT | {"dataset", "trainer", "text", "decode"},  # it decodes nothing; decode.batch_size: kept
     "average": _FROM_CHECKPOINT | {"dataset", "trainer", "decode"} | _INPUTS,

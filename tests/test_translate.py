@@ -437,6 +437,7 @@ def test_a_folder_of_safetensors_and_config_json_that_no_export_wrote_is_refused
     ("eval", "trainer.max_steps=9", True), ("eval", "dataset.test_file=t.tsv", False),
     ("eval", "trainer.label_smoothing=0", False),  # test/loss is computed with it
     ("eval", "decode.batch_size=8", True), ("eval", "trainer.eval_batch_size=8", False), ("eval", "decode=beam", False),
+    ("eval", "decode.nbest=2", True),  # hypotheses.txt holds the best one
     ("translate", "trainer.label_smoothing=0.3", True), ("translate", "dataset.num_test=5", True),
     ("translate", "trainer.device=cpu", False), ("translate", "decode.beam_size=4", False),
     ("score", "text=hello", True), ("score", "decode=beam", True), ("score", "decode.max_len_b=3", True),
