@@ -446,7 +446,9 @@ def compose_checked(overrides, with_hydra: bool = False):
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return compose_config(overrides, with_hydra)
+        cfg = compose_config(overrides, with_hydra)
+        _check_dataset_name(overrides, cfg)
+        return cfg
     except MissingConfigException as e:
         group, _, option = str(getattr(e, "missing_cfg_file", "") or "").rpartition("/")  # hydra/launcher/jobl too
         options = getattr(e, "options", None)
@@ -480,6 +482,20 @@ def compose_checked(overrides, with_hydra: bool = False):
         raise UserError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
     except ValueError as e:  # Hydra's own, for an override it parsed but cannot apply ("=3")
         raise UserError(f"the overrides {' '.join(overrides)} cannot be applied: {e}") from None
+
+
+def _check_dataset_name(overrides, cfg) -> None:
+    """dataset.name=X on the command line renames the chosen preset but keeps its other settings: dataset.name=
+    text_pairs would read the files with the reverse task's vocab_size=16. Refused unless it names the preset's own
+    dataset: the dataset is chosen with dataset=X."""
+    given = [text for text in overrides if text.split("=", 1)[0].lstrip("+") == "dataset.name"]
+    if not given or "${" in given[-1]:
+        return
+    preset = compose_config([text for text in overrides if text not in given], with_hydra=True)
+    choice, own = preset.hydra.runtime.choices.get("dataset"), preset.dataset.name
+    if cfg.dataset.name != own:
+        raise UserError(f"{given[-1]} renames dataset={choice} but keeps its other settings (its vocab_size, lengths, "
+                        f"files): choose the dataset with dataset={cfg.dataset.name}")
 
 
 def _chosen_files(overrides):

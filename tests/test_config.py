@@ -317,6 +317,24 @@ def test_a_data_file_given_to_a_generated_task_is_named_in_a_warning_rather_than
         "dataset=text_pairs)"]
 
 
+@pytest.mark.parametrize("args, preset", [
+    (["dataset.name=text_pairs", "dataset.train_file=data/train.tsv"], "reverse"),
+    (["dataset=opus_books", "dataset.name=text_pairs"], "opus_books")])
+def test_dataset_name_on_the_command_line_is_refused_where_it_would_keep_another_presets_settings(args, preset):
+    from playground.checks import check_overrides, compose_checked
+
+    refused = (rf"^dataset\.name=text_pairs renames dataset={preset} but keeps its other settings \(its vocab_size, "
+               r"lengths, files\): choose the dataset with dataset=text_pairs$")
+    with pytest.raises(UserError, match=refused):
+        check_overrides(args)
+    with pytest.raises(UserError, match=refused):  # playground.run composes through the same check
+        compose_checked(args)
+    with pytest.raises(UserError, match=r"^dataset\.name=copy renames dataset=reverse"):  # a sweep, before its jobs
+        check_overrides(["-m", "dataset.name=reverse,copy"])
+    check_overrides(["dataset=text_pairs", "dataset.name=text_pairs", "dataset.train_file=data/train.tsv"])
+    check_overrides(["dataset.name=reverse"])  # the preset's own name changes nothing
+
+
 def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
     from playground.checks import check_run_config
 
