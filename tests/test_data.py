@@ -39,3 +39,11 @@ def test_a_symbol_outside_the_tasks_alphabet_becomes_unk_not_an_id_past_the_voca
     tokenizer = SymbolTokenizer(10)  # symbols 0..9 after the 4 special ids: 14 ids in all
     assert tokenizer.encode("0 9 10 x") == [4, 13, UNK, UNK]
     assert max(tokenizer.encode("9 10")) < tokenizer.vocab_size
+
+
+def test_a_symbol_that_is_a_digit_but_no_symbol_of_the_task_becomes_unk_rather_than_an_error():
+    from playground.data import UNK
+    from playground.data.tokenizers import SymbolTokenizer
+
+    tokenizer = SymbolTokenizer(16)  # int() refuses "²" (a digit to str.isdigit) and a number of 5,000 digits
+    assert tokenizer.encode("1 ² " + "9" * 5000 + " 15") == [5, UNK, UNK, 19]

@@ -43,10 +43,11 @@ class SymbolTokenizer(_Tokenizer):
 
     def __init__(self, num_symbols: int):
         self.num_symbols = num_symbols
+        self.ids = {str(s): len(SPECIALS) + s for s in range(num_symbols)}  # the inverse of piece(): "3" -> 7
         self.vocab_size = len(SPECIALS) + num_symbols
 
     def encode(self, text: str) -> list[int]:
-        return [len(SPECIALS) + int(p) if p.isdigit() and int(p) < self.num_symbols else UNK for p in text.split()]
+        return [self.ids.get(p, UNK) for p in text.split()]
 
     def piece(self, i: int) -> str:
         return SPECIAL_TOKENS[i] if i < len(SPECIALS) else str(i - len(SPECIALS))
