@@ -223,6 +223,17 @@ def test_the_hub_code_path_trains_from_a_dataset_saved_to_disk(compose_config, t
     assert 0 <= metrics["test/bleu"] <= 100 and metrics["test/wer"] >= 0
 
 
+def test_a_saved_hub_dataset_without_a_train_split_is_refused_naming_the_splits_it_has(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from playground.data.parallel import load_hub_pairs
+
+    test = datasets.Dataset.from_dict({"translation": [{"en": "a b", "it": "c d"}] * 4})
+    datasets.DatasetDict({"validation": test, "test": test}).save_to_disk(tmp_path / "hub")
+    with pytest.raises(UserError, match=rf"^dataset.hub_name={tmp_path}/hub has no train split to train on \(its "
+                                        r"splits: validation, test\)$"):
+        load_hub_pairs(str(tmp_path / "hub"), None, "en", "it")
+
+
 def test_without_a_network_the_hub_dataset_fails_with_one_clear_message(tmp_path):
     pytest.importorskip("datasets")  # without it the message names the missing package instead
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "HF_HUB_OFFLINE": "1",

@@ -189,6 +189,8 @@ def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
         raise UserError(f"dataset.hub_name={name} ({config or f'{src_lang}-{tgt_lang}'}) could not be loaded from the "
                         f"Hugging Face hub: {why} (is there a network connection? a local copy "
                         f"saved with save_to_disk can be given as dataset.hub_name=FOLDER)")
+    if isinstance(loaded, datasets.DatasetDict) and "train" not in loaded:
+        raise UserError(f"dataset.hub_name={name} has no train split to train on (its splits: {', '.join(loaded)})")
     split = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
     pairs = []
     for number, item in enumerate(split, start=1):
