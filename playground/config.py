@@ -56,7 +56,7 @@ class DatasetConfig:
     format: str = "auto"  # auto (from the file name) | tsv | jsonl | moses
     src_lang: str = "en"  # JSONL "translation" keys and Moses file suffixes
     tgt_lang: str = "it"
-    hub_name: Optional[str] = None  # a Hugging Face dataset with a translation column, or a save_to_disk folder
+    hub_name: Optional[str] = None  # a Hugging Face dataset with a translation column, or a local copy of one
     hub_config: Optional[str] = None  # its configuration (default: SRC_LANG-TGT_LANG, e.g. en-it)
     valid_fraction: float = 0.05  # held out of the training pairs when there is no valid file
     test_fraction: float = 0.05  # held out of the training pairs when there is no test file

@@ -223,6 +223,34 @@ def test_the_hub_code_path_trains_from_a_dataset_saved_to_disk(compose_config, t
     assert 0 <= metrics["test/bleu"] <= 100 and metrics["test/wer"] >= 0
 
 
+def test_the_hubs_own_loading_code_reads_a_local_copy_of_a_hub_dataset_offline(compose_config, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub
+
+    # the layout of opus_books on the hub (and of `hf download --repo-type dataset opus_books`): a README whose
+    # metadata names each language pair's files, and Parquet files; read by load_dataset, the call that downloads
+    pairs = make_pairs(100)
+    (tmp_path / "opus_books" / "en-it").mkdir(parents=True)
+    datasets.Dataset.from_dict({"id": [str(i) for i in range(100)],
+                                "translation": [{"en": en, "it": it} for en, it in pairs]}).to_parquet(
+        tmp_path / "opus_books" / "en-it" / "train-00000-of-00001.parquet")
+    (tmp_path / "opus_books" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: en-it\n  data_files:\n  - split: train\n    path: en-it/train-*\n---\n")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    for module in (datasets.config, huggingface_hub.constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)  # no network: anything it asks the hub for fails
+    data = load_data(compose_config("dataset=opus_books", f"dataset.hub_name={tmp_path}/opus_books",
+                                    "dataset.valid_fraction=0.1", "dataset.test_fraction=0.1",
+                                    "dataset.vocab_size=200").dataset)
+    assert {split: len(data.splits[split]) for split in ("train", "valid", "test")} == {"train": 80, "valid": 10,
+                                                                                       "test": 10}
+    assert set(data.texts["test"]) <= set(pairs)
+    with pytest.raises(UserError, match=rf"^dataset.hub_name={tmp_path}/opus_books \(en-fr\) could not be read: "
+                                        r"BuilderConfig 'en-fr' not found. Available: \['en-it'\] \(a folder is read "):
+        load_data(compose_config("dataset=opus_books", f"dataset.hub_name={tmp_path}/opus_books",
+                                 "dataset.tgt_lang=fr").dataset)
+
+
 def test_a_saved_hub_dataset_without_a_train_split_is_refused_naming_the_splits_it_has(tmp_path):
     datasets = pytest.importorskip("datasets")
     from playground.data.parallel import load_hub_pairs

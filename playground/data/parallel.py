@@ -175,17 +175,23 @@ def load_hub_pairs(name, config, src_lang, tgt_lang) -> list[tuple[str, str]]:
         import datasets
     except ImportError:
         raise UserError(f"dataset.hub_name={name} needs the `datasets` package: pip install -r requirements.txt")
+    saved = any((Path(name) / f).is_file() for f in ("dataset_dict.json", "state.json"))  # by save_to_disk
     unreachable = None if Path(name).is_dir() else hub_unreachable()
     try:
-        if Path(name).is_dir():
+        if saved:
             loaded = datasets.load_from_disk(name)
-        else:  # no network: the local cache only, at once, rather than half a minute of retries
+        else:  # the hub, or a local copy of a hub repository; no network: the local cache only, at once, rather than
+            # half a minute of retries
             with _hub_offline() if unreachable else contextlib.nullcontext():
                 loaded = datasets.load_dataset(name, config or f"{src_lang}-{tgt_lang}")
     except Exception as e:  # no network, an unknown name or language pair, a broken cache
         first_line = next(iter(str(e).splitlines()), type(e).__name__)
         why = (f"the hub cannot be reached ({unreachable}) and no copy is in the local cache" if unreachable else
                first_line[:300])
+        if Path(name).is_dir():
+            raise UserError(f"dataset.hub_name={name} ({config or f'{src_lang}-{tgt_lang}'}) could not be read: {why} "
+                            f"(a folder is read as datasets' save_to_disk writes it, or as a copy of a hub dataset's "
+                            f"repository)")
         raise UserError(f"dataset.hub_name={name} ({config or f'{src_lang}-{tgt_lang}'}) could not be loaded from the "
                         f"Hugging Face hub: {why} (is there a network connection? a local copy "
                         f"saved with save_to_disk can be given as dataset.hub_name=FOLDER)")
