@@ -448,6 +448,7 @@ def compose_checked(overrides, with_hydra: bool = False):
     try:
         cfg = compose_config(overrides, with_hydra)
         _check_dataset_name(overrides, cfg)
+        _check_dataset_preset_files(overrides, cfg)
         return cfg
     except MissingConfigException as e:
         group, _, option = str(getattr(e, "missing_cfg_file", "") or "").rpartition("/")  # hydra/launcher/jobl too
@@ -496,6 +497,25 @@ def _check_dataset_name(overrides, cfg) -> None:
     if cfg.dataset.name != own:
         raise UserError(f"{given[-1]} renames dataset={choice} but keeps its other settings (its vocab_size, lengths, "
                         f"files): choose the dataset with dataset={cfg.dataset.name}")
+
+
+def _check_dataset_preset_files(overrides, cfg) -> None:
+    """A dataset YAML file that names data files but no `name: text_pairs` is the schema's generated reverse task,
+    which reads no file: refused, naming the file. (Files given on the command line to a generated task are only
+    warned about, as a sweep over every preset gives them to all.)"""
+    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
+
+    if cfg.dataset.name not in TASKS or not any(cfg.dataset.get(key) for key in DATA_FILE_KEYS):
+        return
+    preset = compose_config([text for text in overrides if not text.lstrip("+~").startswith("dataset.")],
+                            with_hydra=True)
+    given = [f"{key}: {preset.dataset[key]}" for key in DATA_FILE_KEYS if preset.dataset.get(key)]
+    if preset.dataset.name in TASKS and given:
+        choice = preset.hydra.runtime.choices.get("dataset")
+        file = next((_shown_path(str(f)) for f in _chosen_files(overrides) if f.parent.name == "dataset"),
+                    f"configs/dataset/{choice}.yaml")
+        raise UserError(f"dataset={choice} gives {', '.join(given)} to {preset.dataset.name}, a generated task that "
+                        f"reads no file (the name a dataset file that sets none gets): add `name: text_pairs` to {file}")
 
 
 def _chosen_files(overrides):

@@ -335,6 +335,22 @@ def test_dataset_name_on_the_command_line_is_refused_where_it_would_keep_another
     check_overrides(["dataset.name=reverse"])  # the preset's own name changes nothing
 
 
+def test_a_users_dataset_file_naming_data_files_without_a_text_dataset_name_is_refused_naming_the_file(tmp_path):
+    from playground.checks import check_overrides
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text("train_file: data/train.tsv\ntokenizer: word\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    with pytest.raises(UserError, match=r"^dataset=mine gives train_file: data/train.tsv to reverse, a generated task "
+                                        r"that reads no file \(the name a dataset file that sets none gets\): add "
+                                        rf"`name: text_pairs` to \S*{tmp_path.name}/dataset/mine\.yaml$"):
+        check_overrides([search, "dataset=mine"])
+    (tmp_path / "dataset" / "mine.yaml").write_text("name: text_pairs\ntrain_file: data/train.tsv\n")
+    check_overrides([search, "dataset=mine"])
+    check_overrides(["-m", "dataset=reverse,text_pairs", "dataset.train_file=data/train.tsv"])  # the command line's:
+    # a warning in the generated task's job
+
+
 def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
     from playground.checks import check_run_config
 
