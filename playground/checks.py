@@ -189,6 +189,17 @@ def unread_dataset_files(dataset_cfg) -> str | None:
     return None
 
 
+def check_one_training_source(dataset_cfg) -> None:
+    """Text is read from files or from the hub, not both: with dataset.hub_name set (dataset=opus_books sets it), a
+    dataset.train_file would not be read, and the run would train on the hub's pairs."""
+    from playground.data.synthetic import TASKS  # here, not at the top: `--help` does not wait for torch
+
+    if dataset_cfg.name not in TASKS and dataset_cfg.train_file and dataset_cfg.hub_name:
+        raise UserError(f"dataset.train_file={dataset_cfg.train_file} and dataset.hub_name={dataset_cfg.hub_name} both "
+                        f"name the training pairs: give one (to train on the file, dataset=text_pairs, or "
+                        f"dataset.hub_name=null)")
+
+
 def check_tied_vocabulary(model_cfg, dataset_cfg) -> None:
     """One embedding for source and target (model.tie_embeddings=all) needs text read into one vocabulary (a
     generated task has one), even where two vocabularies would happen to have the same size."""
@@ -434,6 +445,7 @@ def check_run_config(cfg):
     check_decode(cfg.decode, t)
     check_training_decode(cfg.decode)
     check_model(cfg.model)
+    check_one_training_source(cfg.dataset)
     check_tied_vocabulary(cfg.model, cfg.dataset)
     check_lengths(cfg.model, cfg.dataset)
     return t

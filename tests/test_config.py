@@ -351,6 +351,18 @@ def test_a_users_dataset_file_naming_data_files_without_a_text_dataset_name_is_r
     # a warning in the generated task's job
 
 
+@pytest.mark.parametrize("preset", ["opus_books", "text_pairs"])
+def test_a_training_file_beside_a_hub_dataset_is_refused_rather_than_left_unread(compose_config, preset):
+    from playground.checks import check_run_config
+
+    cfg = compose_config(f"dataset={preset}", "dataset.hub_name=data/saved", "dataset.train_file=data/train.tsv")
+    with pytest.raises(UserError, match=r"^dataset.train_file=data/train.tsv and dataset.hub_name=data/saved both name "
+                                        r"the training pairs: give one \(to train on the file, dataset=text_pairs, or "
+                                        r"dataset.hub_name=null\)$"):
+        check_run_config(cfg)
+    check_run_config(compose_config("dataset=opus_books", "dataset.hub_name=null", "dataset.train_file=data/train.tsv"))
+
+
 def test_one_embedding_for_both_sides_of_text_needs_one_vocabulary_whatever_the_sizes(compose_config):
     from playground.checks import check_run_config
 
