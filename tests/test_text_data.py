@@ -328,3 +328,20 @@ def test_one_shared_vocabulary_is_learned_from_both_sides(tmp_path):
     assert data.src_tokenizer is data.tgt_tokenizer
     train = data.splits["train"]
     assert UNK not in train.src.tolist() and UNK not in train.tgt.tolist()  # every word of either side is known
+
+
+@pytest.mark.parametrize("pairs, a_file, message", [
+    ("-5", False, "--pairs -5: give 1 to 53160 (the toy grammar has 53760 distinct sentences"),  # test pairs in train
+    ("60000", False, "--pairs 60000: give 1 to 53160"),  # drew sentences for ever
+    ("10", True, "is a file: give a folder")])
+def test_the_toy_corpus_command_refuses_a_count_it_cannot_write_or_a_file_as_its_folder(tmp_path, capsys, pairs, a_file,
+                                                                                       message):
+    from playground.data.toy_corpus import main
+
+    folder = tmp_path / "toy"
+    if a_file:
+        folder.write_text("mine\n")
+    with pytest.raises(SystemExit) as stopped:
+        main([str(folder), "--pairs", pairs])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not folder.is_dir()

@@ -24,10 +24,14 @@ ADJECTIVES = {"red": ("rossi", "rosse"), "new": ("nuovi", "nuove"), "old": ("vec
               "small": ("piccoli", "piccole"), "big": ("grandi", "grandi"), "green": ("verdi", "verdi"),
               "white": ("bianchi", "bianche")}
 PLACES = {"": "", "in the garden": "nel giardino", "at home": "a casa", "today": "oggi", "in the city": "in città"}
+DISTINCT = len(SUBJECTS) * len(VERBS) * len(NUMBERS) * len(ADJECTIVES) * len(NOUNS) * len(PLACES)  # 53,760 sentences
+HELD_OUT = 300  # valid and test pairs each
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """n distinct (English, Italian) sentence pairs drawn with a seeded generator."""
+    if n > DISTINCT:  # the draws below would never end
+        raise ValueError(f"the toy grammar has {DISTINCT} distinct sentences, fewer than {n}")
     rng, pairs, seen = random.Random(seed), [], set()
     while len(pairs) < n:
         person, verb = rng.randrange(4), rng.choice(list(VERBS))
@@ -54,13 +58,18 @@ def write(pairs, path: Path, fmt: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a rule-based English -> Italian parallel corpus.")
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--pairs", type=int, default=6000, help="training pairs (valid and test get 300 each)")
+    parser.add_argument("--pairs", type=int, default=6000, help=f"training pairs (valid and test get {HELD_OUT} each)")
     parser.add_argument("--format", choices=["tsv", "jsonl"], default="tsv")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not 1 <= args.pairs <= DISTINCT - 2 * HELD_OUT:  # 0: an empty train.tsv; fewer: test pairs in it
+        parser.error(f"--pairs {args.pairs}: give 1 to {DISTINCT - 2 * HELD_OUT} (the toy grammar has {DISTINCT} "
+                     f"distinct sentences, and valid and test take {HELD_OUT} each)")
+    if args.folder.exists() and not args.folder.is_dir():
+        parser.error(f"{args.folder} is a file: give a folder to write train, valid and test into")
     args.folder.mkdir(parents=True, exist_ok=True)
-    pairs = make_pairs(args.pairs + 600, args.seed)
-    splits = {"train": pairs[:args.pairs], "valid": pairs[args.pairs:args.pairs + 300], "test": pairs[-300:]}
+    pairs = make_pairs(args.pairs + 2 * HELD_OUT, args.seed)
+    splits = {"train": pairs[:args.pairs], "valid": pairs[args.pairs:args.pairs + HELD_OUT], "test": pairs[-HELD_OUT:]}
     for split, rows in splits.items():
         write(rows, args.folder / f"{split}.{args.format}", args.format)
     print(f"wrote {', '.join(f'{len(r)} {s}' for s, r in splits.items())} pairs to {args.folder}/")
