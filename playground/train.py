@@ -269,8 +269,8 @@ def train(run: Training, settings, data, batches, tracker, on_eval, on_checkpoin
             else:
                 scaler.step(optimizer)
                 scaler.update()
+                window.add(loss, grad_norm)  # before the schedule moves on: train/lr is the rate this step used
                 scheduler.step()
-                window.add(loss, grad_norm)
             progress.bar.update(1)
             last = step == settings.max_steps
             if step % settings.log_every == 0 or last:
@@ -388,6 +388,7 @@ class LogWindow:
     def __init__(self, run: Training, after: int = 0):
         self.run, self.after = run, after
         self.loss_sum = torch.zeros((), device=run.device)  # read back only at log steps
+        self.lr = run.optimizer.param_groups[0]["lr"]  # the rate of the last step counted (or of the next, none yet)
         self._reset()
 
     def state_dict(self) -> dict:
@@ -411,8 +412,10 @@ class LogWindow:
         self.start = time.perf_counter()
 
     def add(self, loss, grad_norm=None):
-        """Count one step of the given loss and gradient norm (device tensors: no sync)."""
+        """Count one step of the given loss and gradient norm (device tensors: no sync), and the learning rate it
+        used (called before the schedule's step)."""
         self.loss_sum += loss.detach()
+        self.lr = self.run.optimizer.param_groups[0]["lr"]
         self.steps += 1
         if grad_norm is not None:
             self.norms.append(grad_norm.detach().float())
@@ -439,7 +442,7 @@ class LogWindow:
         sum_across(run.dist, self.loss_sum)
         loss = self.loss_sum.item()
         elapsed = time.perf_counter() - self.start
-        values = {"train/loss": loss / max(self.steps, 1) / world, "train/lr": run.scheduler.get_last_lr()[0],
+        values = {"train/loss": loss / max(self.steps, 1) / world, "train/lr": self.lr,
                   "train/padding_fraction": 1 - self.real / max(self.padded, 1),
                   "perf/tokens_per_sec": self.tokens / elapsed}  # real target tokens, all processes
         if run.step_flops is not None and run.peak_flops:

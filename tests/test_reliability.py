@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from playground import experiment
 from playground.errors import UserError
-from playground.setup import ONEDNN_CACHE, bound_onednn_cache
+from playground.setup import ONEDNN_CACHE, bound_onednn_cache, cosine
 from test_cli import ENTRY, ROOT
 
 FAST = ["model.d_model=16", "model.d_ff=32", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
@@ -67,6 +67,17 @@ def test_a_run_resumed_between_log_steps_logs_the_train_loss_the_uninterrupted_r
     expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
     assert sorted(got) == [8, 12, 16]
     assert [got[s] for s in (8, 12, 16)] == [expected[s] for s in (8, 12, 16)]  # bit for bit
+
+
+def test_the_logged_learning_rate_of_each_step_is_the_rate_its_update_used(compose_config, tmp_path):
+    """train/lr at step s is optimizer.lr times the schedule at step s (counted from 1), as the NaN message and the
+    schedule's own test count it: not the rate of step s + 1, which the schedule holds once step s is done."""
+    experiment.run_train(compose_config(*FAST, "optimizer.lr=0.01", "scheduler.warmup_steps=4", "trainer.log_every=1",
+                                        "trainer.max_steps=8", "trainer.eval_every=8"), tmp_path / "run")
+    logged = {e.step: e.value for e in EventAccumulator(str(tmp_path / "run")).Reload().Scalars("train/lr")}
+    expected = {step: 0.01 * cosine(step, 4, 8, 0.0) for step in range(1, 9)}
+    assert logged == pytest.approx(expected, rel=1e-6)
+    assert logged[4] == pytest.approx(0.01)  # the peak, at the end of the warmup
 
 
 # SIGUSR2 (exit 140, the same message) is sent in test_processes.py's requeue test
