@@ -117,8 +117,10 @@ def restore_training_state(state, path, model, optimizer, scheduler, scaler, t, 
     load_model_weights(model, state["model"], path)
     restore_optimizer(optimizer, state, path, d)
     scheduler.load_state_dict(state["scheduler"])
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # a fresh optimizer's rate: the schedule's
-        group["lr"] = lr
+    # a fresh optimizer's rate: this run's schedule at the next step, whose length is this run's trainer.max_steps
+    # (the checkpoint's last rate would be the cosine of its own length, 0 at its end, for the first resumed step)
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if state["step"] >= t.max_steps:

@@ -48,6 +48,22 @@ def test_a_resume_may_train_longer_and_change_how_it_runs(compose_config, checkp
     assert flat["last_step"] == 12
 
 
+
+def test_a_resume_with_more_steps_trains_every_resumed_step_on_the_cosine_stretched_to_the_new_length(
+        compose_config, checkpoint, tmp_path):
+    """The checkpoint ended its 8-step cosine at 0; resumed to 16 steps, step 9 on is the 16-step cosine (warmup 1,
+    as the checkpoint's run chose), from the first resumed step: not one more step at the old schedule's 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from playground.setup import auto_lr, cosine
+
+    experiment.run_train(compose_config(*FAST, "trainer.max_steps=16", "trainer.log_every=1", "trainer.eval_every=16",
+                                        f"ckpt_path={checkpoint}"), tmp_path / "resumed")
+    logged = {e.step: e.value for e in EventAccumulator(str(tmp_path / "resumed")).Reload().Scalars("train/lr")}
+    expected = {step: auto_lr(16) * cosine(step, 1, 16, 0.0) for step in range(9, 17)}
+    assert logged == pytest.approx(expected, rel=1e-6)
+    assert logged[9] > 0.4 * auto_lr(16)  # about halfway down the 16-step cosine, where the 8-step one had ended
+
 def test_resume_override_applies_a_new_learning_rate_and_logs_every_change(compose_config, checkpoint, tmp_path,
                                                                           caplog):
     caplog.set_level(logging.WARNING)
