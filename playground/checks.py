@@ -439,7 +439,7 @@ def check_run_config(cfg):
 
     t = OmegaConf.to_object(cfg.trainer)
     check_trainer(t)
-    check_optimizer(cfg.optimizer)
+    check_optimizer(cfg.optimizer, resuming=bool(cfg.ckpt_path) or t.auto_resume)
     check_scheduler(cfg.scheduler)
     check_unused_settings(cfg.optimizer, cfg.scheduler)
     check_decode(cfg.decode, t)

@@ -118,9 +118,16 @@ def autocast_for(device: torch.device, precision: str):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def check_optimizer(opt_cfg) -> None:
+SGD_LR_UNSET = ("optimizer.lr is not set, and the automatic one is for Adam: give optimizer=sgd a learning rate "
+                "(optimizer.lr=0.1)")
+
+
+def check_optimizer(opt_cfg, resuming: bool = False) -> None:
     """The optimizer values torch would refuse with a traceback (or take, and diverge), each refused in one line
-    naming the key: before any data is read, and for every job of a sweep."""
+    naming the key: before any data is read, and for every job of a sweep. resuming: optimizer.lr=null takes the
+    checkpoint's rate, whatever the optimizer."""
+    if opt_cfg.lr is None and opt_cfg.name == "sgd" and not resuming:
+        raise UserError(SGD_LR_UNSET)
     if opt_cfg.lr is not None and opt_cfg.lr <= 0:  # null: chosen from model.d_model (Adam's only)
         auto = " (or null: 2e-3 * sqrt(128 / model.d_model))" if opt_cfg.name != "sgd" else ""
         raise UserError(f"optimizer.lr={opt_cfg.lr} must be positive{auto}")
@@ -214,8 +221,7 @@ def resolve_recipe(cfg, max_steps: int, saved: dict = None) -> str:
             cfg.scheduler.warmup_steps = saved["scheduler"]["warmup_steps"]
     if cfg.optimizer.lr is None:
         if cfg.optimizer.name == "sgd":
-            raise UserError("optimizer.lr is not set, and the automatic one is for Adam: give optimizer=sgd a "
-                            "learning rate (optimizer.lr=0.1)")
+            raise UserError(SGD_LR_UNSET)
         cfg.optimizer.lr = auto_lr(cfg.model.d_model)
     if cfg.scheduler.warmup_steps is None:
         cfg.scheduler.warmup_steps = auto_warmup(max_steps) if cfg.scheduler.name != "constant" else 0

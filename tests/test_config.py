@@ -230,6 +230,17 @@ def test_a_misspelt_choice_is_refused_before_any_data_is_read(compose_config, tm
         experiment.run_train(cfg, tmp_path)
 
 
+
+def test_a_sweep_with_an_sgd_job_whose_learning_rate_is_left_null_is_refused_before_the_first_job(compose_config):
+    """optimizer.lr=null is automatic for Adam only: the sweep's adam job would train, then its sgd job be refused."""
+    from playground.checks import check_overrides, check_run_config
+
+    with pytest.raises(UserError, match=r"^optimizer.lr is not set, and the automatic one is for Adam: give "
+                                        r"optimizer=sgd a learning rate \(optimizer.lr=0.1\) \(in the sweep's job with "
+                                        r"optimizer=sgd optimizer.lr=null\)$"):
+        check_overrides(["-m", "optimizer=adam,sgd", "optimizer.lr=null"])
+    check_run_config(compose_config("optimizer=sgd", "optimizer.lr=null", "ckpt_path=last.pt"))  # the checkpoint's
+
 @pytest.mark.parametrize("args", [
     ["-m", "model.d_model=range(96,97)", "model.heads=3"],  # the sweep's d_model, not the default's, meets heads=3
     ["-m", "hparams_search=optuna", "model.d_model=choice(96,192)", "model.heads=3"],
