@@ -140,6 +140,9 @@ def check_optimizer(opt_cfg, resuming: bool = False) -> None:
         raise UserError(f"optimizer.weight_decay={opt_cfg.weight_decay} must be 0 (none) or positive")
     if opt_cfg.name == "sgd" and opt_cfg.momentum < 0:
         raise UserError(f"optimizer.momentum={opt_cfg.momentum} must be 0 (none) or positive")
+    if opt_cfg.name == "sgd" and opt_cfg.momentum >= 1:  # as Adam's betas: 1 or more, the velocity never decays
+        raise UserError(f"optimizer.momentum={opt_cfg.momentum} must be below 1 (0.9 is usual): at 1 or more every "
+                        f"past gradient keeps its whole weight in each update, which grows without bound")
 
 
 def check_unused_settings(opt_cfg, sched_cfg) -> None:

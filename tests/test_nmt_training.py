@@ -141,6 +141,9 @@ BAD_OPTIMIZATION = [
     ("optimizer.lr=-0.001", "optimizer.lr=-0.001 must be positive (or null: 2e-3 * sqrt(128 / model.d_model))"),
     ("optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
     ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1.0 must be 0 (none) or positive"),
+    ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum=1.5 must be below 1 (0.9 is usual): at 1 or more "
+                                             "every past gradient keeps its whole weight in each update, which grows "
+                                             "without bound"),
     ("scheduler.min_lr_ratio=-2", "scheduler.min_lr_ratio=-2.0 must be in [0, 1] (a fraction of the peak)"),
     ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be 0 (no warmup) or positive"),
     ("scheduler=constant scheduler.warmup_steps=100", "scheduler.warmup_steps=100: scheduler=constant does not use it "
