@@ -192,6 +192,27 @@ def test_the_measuring_corpus_has_the_sentence_lengths_it_claims(tmp_path):
     assert 0.9 < ratio.mean() < 1.1 and ratio.std() > 0.01  # targets spread around the source lengths
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--pairs", "0"], "--pairs 0: give 1 or more"),  # an empty train.tsv
+    (["--pairs", "-3"], "--pairs -3: give 1 or more"),  # a StopIteration traceback, test.tsv short of 3 pairs
+    (["--held-out", "0"], "--held-out 0: give 1 or more"),  # empty valid.tsv and test.tsv
+    (["--vocabulary", "0"], "--vocabulary 0: give 1 to"),  # a ValueError traceback from numpy
+    (["--median-words", "-1"], "--median-words -1.0: give a positive number"),  # sentences of no words
+    (["--pairs", "10", "a file"], "is a file: give a folder")])
+def test_the_measuring_corpus_command_refuses_a_count_it_cannot_write_or_a_file_as_its_folder(tmp_path, capsys, args,
+                                                                                             message):
+    from playground.data.big_corpus import main
+
+    folder = tmp_path / "big"
+    if "a file" in args:
+        folder.write_text("mine\n")
+        args = args[:-1]
+    with pytest.raises(SystemExit) as stopped:
+        main([str(folder), "--vocabulary", "50", *args])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not folder.is_dir()
+
+
 def test_a_cache_that_cannot_be_written_leaves_the_run_going_with_the_ids_in_memory(text_corpus, caplog, monkeypatch):
     def full_disk(path, arrays, meta):
         raise OSError(28, "No space left on device")

@@ -20,6 +20,8 @@ import numpy as np
 VOCABULARY = 50_000
 MEDIAN_WORDS, SPREAD, LONGEST = 20, 0.5, 150  # log-normal: exp(N(log 20, 0.5)) has mean 22.7
 HELD_OUT = 1_000  # valid and test pairs each
+SOURCE_CONSONANTS, SOURCE_VOWELS = list("bdfgklmnprstvz"), list("aeiou")
+MOST_WORDS = sum((len(SOURCE_CONSONANTS) * len(SOURCE_VOWELS)) ** n for n in range(1, 5))  # of 1 to 4 syllables
 
 
 def _words(rng, consonants, vowels, n) -> np.ndarray:
@@ -35,7 +37,7 @@ def _words(rng, consonants, vowels, n) -> np.ndarray:
 def make_corpus(pairs: int, seed: int = 0, vocabulary: int = VOCABULARY, median_words: float = MEDIAN_WORDS):
     """Yield `pairs` (source, target) sentence pairs over a vocabulary of `vocabulary` words a language."""
     rng = np.random.default_rng(seed)
-    source_words = _words(rng, list("bdfgklmnprstvz"), list("aeiou"), vocabulary)
+    source_words = _words(rng, SOURCE_CONSONANTS, SOURCE_VOWELS, vocabulary)
     target_words = _words(rng, ["b", "ch", "d", "g", "l", "m", "n", "p", "r", "s", "sch", "t", "v", "z"],
                           ["a", "e", "ei", "i", "o", "u", "au"], vocabulary)
     meaning = rng.permutation(vocabulary)  # source word i means target word meaning[i]
@@ -87,6 +89,15 @@ def main(argv=None):
     parser.add_argument("--median-words", type=float, default=MEDIAN_WORDS, help="the median sentence length")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for option, value in (("--pairs", args.pairs), ("--held-out", args.held_out)):
+        if value < 1:  # 0: an empty file, which a run refuses; fewer: the held-out pairs wrote into train.tsv's place
+            parser.error(f"{option} {value}: give 1 or more")
+    if not 1 <= args.vocabulary <= MOST_WORDS:
+        parser.error(f"--vocabulary {args.vocabulary}: give 1 to {MOST_WORDS:,} (the made-up words of 1 to 4 syllables)")
+    if not args.median_words > 0:  # log-normal lengths around its logarithm: 0 or less made empty sentences
+        parser.error(f"--median-words {args.median_words}: give a positive number of words")
+    if args.folder.exists() and not args.folder.is_dir():
+        parser.error(f"{args.folder} is a file: give a folder to write train, valid and test into")
     started = time.perf_counter()
     paths = write_corpus(args.folder, args.pairs, args.seed, args.held_out, vocabulary=args.vocabulary,
                          median_words=args.median_words)
