@@ -104,7 +104,9 @@ def test_a_file_given_as_the_valid_split_or_as_the_test_split_makes_two_caches(t
     (lambda path: path.write_bytes(b"\xff" * 64), "is not a token cache"),
     (lambda path: path.write_bytes(path.read_bytes()[:-200] + b"\x07" + path.read_bytes()[-199:]), "is corrupt"),
     (lambda path: path.write_bytes(path.read_bytes().replace(b"<unk>", b"<unq>", 1)), "is corrupt"),
-], ids=["truncated", "cut short", "overwritten", "a changed byte", "a changed tokenizer in the header"])
+    (lambda path: path.write_bytes(path.read_bytes().replace(b'"sha256"', b'"sha257"', 1)), "is corrupt"),
+], ids=["truncated", "cut short", "overwritten", "a changed byte", "a changed tokenizer in the header",
+        "a changed checksum key in the header"])
 def test_a_truncated_or_corrupt_cache_is_named_and_rebuilt(text_corpus, caplog, damage, message):
     caplog.set_level(logging.INFO)
     load_data(config(text_corpus))  # let go before the damage: a file cut short under a live mapping kills its reader

@@ -182,7 +182,7 @@ def read(path: Path) -> tuple[dict, dict]:
             block = f.read(min(left, 1 << 22))
             digest.update(block)
             left -= len(block)
-        if digest.hexdigest() != header["sha256"] or f.read() != END:
+        if digest.hexdigest() != header.get("sha256") or f.read() != END:  # a damaged key name loses it too
             raise Unusable("is corrupt (its content does not match its SHA-256)")
     whole = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(data_bytes,)) if data_bytes else None
     arrays = {}
