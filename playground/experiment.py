@@ -132,7 +132,8 @@ def _write_hypotheses(run_dir: Path, hypotheses, data: Data) -> None:
 
 
 def _test_counts(data: Data) -> dict:
-    """How many test pairs were scored, and how many the length filter (dataset.too_long=filter) dropped."""
+    """How many test pairs were scored, and how many of the test file's were not: a side empty, or too long for
+    the length filter (dataset.too_long=filter)."""
     return {"test/pairs_scored": len(data.splits["test"]), "test/pairs_dropped": data.dropped.get("test", 0)}
 
 

@@ -156,6 +156,21 @@ def test_a_split_left_empty_says_why_naming_its_file(tmp_path):
         load_data(c)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_the_test_pairs_scored_and_dropped_add_up_to_the_pairs_of_the_test_file(tmp_path, cache):
+    write(make_pairs(200), tmp_path / "train.tsv", "tsv")
+    test = make_pairs(20, seed=9)
+    (tmp_path / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in test) + "hello\t\n\tciao\n"
+                                       + " ".join(["the"] * 30) + "\til\n")  # two empty sides, one too long
+    c = DatasetConfig(name="text_pairs", train_file=str(tmp_path / "train.tsv"), test_file=str(tmp_path / "test.tsv"),
+                      tokenizer="word", min_frequency=1, max_src_len=20, cache=cache)
+    for data in (load_data(c), load_data(c)):  # with the cache: built, then read
+        counts = experiment._test_counts(data)
+        assert counts == {"test/pairs_scored": 20, "test/pairs_dropped": 3}
+    c.too_long = "truncate"  # the long pair is scored, cut; the empty sides still cannot be
+    assert experiment._test_counts(load_data(c)) == {"test/pairs_scored": 21, "test/pairs_dropped": 2}
+
+
 def test_token_budget_batches_cover_every_pair_once_and_pad_less_than_random_batches():
     g = torch.Generator().manual_seed(0)
     pairs = [([5] * n, [6] * n) for n in torch.randint(1, 40, (500,), generator=g).tolist()]

@@ -35,7 +35,7 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # raise it when what a cache holds, or how text becomes its ids, changes
+FORMAT = 5  # raise it when what a cache holds, or how text becomes its ids, changes
 MAGIC, END = b"TPTOKEN\x00", b"TPEND\x00\x00\x00"
 ALIGN = 64
 FOLDER = ".playground-cache"

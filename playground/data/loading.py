@@ -30,7 +30,7 @@ class Data:
     splits: dict  # split name -> TokenPairs
     texts: dict  # valid and test -> [(source text, reference text)], row for row with splits, for BLEU and samples
     notes: dict = field(default_factory=dict)  # split name -> what was dropped or cut on the way
-    dropped: dict = field(default_factory=dict)  # split name -> pairs the length filter dropped (too_long=filter)
+    dropped: dict = field(default_factory=dict)  # split name -> pairs read but not kept (an empty side; too long)
 
 
 def load_data(c, tokenizers=None, splits=SPLITS) -> Data:
@@ -142,6 +142,7 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
         kept = [(s, t) for s, t in pairs if s and t]
         if len(kept) < len(pairs):
             notes[split] = [f"{len(pairs) - len(kept)} pairs with an empty side dropped"]
+            dropped[split] = len(pairs) - len(kept)
         raw[split] = kept
     if tokenizers is not None:
         src_tok, tgt_tok = tokenizers
@@ -155,7 +156,7 @@ def _tokenised(c, tokenizers, wanted) -> tuple[dict, dict]:
     for split, pairs in raw.items():
         ids, kept, long = _encode(pairs, src_tok, tgt_tok, c)
         if long and c.too_long == "filter":
-            dropped[split] = long
+            dropped[split] = dropped.get(split, 0) + long
         if long:
             verb = "dropped" if c.too_long == "filter" else "truncated"
             notes.setdefault(split, []).append(f"{long} pairs longer than dataset.max_src_len={c.max_src_len} or "
