@@ -44,12 +44,18 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def data_fingerprint(dataset: dict) -> dict:
-    """The size and SHA-256 of each data file the dataset config names (what the run trains and evaluates on)."""
+    """The size and SHA-256 of each data file the dataset config names (what the run trains and evaluates on): a
+    Moses prefix's two files as `train_file.en` and `train_file.it`."""
     prints = {}
     for key in DATA_FILES:
         path = dataset.get(key)
-        if path and Path(path).is_file():
-            prints[key] = {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
+        if not path:
+            continue
+        files = {key: path} if Path(path).is_file() else \
+            {f"{key}.{lang}": f"{path}.{lang}" for lang in (dataset.get("src_lang"), dataset.get("tgt_lang"))}
+        for name, file in files.items():
+            if Path(file).is_file():
+                prints[name] = {"path": str(file), "bytes": Path(file).stat().st_size, "sha256": file_sha256(file)}
     return prints
 
 
@@ -66,10 +72,13 @@ def data_changes(saved: dict, now: dict) -> list:
     changes = []
     for key, record in (saved or {}).items():
         current = now.get(key)
+        path = (current or record)["path"]
+        setting, _, lang = key.partition(".")  # train_file.en: one file of a Moses prefix
+        where = f"dataset.{setting}={path[:-len(lang) - 1]}: {path}" if lang else f"dataset.{key}={path}"
         if current is None:
-            changes.append(f"dataset.{key}={record['path']} is not there any more")
+            changes.append(f"{where} is not there any more")
         elif current["sha256"] != record["sha256"]:
-            changes.append(f"dataset.{key}={current['path']} has changed since the checkpoint was written "
+            changes.append(f"{where} has changed since the checkpoint was written "
                            f"({record['bytes']:,} bytes then, {current['bytes']:,} now; compared by SHA-256)")
     return changes
 

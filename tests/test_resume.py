@@ -214,3 +214,20 @@ def test_a_data_file_edited_to_the_same_size_is_seen_as_changed(tmp_path):
     assert file_sha256(train) != before["train_file"]["sha256"]  # in this process too: not the hash of the old bytes
     changes = data_changes(before, data_fingerprint({"train_file": str(train)}))
     assert len(changes) == 1 and "has changed since the checkpoint was written (16 bytes then, 16 now" in changes[0]
+
+
+def test_a_changed_file_of_a_moses_pair_is_seen_as_changed(tmp_path):
+    from playground.resume import data_changes, data_fingerprint
+
+    dataset = {"train_file": str(tmp_path / "train"), "src_lang": "en", "tgt_lang": "it"}
+    (tmp_path / "train.en").write_text("the cat\n")
+    (tmp_path / "train.it").write_text("il gatto\n")
+    before = data_fingerprint(dataset)
+    assert set(before) == {"train_file.en", "train_file.it"}
+    (tmp_path / "train.it").write_text("il cane\n")
+    assert data_changes(before, data_fingerprint(dataset)) == [
+        f"dataset.train_file={tmp_path}/train: {tmp_path}/train.it has changed since the checkpoint was written "
+        f"(9 bytes then, 8 now; compared by SHA-256)"]
+    (tmp_path / "train.en").unlink()
+    assert data_changes(before, data_fingerprint(dataset))[0] == \
+        f"dataset.train_file={tmp_path}/train: {tmp_path}/train.en is not there any more"
