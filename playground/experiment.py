@@ -28,8 +28,8 @@ from .evaluate import evaluate, text_metrics
 from .inference import model_from_checkpoint
 from .model import build_model
 from .perf import matmul_peak, training_flops
-from .resume import (apply_learning_rate, best_checkpoint, check_resume, data_fingerprint, restore_monitor,
-                     restore_training_state)
+from .resume import (apply_learning_rate, best_checkpoint, check_held_out_test, check_resume, data_fingerprint,
+                     restore_monitor, restore_training_state)
 from .rundir import command_line, log_file_only, pasted_override, quoted_override
 from .setup import (PRECISIONS, autocast_for, build_optimizer, build_scheduler, maybe_compile,
                     resolve_device, resolve_precision, resolve_recipe)
@@ -431,6 +431,8 @@ def run_eval(cfg, run_dir: Path) -> dict:
     if unread := unread_dataset_files(dataset):  # files the checkpoint's own config names
         log.warning(unread)
     check_lengths(saved.model, dataset, checkpoint=cfg.ckpt_path)
+    if dataset.name not in TASKS:
+        check_held_out_test(cfg.ckpt_path, dataset, saved.dataset, state.get("data"))
     data = load_data(dataset, tokenizers=(src_tok, tgt_tok), splits=("test",))  # the training file is not read
     log.info(f"evaluating {cfg.ckpt_path} (step {state['step']}) on {len(data.splits['test'])} test pairs")
     metrics, _, hypotheses = _evaluator(model, data, t, OmegaConf.to_object(cfg.decode), device, autocast, Dist())("test")

@@ -83,6 +83,29 @@ def data_changes(saved: dict, now: dict) -> list:
     return changes
 
 
+HELD_OUT_KEYS = ("seed", "valid_fraction", "test_fraction")  # with the training file, they draw the held-out pairs
+
+
+def check_held_out_test(path, dataset, saved_dataset, saved_data: dict) -> None:
+    """eval of a test split held out of the training file (no dataset.test_file) scores the pairs the checkpoint's
+    run held out only where the file's content and the keys that drew them are the run's: otherwise other pairs
+    are drawn, some of which it trained on, and the scores are inflated without a word. Refused in one line."""
+    if dataset.get("test_file"):
+        return
+    drawn = [f"dataset.{key}={dataset.get(key)} (the checkpoint: {saved_dataset.get(key)})" for key in HELD_OUT_KEYS
+             if dataset.get(key) != saved_dataset.get(key)]
+    if bool(dataset.get("valid_file")) != bool(saved_dataset.get("valid_file")):  # valid is held out first, or not
+        drawn.append(f"dataset.valid_file={dataset.get('valid_file')} (the checkpoint: "
+                     f"{saved_dataset.get('valid_file')})")
+    now = data_fingerprint(dataset)  # a training file that is not there is named by the data loading
+    drawn += data_changes({key: record for key, record in (saved_data or {}).items()
+                           if key.partition(".")[0] == "train_file" and key in now}, now)
+    if drawn:
+        raise UserError(f"{drawn[0]}: the test pairs are held out of the training file, so these would not be the "
+                        f"pairs the run of ckpt_path={path} held out, and some would be pairs it trained on (give "
+                        f"the test pairs as dataset.test_file=PATH)")
+
+
 def check_resume(path, saved_config: dict, config: dict, saved_data: dict, data: dict, override: bool,
                  in_place: bool = False) -> list:
     """Refuse to resume checkpoint `path` into a different experiment, in one line; with override, return the

@@ -360,6 +360,29 @@ def test_eval_of_a_text_run_needs_only_the_checkpoint_and_the_test_file(compose_
     assert len(hypotheses) == metrics["test/pairs_scored"]
 
 
+@pytest.mark.slow
+def test_eval_of_a_test_split_held_out_of_the_training_file_refuses_a_changed_file_or_draw(compose_config, text_corpus,
+                                                                                         tmp_path, entry):
+    run_train(compose_config("dataset=text_pairs", f"dataset.train_file={text_corpus}/train.tsv",
+                             "dataset.tokenizer=word", "dataset.vocab_size=200", "model.d_model=16", "model.d_ff=32",
+                             "model.heads=2", "model.enc_layers=1", "model.dec_layers=1", "trainer.max_steps=2",
+                             "trainer.batch_size=16"), tmp_path / "run")
+    ckpt = f"ckpt_path={tmp_path}/run/checkpoints/last.pt"
+    assert entry("mode=eval", ckpt, f"hydra.run.dir={tmp_path}/eval").returncode == 0  # the same file and draw
+    drawn = entry("mode=eval", ckpt, "dataset.seed=1", f"hydra.run.dir={tmp_path}/seed")
+    assert drawn.returncode == 2 and drawn.stderr.startswith(
+        "error: dataset.seed=1 (the checkpoint: 0): the test pairs are held out of the training file, so these would "
+        "not be the pairs the run of ckpt_path=")
+    with open(text_corpus / "train.tsv", "a") as f:
+        f.write("a new sentence\tuna frase nuova\n")  # the seeded draw of the held-out pairs moves
+    changed = entry("mode=eval", ckpt, f"hydra.run.dir={tmp_path}/changed")
+    assert changed.returncode == 2 and "train.tsv has changed since the checkpoint was written" in changed.stderr
+    assert "some would be pairs it trained on (give the test pairs as dataset.test_file=PATH)" in changed.stderr
+    assert not (tmp_path / "changed" / "metrics.json").exists()
+    given = entry("mode=eval", ckpt, f"dataset.test_file={text_corpus}/test.tsv", f"hydra.run.dir={tmp_path}/given")
+    assert given.returncode == 0, given.stderr  # a test file of one's own is scored as it is
+
+
 def test_the_nn_transformer_baseline_trains_on_the_same_settings_and_reports_test_scores(capsys):
     from playground import baseline
 
