@@ -223,3 +223,21 @@ def test_a_cache_that_cannot_be_written_leaves_the_run_going_with_the_ids_in_mem
     data = load_data(config(text_corpus))
     assert "cannot be written (No space left on device); going on without a cache" in caplog.text
     same_data(load_data(config(text_corpus, cache=False)), data)
+
+
+def test_a_cache_dir_that_cannot_be_written_is_refused_and_an_unwritable_default_gives_way_to_the_user_cache(
+        text_corpus, tmp_path_factory, monkeypatch):
+    import os
+
+    from playground.errors import UserError
+
+    readonly = tmp_path_factory.mktemp("readonly")
+    home = tmp_path_factory.mktemp("home")
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: writable(path, mode) and readonly.name not in str(path)
+                        and cache.FOLDER not in str(path))  # as for a user without write permission there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    with pytest.raises(UserError, match=rf"^dataset.cache_dir={readonly} is not writable"):
+        load_data(config(text_corpus, cache_dir=str(readonly)))
+    load_data(config(text_corpus))
+    assert len(list((home / "transformer-playground").glob("*.tokens"))) == 1
