@@ -21,12 +21,13 @@ def exact_matches(pred, ref):
 
 
 def output_limits(model, src, d):
-    """Each row's longest output (B,): max_len_a * its source length + max_len_b tokens, within the model's positions."""
+    """Each row's longest output (B,): max_len_a * its source length + max_len_b tokens, within the model's positions
+    (model.max_len outputs, EOS included: the decoder reads BOS and all but the last of them)."""
     lengths = (src != PAD).sum(1)  # (B,)
     # in whole numbers, a as the fraction it was written as: 1.3 * 90 + 10 is 127 tokens, which float32 (126.99998)
     # and even float64 (0.29 * 100 = 28.999999999999996) would cut to one less (and MPS has no float64)
     a = Fraction(d.max_len_a).limit_denominator(10**6)
-    return (lengths * a.numerator // a.denominator + int(d.max_len_b)).clamp(1, model.max_len - 1)
+    return (lengths * a.numerator // a.denominator + int(d.max_len_b)).clamp(1, model.max_len)
 
 
 def decode(model, src, d, generator=None):

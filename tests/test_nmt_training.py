@@ -114,7 +114,23 @@ def test_an_outputs_length_limit_is_max_len_a_times_its_source_plus_max_len_b_wi
     model = SimpleNamespace(max_len=12)
     limits = output_limits(model, src, DecodeConfig(max_len_a=2.0, max_len_b=1))
     assert limits.tolist() == [7, 11]
-    assert output_limits(model, src, DecodeConfig(max_len_a=1.0, max_len_b=50)).tolist() == [11, 11]  # positions
+    assert output_limits(model, src, DecodeConfig(max_len_a=1.0, max_len_b=50)).tolist() == [12, 12]  # positions
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_the_longest_target_the_positions_allow_can_be_decoded_with_its_eos(kernels, beam_size, seeded):
+    from conftest import tiny_model_config
+    from playground.checks import check_lengths
+    from playground.evaluate import decode
+
+    check_lengths(tiny_model_config(max_len=11), DatasetConfig(name="reverse", max_len=10))  # accepted: 10 + BOS
+    model = build(tiny_model_config(max_len=11), 20, 20, kernels).eval()
+    with torch.no_grad():
+        model.generator.bias[EOS] = -1e4  # a model that never ends: its outputs run to the limit
+    src = torch.randint(4, 20, (2, 10))  # the reverse of 10 symbols is 10 tokens and EOS: 11 outputs
+    out = decode(model, src, DecodeConfig(beam_size=beam_size, max_len_a=1.0, max_len_b=10))
+    assert out.shape == (2, 11)  # room for all 11 in 11 positions (the decoder reads BOS and the first 10)
 
 
 def test_an_outputs_length_limit_is_not_cut_one_short_by_the_rounding_of_max_len_a():
