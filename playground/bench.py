@@ -38,7 +38,7 @@ from .model.dropout import Dropout
 from .model.layers import PositionwiseFeedForward
 from .model.embeddings import sinusoid_table
 from .perf import bench_device, matmul_peak, synchronize, training_flops
-from .setup import build_optimizer, cpu_computes_bf16, maybe_compile
+from .setup import build_optimizer, cpu_bf16_missing, cpu_computes_bf16, maybe_compile
 
 SIZES = {
     "d256": dict(d_model=256, heads=4, layers=3, d_ff=1024, vocab=8000, batch=32, length=64),
@@ -383,7 +383,7 @@ def main(argv=None):
     rows = []
     precisions = args.precision or ["fp32", "bf16"]
     if device.type == "cpu" and "bf16" in precisions and not cpu_computes_bf16():
-        print("bf16: skipped, this CPU has no bf16 units (no AVX512-BF16 or AMX): emulated, it runs ~20x slower than fp32")
+        print(f"bf16: skipped, {cpu_bf16_missing()}: emulated, it runs ~20x slower than fp32")
         precisions = [p for p in precisions if p != "bf16"]
     if args.stack:
         return bench_stack(device, precisions, args.size or ["d256", "d512"])

@@ -80,24 +80,52 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 OPTIMIZER_CLASSES = {torch.optim.Adam: "adam", torch.optim.AdamW: "adamw", torch.optim.SGD: "sgd"}  # class -> name
 
 
+NO_BF16_UNITS = "this CPU has no bf16 units (no AVX512-BF16 or AMX)"
+
+
+def _onednn_bf16_missing():
+    """Why torch does not multiply bf16 matrices on this CPU through oneDNN (it then emulates them), or None: oneDNN
+    is off (torch.backends.mkldnn.enabled), or held below the CPU's bf16 instructions (ONEDNN_MAX_CPU_ISA)."""
+    if not torch.backends.mkldnn.is_available():
+        return "this torch has no oneDNN"
+    if not torch.backends.mkldnn.enabled:
+        return "torch.backends.mkldnn.enabled is False"
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # oneDNN's own answer, ISA limit included
+    if probe is not None and not probe():
+        limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        return (f"ONEDNN_MAX_CPU_ISA={limit} holds oneDNN below them" if limit
+                else "this torch's oneDNN does not use them")
+    return None
+
+
+def cpu_bf16_missing():
+    """Why this CPU does not multiply bf16 matrices natively, in words, or None where it does (AVX512-BF16 or AMX,
+    used through oneDNN)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    if not any(getattr(torch.cpu, probe, lambda: False)() for probe in probes):
+        return NO_BF16_UNITS
+    if reason := _onednn_bf16_missing():
+        return f"this CPU's bf16 units are not used ({reason})"
+    return None
+
+
 def cpu_computes_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX) rather than emulating them."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return cpu_bf16_missing() is None
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
     """trainer.precision: auto is bf16 where the hardware computes in it natively (a CUDA GPU with bf16, a CPU
     with AVX512-BF16 or AMX: 2x to 6x the fp32 matrix throughput) and fp32 elsewhere. bf16 asked for by name on
-    a CPU without bf16 units is refused: emulated, it multiplies some 20x slower than fp32 (AVX2: 0.85 against
-    18 GFLOP/s), and oneDNN refuses some of its operations there."""
+    a CPU without bf16 units (or whose units oneDNN does not use) is refused: emulated, it multiplies some 20x slower
+    than fp32 (AVX2: 0.85 against 18 GFLOP/s), and oneDNN refuses some of its operations there."""
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not V100/T4
         return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
-        raise UserError("trainer.precision=bf16 but this CPU has no bf16 units (no AVX512-BF16 or AMX): emulated, "
-                        "bf16 would train many times slower than fp32 here (use trainer.precision=fp32 or auto)")
+        raise UserError(f"trainer.precision=bf16 but {cpu_bf16_missing() or NO_BF16_UNITS}: emulated, "
+                        f"bf16 would train many times slower than fp32 here (use trainer.precision=fp32 or auto)")
     return precision
 
 
@@ -111,7 +139,8 @@ def autocast_for(device: torch.device, precision: str):
         return contextlib.nullcontext
     if precision == "fp16" and device.type != "cuda":
         # bf16 is the half precision of CPUs and Apple GPUs, but only a CPU with bf16 units computes it natively
-        instead = "bf16" if device.type != "cpu" or cpu_computes_bf16() else "fp32: this CPU has no bf16 units"
+        native = device.type != "cpu" or cpu_computes_bf16()
+        instead = "bf16" if native else f"fp32: {cpu_bf16_missing() or NO_BF16_UNITS}"
         raise UserError(f"trainer.precision=fp16 needs trainer.device=cuda (on {device.type}, use {instead})")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("trainer.precision=bf16 but this GPU has no bf16 support (use fp16)")

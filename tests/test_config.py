@@ -96,7 +96,8 @@ def test_a_device_or_precision_this_machine_lacks_is_refused_naming_the_key(monk
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer.device=cuda but this machine has no cuda device"):
             setup.resolve_device("cuda")
-    for native, instead in ((True, "bf16"), (False, "fp32: this CPU has no bf16 units")):  # never what is refused next
+    no_units = r"fp32: this CPU has no bf16 units \(no AVX512-BF16 or AMX\)"
+    for native, instead in ((True, "bf16"), (False, no_units)):  # never what is refused next
         monkeypatch.setattr(setup, "cpu_computes_bf16", lambda: native)
         refusal = rf"^trainer.precision=fp16 needs trainer.device=cuda \(on cpu, use {instead}\)$"
         with pytest.raises(UserError, match=refusal):
@@ -119,6 +120,29 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
     assert setup.resolve_precision(cpu, "auto") == "fp32"
     with setup.autocast_for(cpu, "auto")():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_a_cpu_with_bf16_units_that_onednn_does_not_use_trains_in_fp32_and_refuses_bf16_saying_why(monkeypatch):
+    """torch multiplies bf16 on the CPU through oneDNN only; held below the CPU's bf16 instructions (ONEDNN_MAX_CPU_ISA)
+    or switched off, oneDNN leaves them unused and torch emulates bf16 some 20x slower than fp32."""
+    from playground import setup
+    from playground.errors import UserError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # what an AVX512-BF16 CPU reports
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert setup.resolve_precision(cpu, "auto") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # what oneDNN then reports
+    assert setup.resolve_precision(cpu, "auto") == "fp32"
+    with pytest.raises(UserError, match=r"^trainer.precision=bf16 but this CPU's bf16 units are not used "
+                                        r"\(ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN below them\): emulated, .*$"):
+        setup.resolve_precision(cpu, "bf16")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert setup.resolve_precision(cpu, "auto") == "fp32"
+    with pytest.raises(UserError, match=r"\(torch.backends.mkldnn.enabled is False\)"):
+        setup.resolve_precision(cpu, "bf16")
 
 
 @pytest.mark.parametrize("cuda, mps, chosen", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
