@@ -383,8 +383,11 @@ def main(argv=None):
     rows = []
     precisions = args.precision or ["fp32", "bf16"]
     if device.type == "cpu" and "bf16" in precisions and not cpu_computes_bf16():
-        print(f"bf16: skipped, {cpu_bf16_missing()}: emulated, it runs ~20x slower than fp32")
+        why = f"{cpu_bf16_missing()}: emulated, it runs ~20x slower than fp32"
         precisions = [p for p in precisions if p != "bf16"]
+        if not precisions and (args.stack or args.profile or args.only == "train"):  # nothing left to measure
+            parser.error(f"--precision bf16: {why} (try --precision fp32)")
+        print(f"bf16: skipped, {why}")
     if args.stack:
         return bench_stack(device, precisions, args.size or ["d256", "d512"])
     if args.profile:

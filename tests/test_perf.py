@@ -81,6 +81,23 @@ def test_a_benchmark_asked_for_a_device_this_machine_lacks_says_so_in_one_line_a
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [["--only", "train"], ["--stack"], ["--profile"]])
+def test_a_benchmark_of_bf16_only_on_a_cpu_without_it_says_why_in_one_line_and_exits_2(argv, monkeypatch, capsys):
+    from playground import bench, setup
+
+    monkeypatch.setattr(bench, "cpu_computes_bf16", lambda: False)  # what an AVX2-only CPU reports
+    monkeypatch.setattr(bench, "cpu_bf16_missing", lambda: setup.NO_BF16_UNITS)
+    for measure in ("bench_training", "bench_stack", "bench_profile"):
+        monkeypatch.setattr(bench, measure, lambda *a: pytest.fail("measured nothing, as if it had measured"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*argv, "--device", "cpu", "--precision", "bf16", "--size", "d256"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith("error: --precision bf16: this CPU has no bf16 units (no AVX512-BF16 or AMX): "
+                                         "emulated, it runs ~20x slower than fp32 (try --precision fp32)")
+    assert "Traceback" not in err
+
+
 def test_the_translate_benchmark_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     from playground import bench_translate
 
