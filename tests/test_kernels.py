@@ -132,6 +132,31 @@ def test_the_onednn_linear_gives_nn_linear_outputs_and_gradients():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
+def test_with_onednn_switched_off_the_fast_linear_layers_are_nn_linear_and_the_log_says_why(monkeypatch, caplog):
+    from playground.kernels import linear
+    from playground.perf import matmul_peak
+
+    ours, theirs, x = linear_pair(24, 40, 3, 5)
+    monkeypatch.setattr(linear, "_onednn_linear", lambda *a: pytest.fail("oneDNN ran while switched off"))
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # as torch's own operations take it
+    support.works.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="playground.kernels"):
+            matmul_peak(torch.device("cpu"), torch.float32, seconds=0.01)  # every run measures it, reference or not
+            assert caplog.records == []
+            assert {name for name, ok in support.check_all(torch.device("cpu"), torch.float32).items()
+                    if not ok} == {"onednn_linear", "packed_linear"}
+            y = ours(x)
+            y.sum().backward()
+            with torch.no_grad():
+                ours(x)
+        torch.testing.assert_close(y, theirs(x))
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2 and all("torch.backends.mkldnn.enabled is False" in line for line in lines)
+    finally:
+        support.works.cache_clear()
+
+
 @pytest.mark.parametrize("p", [0.1, 0.3])
 def test_the_fast_dropout_drops_the_configured_fraction_and_scales_what_it_keeps(p, seeded):
     x = torch.ones(4_000_000, requires_grad=True)

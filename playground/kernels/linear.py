@@ -4,8 +4,8 @@ torch multiplies fp32 matrices on the CPU with MKL. On an AMD EPYC (Zen 4) with 
 torch also ships, computes x W^T + b 10-40% faster for this model's shapes (the bias is added inside the
 product instead of copied into the output first), and g W (the gradient of the input) 5-20% faster; for
 the gradient of the weight, g^T x, MKL is as fast or faster. So `OneDNNLinear` computes the first two with oneDNN
-and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN) it is
-nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together). One exception
+and the third with MKL, on the CPU in fp32; everywhere else (CUDA, autocast, a torch without oneDNN or with it switched
+off) it is nn.Linear. The numbers differ from MKL's only by float rounding (a test holds them together). One exception
 while training: an output of 16 MB or more (the logits) is MKL's product written into memory kept from the
 last step (memory.py), since oneDNN's operator only writes into fresh memory, whose page faults cost more
 (d256's 2,048 x 256 x 8,000 product: 90 ms into fresh memory through oneDNN, 64 ms into kept memory through MKL).
@@ -31,10 +31,18 @@ def _onednn_linear(x, w, bias=None):
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
-@check("onednn_linear", "the oneDNN linear layer", devices=("cpu",))
-def _check_onednn_linear(device, dtype):
+def _require_onednn():
+    """Raise where this torch has no oneDNN, or where it is switched off (torch.backends.mkldnn.enabled = False, as
+    torch's own operations take it): then nn.Linear runs."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch has no oneDNN")
+    if not torch.backends.mkldnn.enabled:
+        raise RuntimeError("oneDNN is switched off (torch.backends.mkldnn.enabled is False)")
+
+
+@check("onednn_linear", "the oneDNN linear layer", devices=("cpu",))
+def _check_onednn_linear(device, dtype):
+    _require_onednn()
     x, w, b = (torch.randn(*shape).to(dtype) for shape in ((6, 24), (40, 24), (40,)))
     with torch.autocast("cpu", enabled=False):
         assert_close_in(dtype, [_onednn_linear(x, w, b), _onednn_linear(x, w)], [F.linear(x, w, b), F.linear(x, w)],
@@ -49,8 +57,7 @@ def pack_weight(w, rows: int):
 @check("packed_linear", "the oneDNN linear layer with weights laid out once", devices=("cpu",))
 def _check_packed_linear(device, dtype):
     """Packed weights are used in fp32 only (decoding without autocast): checked in fp32 whatever a run's dtype."""
-    if not torch.backends.mkldnn.is_available():
-        raise RuntimeError("this torch has no oneDNN")
+    _require_onednn()
     x, w, b = (torch.randn(*shape) for shape in ((6, 1, 24), (40, 24), (40,)))
     packed = pack_weight(w, 6)
     with torch.autocast("cpu", enabled=False):
