@@ -68,6 +68,7 @@ def main(argv=None):
         try:  # a missing or mismatched checkpoint, bf16 on a CPU without it: the project's one line, exit 2
             device = resolve_device(args.device)
             precision = resolve_precision(device, args.precision)
+            autocast = autocast_for(device, precision)  # fp16 off a GPU is refused here, before any training
             ckpt = args.ckpt or train_default(Path(scratch), args.device)
             cfg = compose_config(["mode=translate", f"ckpt_path={ckpt}", f"trainer.device={args.device}",
                                   f"trainer.precision={args.precision}"])
@@ -76,7 +77,6 @@ def main(argv=None):
             parser.error(str(error))
         model.to(device).eval()
     inputs = Encoder(src_tok, model.max_len)(lines)
-    autocast = autocast_for(device, precision)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {precision}; {len(lines)} lines, {sum(map(len, inputs))} tokens")
     rows = [["decoding", "one line at a time", f"batches of {args.batch_size}", "ratio"]]

@@ -122,3 +122,15 @@ def test_the_translate_benchmark_refuses_a_count_below_one_or_an_empty_input_bef
         bench_translate.main([a.replace("EMPTY", str(tmp_path / "empty.txt")) for a in argv])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
+def test_the_translate_benchmark_refuses_fp16_on_a_cpu_in_one_line_before_training(tmp_path, capsys, monkeypatch):
+    from playground import bench_translate
+
+    monkeypatch.setattr(bench_translate, "train_default", lambda *_: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit) as exit_:
+        bench_translate.main(["--device", "cpu", "--precision", "fp16"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: trainer.precision=fp16 needs trainer.device=cuda (on cpu, use " in err.splitlines()[-1]
+    assert "Traceback" not in err
