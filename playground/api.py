@@ -122,7 +122,16 @@ def run(overrides=(), run_dir=None) -> tuple:
     from .experiment import run_train
     from .rundir import note_created, run_file_in, undo_refused_run
 
+    for override in overrides:  # what this would leave unread, silently: Hydra's own settings, another mode
+        key = override.lstrip("+~").partition("=")[0]
+        if key.startswith(("hydra.", "hydra/")):
+            instead = "give the folder with run_dir=..." if key == "hydra.run.dir" else "run the command line for it"
+            raise UserError(f"{override}: playground.run does not go through Hydra's run settings, so it would be "
+                            f"ignored ({instead})")
     cfg = compose_checked(list(overrides))
+    if cfg.mode != "train":
+        raise UserError(f"mode={cfg.mode}: playground.run trains; for the other modes use playground.load(...) or the "
+                        f"command line")
     if run_dir is None:
         run_dir = Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
     run_dir = Path(run_dir)

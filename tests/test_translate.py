@@ -336,6 +336,14 @@ def test_the_python_api_refuses_a_misspelt_override_or_a_bad_value_in_one_line_l
         playground.run(["model.hedas=3"], tmp_path / "a")
     with pytest.raises(UserError, match=r"^model.heads=7 does not divide model.d_model=128"):
         playground.run(["model.heads=7"], tmp_path / "runs" / "b")
+    # what the command line reads and this call would not: Hydra's settings, another mode
+    with pytest.raises(UserError, match=r"^hydra.run.dir=.*: playground.run does not go through Hydra's run settings, so "
+                                        r"it would be ignored \(give the folder with run_dir=...\)$"):
+        playground.run([f"hydra.run.dir={tmp_path}/c", "trainer.max_steps=2"])
+    with pytest.raises(UserError, match=r"^hydra/launcher=joblib: .* \(run the command line for it\)$"):
+        playground.run(["hydra/launcher=joblib"], tmp_path / "d")
+    with pytest.raises(UserError, match=r"^mode=eval: playground.run trains; for the other modes use playground.load"):
+        playground.run(["mode=eval", "ckpt_path=x.pt"], tmp_path / "e")
     assert list(tmp_path.iterdir()) == []
 
 
