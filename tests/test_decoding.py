@@ -204,3 +204,31 @@ def test_a_beam_wider_than_every_output_finds_the_exhaustive_best_and_its_nbest_
     found, scores = beam_search(model, src, limit, beam_size=len(outputs), length_penalty=alpha, nbest=5)
     assert [[t for t in row if t != PAD] for row in found[0].tolist()] == [outputs[i] for i in best]
     torch.testing.assert_close(scores[0], exhaustive[best], atol=1e-4, rtol=1e-4)
+
+
+class _TableModel(torch.nn.Module):
+    """A decoder whose next-token probabilities depend on the step alone: PAD, BOS, EOS, UNK, A, B."""
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps  # probabilities of EOS, UNK, A, B at each step (the last for every step after)
+
+    def encode(self, src):
+        return torch.zeros(src.size(0), 1, 1), None
+
+    def decode(self, tgt_in, memory, src_mask, cache=None, offset=0):
+        eos, unk, a, b = self.steps[min(offset, len(self.steps) - 1)]
+        logits = torch.tensor([0.0, 0.0, eos, unk, a, b]).log().clamp(min=-1e9)  # (V,): never PAD or BOS
+        return logits.expand(tgt_in.size(0), 1, -1)  # (N, 1, V)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_a_translation_beam_search_finished_is_not_lost_when_better_unfinished_ones_outnumber_it(alpha):
+    # step 0: "A" (0.7) and the empty output (EOS, 0.2) are the 2 best; step 1: both children of "A" (0.315 each)
+    # beat the empty output's 0.2, but every longer output ends below it (0.315 * 0.45 at best, without EOS)
+    model = _TableModel([(0.2, 0.0, 0.7, 0.1), (0.1, 0.0, 0.45, 0.45)])
+    ids, scores = beam_search(model, torch.tensor([[4, 5]]), 3, beam_size=2, length_penalty=alpha, nbest=2)
+    assert ids[0, 0].tolist()[:1] == [EOS]  # the empty output: its log-probability log(0.2) is the highest
+    torch.testing.assert_close(scores[0, 0], torch.tensor(0.2).log() / length_penalty_factor(torch.tensor(1.0), alpha))
+    assert scores[0, 1] < scores[0, 0]

@@ -101,8 +101,11 @@ def length_penalty_factor(lengths, alpha):
 
 @torch.no_grad()
 def beam_search(model, src, max_len, beam_size, length_penalty=0.6, nbest=1, no_repeat_ngram_size=0):
-    """Keep the beam_size best partial sequences per source. Returns the nbest of them, best first: ids (B, N, L)
-    and their scores (B, N), the log-probability divided by the length penalty, by which they are ranked."""
+    """Keep the beam_size best partial sequences per source. One that ends (EOS among the beam_size best candidates,
+    or its row's length limit) is set aside with the beam_size best finished so far, and the next best unfinished one
+    takes its place in the beam; a source is done when no sequence in its beam could still score above them (as
+    tensor2tensor's search, which the paper used). Returns the nbest finished ones, best first: ids (B, N, L) and
+    their scores (B, N), the log-probability divided by the length penalty, by which they are ranked."""
     B, K = src.size(0), beam_size
     PAD, BOS, EOS = model.pad_id, model.bos_id, model.eos_id
     device = src.device
@@ -110,37 +113,55 @@ def beam_search(model, src, max_len, beam_size, length_penalty=0.6, nbest=1, no_
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
     src_mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
     limits, longest = _row_limits(max_len, B, device)
-    limits = limits.repeat_interleave(K)  # (B*K,)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same empty sequence: keep one copy
     ys = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
-    finished = torch.zeros(B * K, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B * K, device=device)
+    done_ids = torch.full((B, K, 0), PAD, dtype=torch.long, device=device)  # (B, K, L): finished, best first
+    done_scores = torch.full((B, K), float("-inf"), device=device)  # (B, K): their normalised scores
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)[:, None] * K  # (B, 1): each source's first beam
     cache = {}
-    for t in range(longest):
-        finished = finished | (limits <= t)  # a beam at its row's limit ends without EOS
+    for t in range(longest + 1):
+        # the beams of a row at its limit end there without EOS (scored without EOS's cost)
+        ending = (limits <= t) & ~done  # (B,)
+        ended = scores.masked_fill(~ending[:, None], float("-inf")) / length_penalty_factor(t, length_penalty)
+        done_ids, done_scores = _keep_best(done_ids, done_scores, ys[:, 1:].view(B, K, t), ended)
+        done = done | ending
+        if t == longest or ((t + 1) % 8 == 0 and done.all()):  # check now and then: each check waits for the device
+            break
         logp = model.decode(ys[:, -1:], memory, src_mask, cache=cache, offset=t)[:, -1].float().log_softmax(-1)
         # the model's own log-probabilities (so scores are what mode=score gives), then the tokens it may not pick
         logp = block_repeated_ngrams(ys, _never_generate_specials(model, logp), no_repeat_ngram_size, EOS)  # (B*K, V)
         V = logp.size(-1)
-        # a finished beam can only extend with PAD, at no cost, so its score stays what it was
-        logp = torch.where(finished[:, None], torch.full_like(logp, float("-inf")), logp)
-        logp[:, PAD] = torch.where(finished, 0.0, float("-inf"))
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)  # (B, K*V)
-        scores, index = candidates.topk(K, dim=-1)  # (B, K)
-        beam = (index // V + torch.arange(B, device=device)[:, None] * K).view(-1)  # (B*K,) rows to keep
-        token = (index % V).view(-1)  # (B*K,)
-        ys = torch.cat([ys.index_select(0, beam), token[:, None]], dim=1)
-        finished = finished.index_select(0, beam)
-        lengths = lengths.index_select(0, beam) + (~finished).float()
-        finished = finished | (token == EOS)
+        top, index = candidates.topk(2 * K, dim=-1)  # (B, 2K): at most K end in EOS, so K others go on
+        beam, token = index // V + rows, index % V  # (B, 2K): rows of ys, next tokens
+        # an EOS among the K best candidates finishes its sequence (a done row finishes no more)
+        finishing = (token[:, :K] == EOS) & (top[:, :K] > float("-inf")) & ~done[:, None]  # (B, K)
+        finished = torch.cat([ys.index_select(0, beam[:, :K].reshape(-1))[:, 1:].view(B, K, t),
+                              token[:, :K, None]], dim=2)  # (B, K, t+1)
+        ended = top[:, :K].masked_fill(~finishing, float("-inf")) / length_penalty_factor(t + 1, length_penalty)
+        done_ids = torch.nn.functional.pad(done_ids, (0, 1), value=PAD)  # (B, K, t+1)
+        done_ids, done_scores = _keep_best(done_ids, done_scores, finished, ended)
+        # the K best candidates that do not end go on: a stable sort keeps their order
+        going_on = (token == EOS).to(torch.uint8).sort(dim=-1, stable=True).indices[:, :K]  # (B, K)
+        scores = top.gather(1, going_on)
+        beam = beam.gather(1, going_on).view(-1)  # (B*K,)
+        ys = torch.cat([ys.index_select(0, beam), token.gather(1, going_on).view(-1, 1)], dim=1)
         _reorder_cache(cache, beam)
-        if (t + 1) % 8 == 0 and finished.all():
-            break
-    normalized = scores / length_penalty_factor(lengths.view(B, K), length_penalty)  # (B, K)
-    best, order = normalized.topk(nbest, dim=-1)  # (B, N), best first
-    rows = (order + torch.arange(B, device=device)[:, None] * K).view(-1)  # (B*N,)
-    return trim_padding(ys.index_select(0, rows)[:, 1:], PAD).view(B, nbest, -1), best
+        # log-probabilities only fall as a sequence grows, so the best a beam can still reach is its score now over
+        # the largest length penalty it could end with (its length now or its row's limit: lp is monotonic)
+        largest = length_penalty_factor(limits, length_penalty).clamp(min=length_penalty_factor(t + 1, length_penalty))
+        reachable = scores.max(1).values / largest  # (B,)
+        done = done | (done_scores[:, -1] >= reachable)
+    return trim_padding(done_ids[:, :nbest].reshape(B * nbest, -1), PAD).view(B, nbest, -1), done_scores[:, :nbest]
+
+
+def _keep_best(ids, scores, new_ids, new_scores):
+    """The K best of the finished sequences ids (B, K, L), scores (B, K) and new ones of the same shapes, best first."""
+    scores, order = torch.cat([scores, new_scores], dim=1).topk(scores.size(1), dim=-1)  # (B, K)
+    ids = torch.cat([ids, new_ids], dim=1)  # (B, 2K, L)
+    return ids.gather(1, order[..., None].expand(-1, -1, ids.size(2))), scores
 
 
 def _reorder_cache(cache, index):
