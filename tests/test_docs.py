@@ -35,3 +35,11 @@ def test_every_file_and_function_the_docs_mention_exists(doc, line, path, names)
     for name in names:
         assert re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*=", text, re.M), \
             f"{doc} line {line}: {path} defines no {name}"
+
+
+def test_the_figures_architecture_md_says_make_figures_draws_are_the_ones_it_draws():
+    script = (ROOT / "docs" / "make_figures.py").read_text()
+    drawn = set(re.findall(r'FIGURES / "(\w+)\.png"', script))
+    section = (ROOT / "docs" / "architecture.md").read_text().split("## Regenerating the figures")[1]
+    named = re.search(r"`docs/figures/([^`]+)\.png`", section).group(1)
+    assert set(named.strip("{}").split(",")) == drawn
