@@ -6,7 +6,8 @@ base row, with their noise, beside the paper's) and the figure docs/figures/tabl
     python docs/run_table3.py --seeds 1 2 --steps 50 --out /tmp/table3    # a quick look (the docs are not touched)
 
 Each run is `python transformer_playground.py experiment=table3 table3_row=ROW seed=S`, one thread each, --jobs at
-a time; a run whose metrics.json is there already is not run again (so an interrupted suite continues).
+a time; a run whose metrics.json is there already is not run again (so an interrupted suite continues), and one
+made with other overrides (a quick look's --steps) stops the suite, naming its folder.
 """
 
 import argparse
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,12 +46,19 @@ BEGIN, END = "<!-- table 3: written by docs/run_table3.py -->", "<!-- end of tab
 
 
 def run(row: str, seed: int, out: Path, extra: list, threads: int) -> dict:
-    """One run (skipped when its metrics.json exists): metrics.json's content, with its wall seconds."""
+    """One run (skipped when its metrics.json exists, from the same overrides): metrics.json's content, with its wall
+    seconds."""
     run_dir = out / row / f"seed_{seed}"
-    if not (run_dir / "metrics.json").exists():
+    overrides = ["experiment=table3", f"table3_row={row}", f"seed={seed}", "trainer.progress=off", *extra]
+    if (run_dir / "metrics.json").exists():  # reused only if it is this run: not one of another --steps, say
+        recorded = run_dir / ".hydra" / "overrides.yaml"
+        earlier = yaml.safe_load(recorded.read_text()) if recorded.exists() else None
+        if earlier != overrides:
+            sys.exit(f"{run_dir} holds a run of {' '.join(earlier or ['unknown overrides'])}, not of "
+                     f"{' '.join(overrides)}: move it away or give another --out")
+    else:
         started = time.perf_counter()
-        command = [sys.executable, str(ROOT / "transformer_playground.py"), "experiment=table3", f"table3_row={row}",
-                   f"seed={seed}", "trainer.progress=off", f"hydra.run.dir={run_dir}", *extra]
+        command = [sys.executable, str(ROOT / "transformer_playground.py"), *overrides, f"hydra.run.dir={run_dir}"]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         if result.returncode != 0:

@@ -229,3 +229,20 @@ def test_an_eval_sweep_is_sorted_by_the_test_score_and_a_missing_sort_key_says_j
     table = summarize(tmp_path, "test/bleu")
     assert table.startswith("in job order (no job recorded test/bleu)")
     assert [line.split(" | ")[1] for line in table.splitlines()[4:]] == ["a", "b", "c"]
+
+
+def test_run_table3_reuses_a_finished_run_only_when_it_ran_with_the_same_overrides(tmp_path):
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "docs" / "run_table3.py"))  # its functions, without running main
+    run_dir = tmp_path / "base" / "seed_1"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"test/bleu": 3.0, "test/ppl": 40.0}))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(  # a quick look: python docs/run_table3.py --steps 50
+        "- experiment=table3\n- table3_row=base\n- seed=1\n- trainer.progress=off\n- trainer.max_steps=50\n"
+        "- trainer.eval_every=50\n")
+    with pytest.raises(SystemExit) as exit_:  # the full suite into the same folder: not a 50-step run's numbers
+        script["run"]("base", 1, tmp_path, [], 1)
+    assert str(run_dir) in str(exit_.value.code) and "trainer.max_steps=50" in str(exit_.value.code)
+    again = script["run"]("base", 1, tmp_path, ["trainer.max_steps=50", "trainer.eval_every=50"], 1)
+    assert again["test/bleu"] == 3.0
