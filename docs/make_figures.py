@@ -1,6 +1,7 @@
 """Draw the figures of docs/architecture.md from this project's own code and runs.
 
-    python docs/make_figures.py                 # trains the default experiment and a short heads sweep
+    python docs/make_figures.py                 # trains the default experiment and a short heads sweep, kept in
+                                                # outputs/figures-default and multirun/figures-heads (reused)
     python docs/make_figures.py --run outputs/2026-11-25/12-00-00 --sweep multirun/figures
 
 Writes docs/figures/{positional_encoding,warmup_schedule,attention_reverse,heads_sweep_loss}.png.

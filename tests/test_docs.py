@@ -43,3 +43,10 @@ def test_the_figures_architecture_md_says_make_figures_draws_are_the_ones_it_dra
     section = (ROOT / "docs" / "architecture.md").read_text().split("## Regenerating the figures")[1]
     named = re.search(r"`docs/figures/([^`]+)\.png`", section).group(1)
     assert set(named.strip("{}").split(",")) == drawn
+
+
+def test_architecture_md_names_the_runs_make_figures_py_reuses_instead_of_training():
+    script = (ROOT / "docs" / "make_figures.py").read_text()
+    kept = re.findall(r'ROOT / "(outputs|multirun)" / "([\w-]+)"', script)
+    section = (ROOT / "docs" / "architecture.md").read_text().split("## Regenerating the figures")[1]
+    assert len(kept) == 2 and all(f"`{top}/{name}`" in section for top, name in kept)
