@@ -1,13 +1,15 @@
 """Draw the figures of docs/architecture.md from this project's own code and runs.
 
     python docs/make_figures.py                 # trains the default experiment and a short heads sweep, kept in
-                                                # outputs/figures-default and multirun/figures-heads (reused)
+                                                # outputs/figures-default and multirun/figures-heads (reused
+                                                # until playground/model/ is edited)
     python docs/make_figures.py --run outputs/2026-11-25/12-00-00 --sweep multirun/figures
 
 Writes docs/figures/{positional_encoding,warmup_schedule,attention_reverse,heads_sweep_loss}.png.
 """
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,13 @@ from playground.config import TrainerConfig  # noqa: E402
 from playground.setup import SCHEDULES, auto_warmup  # noqa: E402
 
 FIGURES = ROOT / "docs" / "figures"
+MODEL_CODE = ROOT / "playground" / "model"
+
+
+def still_current(record: Path, code: Path = MODEL_CODE) -> bool:
+    """Whether a kept run (its file `record`) was trained after the last edit of the model's code: a learner's edit
+    to playground/model/ must show in the figures, so an older run is trained again."""
+    return record.exists() and all(f.stat().st_mtime <= record.stat().st_mtime for f in code.rglob("*.py"))
 
 
 def positional_encoding():
@@ -110,11 +119,13 @@ def main():
     positional_encoding()
     warmup_schedule()
     run_dir = args.run or ROOT / "outputs" / "figures-default"
-    if args.run is None and not (run_dir / "checkpoints" / "best.pt").exists():
+    if args.run is None and not still_current(run_dir / "checkpoints" / "best.pt"):
+        shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run, from before the model's last edit
         train([f"hydra.run.dir={run_dir}"])
     attention_reverse(run_dir)
     sweep_dir = args.sweep or ROOT / "multirun" / "figures-heads"
-    if args.sweep is None and not sweep_dir.exists():
+    if args.sweep is None and not still_current(sweep_dir / "summary.md"):
+        shutil.rmtree(sweep_dir, ignore_errors=True)
         train(["-m", "model.heads=1,2,4,8", "trainer.max_steps=600", "trainer.eval_every=100",
                f"hydra.sweep.dir={sweep_dir}"])
     heads_sweep_loss(sweep_dir)

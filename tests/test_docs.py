@@ -50,3 +50,21 @@ def test_architecture_md_names_the_runs_make_figures_py_reuses_instead_of_traini
     kept = re.findall(r'ROOT / "(outputs|multirun)" / "([\w-]+)"', script)
     section = (ROOT / "docs" / "architecture.md").read_text().split("## Regenerating the figures")[1]
     assert len(kept) == 2 and all(f"`{top}/{name}`" in section for top, name in kept)
+
+
+def test_make_figures_trains_its_kept_runs_again_after_an_edit_to_the_model(tmp_path):
+    import os
+    import runpy
+
+    still_current = runpy.run_path(str(ROOT / "docs" / "make_figures.py"))["still_current"]
+    code, record = tmp_path / "model", tmp_path / "run" / "best.pt"
+    code.mkdir()
+    (code / "attention.py").write_text("x = 1\n")
+    assert not still_current(record, code)  # never trained
+    record.parent.mkdir()
+    record.write_text("")
+    os.utime(code / "attention.py", (1_000, 1_000))
+    os.utime(record, (2_000, 2_000))
+    assert still_current(record, code)  # trained after the code was last written: reused
+    os.utime(code / "attention.py", (3_000, 3_000))
+    assert not still_current(record, code)  # a learner's edit since: trained again
