@@ -14,6 +14,7 @@ Mistakes raise playground.errors.UserError with the one-line message the command
 """
 
 import datetime
+import logging
 from dataclasses import fields
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def run(overrides=(), run_dir=None) -> tuple:
     The run directory is outputs/<date>/<time> under the current folder unless given."""
     from .checks import compose_checked
     from .experiment import run_train
-    from .rundir import note_created, run_file_in, undo_refused_run
+    from .rundir import keep_record, note_created, run_file_in, undo_refused_run
 
     for override in overrides:  # what this would leave unread, silently: Hydra's own settings, another mode
         key = override.lstrip("+~").partition("=")[0]
@@ -140,14 +141,35 @@ def run(overrides=(), run_dir=None) -> tuple:
         raise UserError(f"{run_dir} already holds a run ({found}): refusing to write into it (give this run its own "
                         f"directory with run_dir=...)")
     note_created(run_dir)
+    if found:  # a resume in its own directory: the record written below goes back if the resume is refused
+        keep_record(run_dir / ".hydra", run_dir / "checkpoints" / "last.pt")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         undo_refused_run(run_dir)  # the folders above it that this made, if any
         why = "is a file, not a folder" if run_dir.is_file() else f"cannot be made ({e.strerror or e})"
         raise UserError(f"run_dir={run_dir} {why}: give the run a folder") from None
+    # the record and the log a command line run has from Hydra: .hydra/config.yaml, transformer_playground.log
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    log = logging.FileHandler(run_dir / "transformer_playground.log")
+    log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    ours, level = logging.getLogger("playground"), logging.getLogger("playground").level
+    ours.setLevel(logging.INFO)
+    handlers = [log]
+    if not logging.getLogger().hasHandlers():  # warnings still reach stderr, as logging's last resort sent them
+        handlers.append(logging.StreamHandler())
+        handlers[-1].setLevel(logging.WARNING)
+    for handler in handlers:
+        logging.getLogger().addHandler(handler)  # the root's, where log_file_only writes the final metrics
     try:
         return run_train(cfg, run_dir), run_dir
     except UserError:
         undo_refused_run(run_dir)  # a refused run leaves no run directory behind
         raise
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+        log.close()
+        ours.setLevel(level)

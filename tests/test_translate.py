@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import ROOT
 from playground import experiment, inference
@@ -373,6 +374,10 @@ def test_the_python_api_runs_an_experiment_and_returns_its_metrics_and_folder(tm
                                       tmp_path / "run")
     assert run_dir == tmp_path / "run" and metrics["last_step"] == 10
     assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    # the run directory holds its record as a command line run's does: the config, and the log with the final metrics
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps == 10
+    log = (run_dir / "transformer_playground.log").read_text()
+    assert "test/exact_match" in log and "model: " in log
 
 
 def test_an_exported_folder_holds_no_pickle_and_evaluates_and_translates_as_its_checkpoint(checkpoint, compose_config,
