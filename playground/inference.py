@@ -342,8 +342,9 @@ def run_score(cfg) -> None:
     tgt_encode.warn()
     scored = [(log_prob, tokens) for log_prob, tokens in results if not math.isnan(log_prob)]
     if len(scored) < len(results):
-        print(f"warning: {len(results) - len(scored)} pairs with an empty source were not scored (nan)",
-              file=sys.stderr)
+        unscored = len(results) - len(scored)
+        were = "pairs with an empty source were" if unscored != 1 else "pair with an empty source was"
+        print(f"warning: {unscored} {were} not scored (nan)", file=sys.stderr)
     if scored:
         nll = -sum(lp for lp, _ in scored) / sum(n for _, n in scored)
         print(f"scored {len(scored)} pairs, {sum(n for _, n in scored)} target tokens (EOS included): "

@@ -172,7 +172,8 @@ class Monitor:
 
     def reason(self) -> str:
         return (f"early stop: {self.metric} has not improved on {self.best:.4f} (step {self.best_step}) for "
-                f"{self.evals_since_best} evaluations (trainer.patience={self.patience})")
+                f"{self.evals_since_best} evaluation{'s' * (self.evals_since_best != 1)} "
+                f"(trainer.patience={self.patience})")
 
     def state_dict(self) -> dict:
         return {"metric": self.metric, "mode": self.mode, "best": self.best, "best_step": self.best_step,
